@@ -1,0 +1,1 @@
+"""Multi-dataset face-attribute recognition: shared trunk, per-dataset heads, SA-softmax."""

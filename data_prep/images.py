@@ -1,0 +1,106 @@
+"""Open any image file a user may have, or say precisely why it cannot be used.
+
+Everything that enters the aligner passes through `load_rgb`, which returns an HxWx3 uint8
+RGB array. It handles EXIF rotation, grayscale, palette, CMYK, RGBA/LA (composited on white),
+16-bit and float images, and raises `ImageLoadError` with a short machine-readable `reason`
+for zero-byte, truncated, non-image, tiny or absurdly large files.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine.errors import FaceganError
+
+__all__ = ["ImageLoadError", "load_rgb", "IMAGE_SUFFIXES", "list_images", "MIN_SIDE", "MAX_PIXELS"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+MIN_SIDE = 16
+# Beyond this many pixels a JPEG is decoded at reduced scale (draft mode) and anything else is
+# downsampled after decoding; past HARD_MAX_PIXELS the file is refused (decompression bombs).
+MAX_PIXELS = 40_000_000
+HARD_MAX_PIXELS = 400_000_000
+
+
+class ImageLoadError(FaceganError):
+    """`reason` is one of: missing, empty, not_an_image, truncated, too_small, too_large, unreadable."""
+
+    def __init__(self, path: Path | str, reason: str, detail: str = ""):
+        self.path = Path(path)
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{self.path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def list_images(folder: Path | str, recursive: bool = True) -> list[Path]:
+    """Every file below `folder`, sorted. Non-image suffixes are kept on purpose: the aligner
+    reports them as not_an_image instead of silently ignoring a user's file."""
+    folder = Path(folder)
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith("."))
+
+
+def _to_uint8_rgb(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16"):
+            scale = 65535.0
+        else:
+            low, high = float(np.nanmin(array)), float(np.nanmax(array))
+            array = array - low
+            scale = max(high - low, 1e-12)
+        gray = np.clip(np.nan_to_num(array) / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    # CMYK, YCbCr, L, 1, P, RGBX ... all have a well-defined PIL conversion to RGB.
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def load_rgb(path: Path | str, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode `path` to an HxWx3 uint8 RGB array, upright per its EXIF orientation."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(path, "missing", "no such file")
+    if path.is_dir():
+        raise ImageLoadError(path, "not_an_image", "is a directory")
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageLoadError(path, "empty", "zero-byte file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > HARD_MAX_PIXELS:
+                    raise ImageLoadError(path, "too_large", f"{width}x{height} pixels")
+                if width * height > max_pixels and image.format == "JPEG":
+                    factor = (width * height / max_pixels) ** 0.5
+                    image.draft("RGB", (int(width / factor), int(height / factor)))
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                if image.width * image.height > max_pixels:
+                    factor = (image.width * image.height / max_pixels) ** 0.5
+                    image = image.resize((int(image.width / factor), int(image.height / factor)), Image.BILINEAR)
+                array = _to_uint8_rgb(image)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError(path, "not_an_image", "format not recognised") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(path, "too_large", str(exc)) from exc
+    except OSError as exc:
+        text = str(exc)
+        reason = "truncated" if ("truncated" in text or "broken data stream" in text or "premature end" in text.lower()) else "unreadable"
+        raise ImageLoadError(path, reason, text) from exc
+    except (ValueError, SyntaxError, MemoryError, Image.UnidentifiedImageError) as exc:
+        raise ImageLoadError(path, "unreadable", f"{type(exc).__name__}: {exc}") from exc
+    if min(array.shape[:2]) < min_side:
+        raise ImageLoadError(path, "too_small", f"{array.shape[1]}x{array.shape[0]} pixels, need at least {min_side} per side")
+    return array

@@ -1,0 +1,42 @@
+"""Device and thread choices, made explicitly rather than left to library defaults."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from engine.errors import FaceganError
+
+__all__ = ["choose_device", "configure_threads", "DeviceError"]
+
+
+class DeviceError(FaceganError, RuntimeError):
+    """The requested device does not exist on this machine."""
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    """Resolve 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' to a usable device, with a clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {name!r} was requested but CUDA is not available on this machine; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {name!r} was requested but MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def configure_threads(num_threads: int | None = None) -> int:
+    """Set torch's intra-op thread count on purpose and return it.
+
+    Two torch processes that each take every core slow each other by an order of magnitude on
+    small machines, so the count comes from FACEGAN_THREADS or the caller, else all cores.
+    """
+    if num_threads is None:
+        env = os.environ.get("FACEGAN_THREADS")
+        num_threads = int(env) if env else (os.cpu_count() or 1)
+    num_threads = max(1, int(num_threads))
+    torch.set_num_threads(num_threads)
+    return num_threads

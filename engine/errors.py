@@ -1,0 +1,12 @@
+"""The one exception family the command line turns into a clear message instead of a traceback."""
+from __future__ import annotations
+
+__all__ = ["FaceganError"]
+
+
+class FaceganError(Exception):
+    """A problem the user can fix (a missing file, a bad option, unusable data).
+
+    Commands raise it, or a subclass, with a message that says what is wrong and what to do;
+    `facegan` prints the message and exits with status 2.
+    """

@@ -1,0 +1,1 @@
+"""Face generators (DCGAN, BEGAN), face super-resolution, and image-quality metrics."""

@@ -1,0 +1,59 @@
+import os
+
+import pytest
+import torch
+
+from engine.checkpoint import CheckpointError, atomic_save, atomic_write_text, config_fingerprint, load_checkpoint
+
+
+def test_atomic_save_roundtrip(tmp_path):
+    state = {"weights": torch.arange(6.0).reshape(2, 3), "step": 7, "name": "x"}
+    path = tmp_path / "sub" / "ckpt.pt"
+    atomic_save(state, path)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["weights"], state["weights"]) and loaded["step"] == 7
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"], "no temporary file may be left behind"
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"step": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom during write")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_save({"step": 2, "bad": Unpicklable()}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
+
+
+def test_load_is_weights_only(tmp_path):
+    # A pickled arbitrary object would run code on load; weights_only must refuse it.
+    path = tmp_path / "evil.pt"
+    torch.save({"obj": _Arbitrary()}, path)
+    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+        load_checkpoint(path)
+
+
+class _Arbitrary:
+    pass
+
+
+def test_missing_checkpoint_message(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_atomic_write_text(tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "hello")
+    atomic_write_text(tmp_path / "a.txt", "world")
+    assert (tmp_path / "a.txt").read_text() == "world"
+
+
+def test_config_fingerprint_is_order_independent_and_sensitive():
+    a = config_fingerprint({"lr": 1e-3, "model": {"size": 64, "depth": 4}})
+    b = config_fingerprint({"model": {"depth": 4, "size": 64}, "lr": 1e-3})
+    c = config_fingerprint({"model": {"depth": 4, "size": 64}, "lr": 2e-3})
+    assert a == b != c

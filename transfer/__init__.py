@@ -1,0 +1,1 @@
+"""The cross-domain attribute study, the demo, and the `facegan` command line."""

@@ -1,0 +1,50 @@
+"""The `facegan` command. Each package owns its subcommands in its own `cli` module and
+registers them here, so this file only composes them."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from engine.errors import FaceganError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from data_prep import cli as data_prep_cli
+    from transfer import demo
+
+    parser = argparse.ArgumentParser(
+        prog="facegan",
+        description=(
+            "Face generation, super-resolution and cross-domain attribute recognition. "
+            "Every face is normalised by the MTCNN-based aligner. Run `facegan COMMAND --help` "
+            "for the options of each command."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    data_prep_cli.register(subparsers)
+    demo.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; finished outputs are kept and a rerun resumes", file=sys.stderr)
+        return 130
+    except FaceganError as exc:
+        print(f"facegan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+if __name__ == "__main__":
+    raise SystemExit(main())
