@@ -1,0 +1,93 @@
+"""Run logging: JSONL metrics (always), TensorBoard scalars and images, PNG image grids.
+
+Only the main rank writes; other ranks get a logger whose methods do nothing, so training
+code never branches on the rank to log.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["RunLogger", "save_image_grid"]
+
+log = logging.getLogger(__name__)
+
+
+def save_image_grid(images: torch.Tensor, path: Path | str, nrow: int = 8, value_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+    """Save a (B,C,H,W) batch as one PNG grid; values are mapped from `value_range` to 0..255."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    images = images.detach().float().cpu()
+    low, high = value_range
+    images = ((images - low) / (high - low)).clamp(0, 1)
+    grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
+    array = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
+    if array.shape[2] == 1:
+        array = array[..., 0]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+class RunLogger:
+    """Writes metrics to `<run>/metrics.jsonl` and TensorBoard, and image grids to `<run>/samples/`."""
+
+    def __init__(self, run_dir: Path | str, enabled: bool = True, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self._writer = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency, but a trimmed install may lack it
+                log.warning("tensorboard is not installed; logging to metrics.jsonl only")
+
+    def scalars(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        row: dict[str, Any] = {"step": step, "split": prefix}
+        for name, value in metrics.items():
+            value = float(value)
+            row[name] = value if math.isfinite(value) else str(value)
+            if self._writer is not None:
+                self._writer.add_scalar(f"{prefix}/{name}", value, step)
+        self._jsonl.write(json.dumps(row) + "\n")
+
+    def images(self, step: int, grids: dict[str, torch.Tensor], value_range: tuple[float, float] = (-1.0, 1.0)) -> list[Path]:
+        if not self.enabled:
+            return []
+        paths = []
+        for name, batch in grids.items():
+            path = save_image_grid(batch, self.run_dir / "samples" / f"{name}_{step:07d}.png", value_range=value_range)
+            paths.append(path)
+            if self._writer is not None:
+                from torchvision.utils import make_grid
+
+                low, high = value_range
+                grid = make_grid(((batch.detach().float().cpu() - low) / (high - low)).clamp(0, 1), nrow=8)
+                self._writer.add_image(name, grid, step)
+        return paths
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._writer is not None:
+            self._writer.close()
+        self._jsonl.close()

@@ -1,0 +1,151 @@
+"""The trainer's guarantees, checked on a tiny step that uses every source of randomness a
+real GAN step uses (shuffled data, noise drawn in the step, dropout) plus EMA."""
+import os
+import json
+import signal
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from engine.checkpoint import load_checkpoint
+from engine.trainer import NonFiniteError, ResumeError, Trainer, TrainerConfig
+
+
+class ToyStep:
+    def __init__(self, lr: float = 0.05, nan_at: int | None = None, sigint_at: int | None = None):
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.2), nn.ReLU(), nn.Linear(16, 1))
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.nan_at = nan_at
+        self.sigint_at = sigint_at
+        self.calls = 0  # extra state that must survive a resume
+
+    def modules(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return {"net": self.opt}
+
+    def setup(self, ctx):
+        self.ctx = ctx
+
+    def train_step(self, batch, step):
+        x, y = batch
+        x = x + 0.01 * torch.randn_like(x)
+        with self.ctx.autocast():
+            loss = ((self.ctx.models["net"](x) - y) ** 2).mean()
+        if self.nan_at is not None and step == self.nan_at:
+            loss = loss * float("nan")
+        grad_norm = self.ctx.optimize("net", loss)
+        self.calls += 1
+        if self.sigint_at is not None and step == self.sigint_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return {"loss": float(loss.detach()), "grad_norm": grad_norm}
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+    def visualize(self, step):
+        return {"weights": self.net[0].weight.detach().view(1, 1, 16, 4)}
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 4, generator=g)
+    return TensorDataset(x, x.sum(1, keepdim=True))
+
+
+def _config(tmp_path, **overrides):
+    base = dict(out_dir=str(tmp_path), max_steps=12, batch_size=8, seed=3, deterministic=True,
+                ema_decay=0.9, ema_modules=("net",), log_every=1, checkpoint_every=5, progress=False,
+                tensorboard=False, sample_every=4)
+    base.update(overrides)
+    return TrainerConfig(**base)
+
+
+def _final_weights(path):
+    state = load_checkpoint(path / "checkpoints" / "latest.pt")
+    return state["modules"]["net"], state["ema"]["net"], state["step_state"]
+
+
+def _assert_same(a, b):
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    full = Trainer(ToyStep(), _data(), _config(tmp_path / "full"), {"model": "toy"}).fit()
+    assert full["global_step"] == 12
+    # 12 steps of batch 8 over 50 samples cross epoch boundaries (6 batches per epoch).
+    Trainer(ToyStep(), _data(), _config(tmp_path / "split", max_steps=7), {"model": "toy"}).fit()
+    resumed = Trainer(ToyStep(), _data(), _config(tmp_path / "split", resume=True), {"model": "toy"}).fit()
+    assert resumed["global_step"] == 12
+    net_a, ema_a, state_a = _final_weights(tmp_path / "full")
+    net_b, ema_b, state_b = _final_weights(tmp_path / "split")
+    _assert_same(net_a, net_b)
+    _assert_same(ema_a, ema_b)
+    assert state_a == state_b == {"calls": 12}
+
+
+def test_ctrl_c_saves_after_the_current_step_and_resumes_exactly(tmp_path):
+    Trainer(ToyStep(), _data(), _config(tmp_path / "full"), {}).fit()
+    result = Trainer(ToyStep(sigint_at=2), _data(), _config(tmp_path / "int"), {}).fit()
+    assert result["status"] == "interrupted" and result["global_step"] == 3
+    assert load_checkpoint(tmp_path / "int" / "checkpoints" / "latest.pt")["global_step"] == 3
+    Trainer(ToyStep(), _data(), _config(tmp_path / "int", resume=True), {}).fit()
+    _assert_same(_final_weights(tmp_path / "full")[0], _final_weights(tmp_path / "int")[0])
+
+
+def test_changed_config_is_refused_unless_forced(tmp_path):
+    Trainer(ToyStep(), _data(), _config(tmp_path, max_steps=3), {"lr": 0.05}).fit()
+    with pytest.raises(ResumeError, match="--force"):
+        Trainer(ToyStep(), _data(), _config(tmp_path, resume=True), {"lr": 0.01}).fit()
+    with pytest.raises(ResumeError, match="--force"):
+        Trainer(ToyStep(), _data(), _config(tmp_path, resume=True, batch_size=4), {"lr": 0.05}).fit()
+    forced = Trainer(ToyStep(), _data(), _config(tmp_path, resume=True, force_resume=True), {"lr": 0.01}).fit()
+    assert forced["global_step"] == 12
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ResumeError, match="no checkpoint"):
+        Trainer(ToyStep(), _data(), _config(tmp_path, resume=True), {}).fit()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteError, match="step 8.*last good checkpoint"):
+        Trainer(ToyStep(nan_at=7), _data(), _config(tmp_path), {}).fit()
+    state = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert state["global_step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["modules"]["net"].values())
+
+
+def test_nan_weights_are_caught(tmp_path):
+    class PoisonStep(ToyStep):
+        def train_step(self, batch, step):
+            metrics = super().train_step(batch, step)
+            if step == 1:
+                with torch.no_grad():
+                    self.net[0].weight[0, 0] = float("inf")
+            return metrics
+
+    with pytest.raises(NonFiniteError, match="weight net.0.weight"):
+        Trainer(PoisonStep(), _data(), _config(tmp_path), {}).fit()
+
+
+def test_logs_and_sample_grids(tmp_path):
+    Trainer(ToyStep(), _data(), _config(tmp_path, max_steps=8), {}).fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9)) and all("grad_norm" in r for r in rows)
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["weights_0000004.png", "weights_0000008.png"]
+
+
+def test_batch_larger_than_dataset_is_a_clear_error(tmp_path):
+    from engine.errors import FaceganError
+
+    with pytest.raises(FaceganError, match="fewer than one batch"):
+        Trainer(ToyStep(), _data(), _config(tmp_path, batch_size=64), {}).fit()
