@@ -1,0 +1,56 @@
+"""Launched by test_distributed.py under torchrun; trains a deterministic toy model and
+writes each rank's final weights."""
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from engine.trainer import Trainer, TrainerConfig
+
+
+class LinearStep:
+    def __init__(self):
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.1)
+
+    def modules(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return {"net": self.opt}
+
+    def setup(self, ctx):
+        self.ctx = ctx
+
+    def train_step(self, batch, step):
+        x, y = batch
+        loss = ((self.ctx.models["net"](x) - y) ** 2).mean()
+        return {"loss": float(loss.detach()), "grad_norm": self.ctx.optimize("net", loss)}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def main(out: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g)
+    data = TensorDataset(x, torch.sin(x.sum(1, keepdim=True)))
+    step = LinearStep()
+    config = TrainerConfig(out_dir=out, max_steps=20, batch_size=8, seed=5, progress=False,
+                           tensorboard=False, checkpoint_every=0, log_every=0, threads=1)
+    Trainer(step, data, config, {}).fit()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    torch.save(step.net.state_dict(), Path(out) / f"weights_rank{rank}.pt")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
