@@ -60,7 +60,7 @@ def _to_uint8_rgb(image: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     # CMYK, YCbCr, L, 1, P, RGBX ... all have a well-defined PIL conversion to RGB.
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
 
 
 def load_rgb(path: Path | str, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -86,7 +86,7 @@ class FaceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        image = torch.from_numpy(np.ascontiguousarray(load_rgb(record.path))).permute(2, 0, 1)
+        image = torch.from_numpy(load_rgb(record.path)).permute(2, 0, 1)
         if self.transform is not None:
             image = self.transform(image)
         targets, mask = encode_labels(record.labels, self.schema)
