@@ -1,0 +1,400 @@
+"""Training steps of the face generators, each a `Step` for the engine's one Trainer.
+
+    cfg = GANConfig(model="began")
+    Trainer(BEGANStep(cfg), faces, TrainerConfig(ema_modules=("generator",), ...), to_dict(cfg)).fit()
+
+A step owns the maths of one update: noise, forward passes (through `ctx.models`, the
+DDP-wrapped modules when distributed, under `ctx.autocast()`), losses, and `ctx.optimize`.
+The Trainer owns the loop, checkpoints, EMA and logging.
+
+Batches are whatever the dataset yields: an image tensor, a dict with an "image" key, or a
+tuple/list whose first item is the images (a TensorDataset). Images are (B, C, H, W) or
+(B, H, W, C); uint8 0..255 is mapped to [-1, 1]; floats must already be in [-1, 1].
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+from torch import nn
+from torch.optim import Adam, Optimizer
+
+from engine.config import ConfigError
+from engine.distributed import all_reduce_mean
+from engine.errors import FaceganError
+from engine.reproducibility import derive_seed
+from gan.config import GANConfig
+from gan.losses import BEGANLoss, get_gan_loss
+from gan.models import build_began, build_dcgan, sample_latent, slerp
+
+if TYPE_CHECKING:
+    from engine.trainer import StepContext
+
+__all__ = ["GANInputError", "GANStep", "DCGANStep", "BEGANStep", "build_gan_step"]
+
+
+class GANInputError(FaceganError, ValueError):
+    """A training batch is not a batch of images of the configured size."""
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    # Sampling must not touch BatchNorm running statistics: they are training state that goes
+    # into checkpoints, and a resumed run must not depend on when grids were drawn.
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+class GANStep:
+    """What both families share: modules, fixed noise, batch decoding, sampling, grids."""
+
+    family = ""
+
+    def __init__(self, config: GANConfig):
+        if config.model != self.family:
+            raise ConfigError(f"{type(self).__name__} trains model={self.family!r}, but the config says model={config.model!r}")
+        self.config = config.resolved()
+        cfg = self.config
+        # Weights come from a seed of their own, so the same config gives the same initial
+        # networks whatever the caller did with the global RNG before (and leaves it untouched).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.seed, "init", self.family))
+            self.generator, self.discriminator = self._build_models()
+        # The fixed noise has its own generator too: the grids of a run (and of its resume) always
+        # show the same latent points, and drawing them never shifts the training noise.
+        noise_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "fixed-noise"))
+        dim = cfg.latent_dim
+        self.fixed_noise = sample_latent(cfg.num_samples, dim, cfg.latent_distribution, generator=noise_rng)
+        ends = sample_latent(2 * cfg.interpolation_rows, dim, cfg.latent_distribution, generator=noise_rng)
+        self.interpolation_ends = ends.view(cfg.interpolation_rows, 2, dim)
+        self._optimizers = self._build_optimizers()
+        self.ctx: StepContext | None = None
+        self._range_checked = False
+
+    # ------------------------------------------------------------------ family hooks
+    def _build_models(self) -> tuple[nn.Module, nn.Module]:
+        raise NotImplementedError
+
+    def _build_optimizers(self) -> dict[str, Optimizer]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ Step protocol
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def optimizers(self) -> dict[str, Optimizer]:
+        return self._optimizers
+
+    def setup(self, ctx: "StepContext") -> None:
+        self.ctx = ctx
+        # Training noise comes from a generator re-seeded from (run seed, rank, step) at every
+        # step. The Trainer seeds every rank alike, so the global RNG would give every rank the
+        # same z and halve the diversity of a two-process batch; a function of the step also
+        # makes a resumed run draw exactly the noise of an uninterrupted one without extra state.
+        # The base seed is drawn from the global RNG just seeded by the Trainer, so it follows
+        # the run's seed and is the same on every rank and on a resume.
+        self._noise_seed = int(torch.randint(0, 2**62, (1,)).item())
+        self._rng = torch.Generator(device=ctx.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fixed_noise": self.fixed_noise.clone(), "interpolation_ends": self.interpolation_ends.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fixed_noise = state["fixed_noise"].detach().cpu().clone()
+        self.interpolation_ends = state["interpolation_ends"].detach().cpu().clone()
+
+    def visualize(self, step: int) -> dict[str, torch.Tensor]:
+        """Grids in [-1, 1]: the fixed noise, and slerp strips between fixed latent pairs."""
+        net = self._inference_generator()
+        device = next(net.parameters()).device
+        grids = {"samples": self._generate(net, self.fixed_noise.to(device))}
+        if len(self.interpolation_ends):
+            ends = self.interpolation_ends.to(device)
+            grids["interpolation"] = self.interpolate(ends[:, 0], ends[:, 1], self.config.interpolation_steps)
+        return grids
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, batch_size: int = 256) -> torch.Tensor:
+        """`n` images in [-1, 1] from the EMA generator when the Trainer keeps one, else the raw one.
+
+        `generator` (a torch.Generator) makes the draw reproducible; it is used on its own device.
+        """
+        net = self._inference_generator()
+        device = next(net.parameters()).device
+        z = sample_latent(n, self.config.latent_dim, self.config.latent_distribution, generator=generator, device=device)
+        return self._generate(net, z, batch_size)
+
+    @torch.no_grad()
+    def interpolate(self, z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
+        """Images along the slerp path from `z0` to `z1`, endpoints included.
+
+        `z0`, `z1`: (d,) or (R, d); returns (steps, C, H, W) or (R * steps, C, H, W), one strip of
+        `steps` images per row pair, strip after strip.
+        """
+        if steps < 2:
+            raise ValueError(f"an interpolation needs at least 2 steps, got {steps}")
+        net = self._inference_generator()
+        device = next(net.parameters()).device
+        t = torch.linspace(0.0, 1.0, steps, device=device)
+        path = slerp(z0.to(device), z1.to(device), t)  # (steps, [R,] d)
+        if path.ndim == 3:
+            path = path.transpose(0, 1)
+        return self._generate(net, path.reshape(-1, path.shape[-1]))
+
+    def _inference_generator(self) -> nn.Module:
+        if self.ctx is not None and "generator" in self.ctx.ema:
+            return self.ctx.ema["generator"]
+        return self.generator
+
+    @staticmethod
+    def _generate(net: nn.Module, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        with torch.no_grad(), _eval_mode(net):
+            # BEGAN's decoder has no tanh: clamp so every consumer gets valid images.
+            return torch.cat([net(chunk).float().clamp(-1.0, 1.0) for chunk in z.split(batch_size)])
+
+    # ------------------------------------------------------------------ batches
+    def _real_images(self, batch: Any) -> torch.Tensor:
+        if isinstance(batch, dict):
+            if "image" not in batch:
+                raise GANInputError(f"a GAN batch dict needs an 'image' key; got keys {sorted(map(str, batch))}")
+            images = batch["image"]
+        elif isinstance(batch, (list, tuple)):
+            if not batch:
+                raise GANInputError("got an empty batch tuple; expected the images first")
+            images = batch[0]
+        else:
+            images = batch
+        if not isinstance(images, torch.Tensor):
+            raise GANInputError(f"expected the images as a tensor, got {type(images).__name__}")
+        cfg = self.config
+        if images.ndim == 4 and images.shape[1] != cfg.channels and images.shape[-1] == cfg.channels:
+            images = images.permute(0, 3, 1, 2)  # channels-last (B, H, W, C)
+        expected = (cfg.channels, cfg.image_size, cfg.image_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise GANInputError(
+                f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}; "
+                f"resize or align the data to image_size={cfg.image_size}, or change the config"
+            )
+        if images.dtype == torch.uint8:
+            return images.float().div_(127.5).sub_(1.0).contiguous()
+        if not images.is_floating_point():
+            raise GANInputError(f"expected uint8 (0..255) or float ([-1, 1]) images, got dtype {images.dtype}")
+        images = images.float().contiguous()
+        if not self._range_checked:
+            # Once, on the first batch: a check every step would sync the GPU for nothing.
+            low, high = (float(v) for v in torch.aminmax(images))
+            if low < -1.001 or high > 1.001:
+                raise GANInputError(
+                    f"float images must be in [-1, 1], got values in [{low:.3g}, {high:.3g}] "
+                    "(uint8 images in 0..255 are converted automatically)"
+                )
+            self._range_checked = True
+        return images
+
+    def _step_rng(self, step: int) -> torch.Generator:
+        """The generator of this step's random draws on this rank (see `setup`)."""
+        ctx = self._require_setup()
+        return self._rng.manual_seed(derive_seed(self._noise_seed, "step", ctx.dist.rank, step))
+
+    def _noise(self, n: int, rng: torch.Generator) -> torch.Tensor:
+        return sample_latent(n, self.config.latent_dim, self.config.latent_distribution, generator=rng, device=self.ctx.device)
+
+    def _require_setup(self) -> "StepContext":
+        if self.ctx is None:
+            raise RuntimeError(f"{type(self).__name__}.setup(ctx) must be called before train_step (the Trainer does it)")
+        return self.ctx
+
+
+class DCGANStep(GANStep):
+    """DCGAN (Radford et al. 2016) with a configurable adversarial loss.
+
+    Each call performs `n_critic` discriminator updates and then one generator update. The batch
+    the Trainer hands over is split into `n_critic` equal parts, one per critic update, so that
+    every critic update sees fresh real images (as in Gulrajani et al.'s algorithm 1, which draws
+    a new real batch per critic iteration), every real image is used exactly once per epoch, and
+    one loader batch is one generator step. The price: each critic update sees batch/n_critic
+    real images; to reproduce WGAN-GP's 64 per update with n_critic=5, use batch_size=320. The
+    generator update uses as many samples as one part: the fakes of the last critic update,
+    whose forward pass kept its graph for this purpose.
+
+    Metrics: d_loss, g_loss, d_real and d_fake (mean logits), grad_norm_d, grad_norm_g, and for
+    WGAN-GP also gp and wasserstein (the critic's estimate E[D(x)] - E[D(G(z))]); values of the
+    discriminator are averaged over the critic updates of the call.
+    """
+
+    family = "dcgan"
+
+    def __init__(self, config: GANConfig):
+        super().__init__(config)
+        d = self.config.dcgan
+        self.loss = get_gan_loss(d.loss, gp_weight=d.gp_weight) if d.loss == "wgan-gp" else get_gan_loss(d.loss)
+        self.n_critic = d.n_critic
+
+    def _build_models(self) -> tuple[nn.Module, nn.Module]:
+        return build_dcgan(self.config)
+
+    def _build_optimizers(self) -> dict[str, Optimizer]:
+        d = self.config.dcgan
+        return {
+            "generator": Adam(self.generator.parameters(), lr=d.lr_g, betas=d.betas),
+            "discriminator": Adam(self.discriminator.parameters(), lr=d.lr_d, betas=d.betas),
+        }
+
+    def train_step(self, batch: Any, step: int) -> dict[str, float]:
+        ctx = self._require_setup()
+        real = self._real_images(batch)
+        if real.shape[0] < self.n_critic:
+            raise GANInputError(
+                f"a batch of {real.shape[0]} images cannot be split over n_critic={self.n_critic} critic updates; "
+                f"use a (per-process) batch size that is a multiple of {self.n_critic}"
+            )
+        G, D = ctx.models["generator"], ctx.models["discriminator"]
+        rng = self._step_rng(step)
+        sums: dict[str, float] = {}
+        fake = real  # rebound below; n_critic >= 1
+        for index, chunk in enumerate(torch.tensor_split(real, self.n_critic)):
+            last = index == self.n_critic - 1
+            z = self._noise(chunk.shape[0], rng)
+            # Only the last critic update's fakes feed the generator update; the others need no graph.
+            with torch.set_grad_enabled(last), ctx.autocast():
+                fake = G(z)
+            with ctx.autocast():
+                # Separate real and fake forward passes: BatchNorm statistics stay per-domain.
+                real_logits = D(chunk)
+                fake_logits = D(fake.detach())
+            d_loss = self.loss.discriminator_loss(real_logits, fake_logits)
+            metrics = {"d_real": float(real_logits.detach().float().mean()), "d_fake": float(fake_logits.detach().float().mean())}
+            penalty = self.loss.penalty(D, chunk, fake.detach(), generator=rng)
+            if penalty is not None:
+                d_loss = d_loss + penalty
+                metrics["gp"] = float(penalty.detach())
+                metrics["wasserstein"] = metrics["d_real"] - metrics["d_fake"]
+            metrics["grad_norm_d"] = ctx.optimize("discriminator", d_loss)
+            metrics["d_loss"] = float(d_loss.detach())
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+        # D's weights receive gradients here too (its next update clears them). Freezing them
+        # would save that work, but under DDP every parameter of a module that ran forward must
+        # get a gradient in the following backward.
+        with ctx.autocast():
+            g_logits = D(fake)
+        g_loss = self.loss.generator_loss(g_logits)
+        grad_norm_g = ctx.optimize("generator", g_loss)
+        averaged = {key: value / self.n_critic for key, value in sums.items()}
+        out = {"d_loss": averaged.pop("d_loss"), "g_loss": float(g_loss.detach())}
+        out.update(averaged)
+        out["grad_norm_g"] = grad_norm_g
+        return out
+
+
+class BEGANStep(GANStep):
+    """BEGAN (Berthelot et al. 2017): autoencoder discriminator with the k_t equilibrium control.
+
+    Per call: one noise batch z; the discriminator is updated on L_D = L(x) - k_t L(G(z)), then the
+    generator on L_G = L(G(z)) through the updated discriminator (the paper updates both at once
+    from the same forward pass; sequential updates are the usual PyTorch form and need no second
+    graph through D). k_t is then updated from the L(x) and L(G(z)) measured in the discriminator
+    update, and M_global from the same values. k_t is part of `state_dict()`, so a resumed run
+    continues with the same k_t.
+
+    Metrics: m_global, k (k_{t+1}, after the update), loss_real (L(x)), loss_fake (L(G(z))),
+    d_loss, g_loss, grad_norm_d, grad_norm_g, lr.
+    """
+
+    family = "began"
+
+    def __init__(self, config: GANConfig):
+        super().__init__(config)
+        b = self.config.began
+        self.loss = BEGANLoss(gamma=b.gamma, lambda_k=b.lambda_k, eta=b.eta)
+        self.k = float(b.k_init)
+        self._last_real: torch.Tensor | None = None
+
+    def _build_models(self) -> tuple[nn.Module, nn.Module]:
+        return build_began(self.config)
+
+    def _build_optimizers(self) -> dict[str, Optimizer]:
+        b = self.config.began
+        return {
+            "generator": Adam(self.generator.parameters(), lr=b.lr, betas=b.betas),
+            "discriminator": Adam(self.discriminator.parameters(), lr=b.lr, betas=b.betas),
+        }
+
+    def learning_rate(self, step: int) -> float:
+        """The paper halves the rate when M_global stalls; here on a fixed schedule, a function
+        of the step alone so that a resume needs no extra state."""
+        b = self.config.began
+        return b.lr * (0.5 ** (step // b.lr_halve_every) if b.lr_halve_every else 1.0)
+
+    def train_step(self, batch: Any, step: int) -> dict[str, float]:
+        ctx = self._require_setup()
+        real = self._real_images(batch)
+        G, D = ctx.models["generator"], ctx.models["discriminator"]
+        lr = self.learning_rate(step)
+        for optimizer in self._optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+        z = self._noise(real.shape[0], self._step_rng(step))
+        with ctx.autocast():
+            fake = G(z)
+            rec_real = D(real)
+            rec_fake = D(fake.detach())
+        loss_real = self.loss.reconstruction(real, rec_real)
+        loss_fake = self.loss.reconstruction(fake.detach(), rec_fake)
+        d_loss = self.loss.discriminator_loss(loss_real, loss_fake, self.k)
+        grad_norm_d = ctx.optimize("discriminator", d_loss)
+
+        with ctx.autocast():
+            rec_gen = D(fake)
+        g_loss = self.loss.generator_loss(self.loss.reconstruction(fake, rec_gen))
+        grad_norm_g = ctx.optimize("generator", g_loss)
+
+        # k_t is one controller for the whole run: feed it the losses of the global batch, so
+        # that every rank holds the same k_t (and the checkpoint of rank 0 holds the run's).
+        measured = all_reduce_mean(torch.stack([loss_real.detach(), loss_fake.detach()]), ctx.dist)
+        l_real, l_fake = float(measured[0]), float(measured[1])
+        m_global = self.loss.convergence(l_real, l_fake)
+        self.k = self.loss.update_k(self.k, l_real, l_fake)
+        self._last_real = real[:8].detach().clone()
+        return {
+            "m_global": m_global,
+            "k": self.k,
+            "loss_real": l_real,
+            "loss_fake": l_fake,
+            "d_loss": float(d_loss.detach()),
+            "g_loss": float(g_loss.detach()),
+            "grad_norm_d": grad_norm_d,
+            "grad_norm_g": grad_norm_g,
+            "lr": lr,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["k"] = self.k
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.k = float(state["k"])
+
+    def visualize(self, step: int) -> dict[str, torch.Tensor]:
+        """Also a "reconstruction" grid: a row of recent real images over their autoencodings."""
+        grids = super().visualize(step)
+        if self._last_real is not None:
+            with torch.no_grad():
+                real = self._last_real
+                reconstruction = self.discriminator(real).float().clamp(-1.0, 1.0)
+            grids["reconstruction"] = torch.cat([real, reconstruction])
+        return grids
+
+
+def build_gan_step(config: GANConfig) -> GANStep:
+    """The Step for `config.model`."""
+    return {"dcgan": DCGANStep, "began": BEGANStep}[config.model](config)
