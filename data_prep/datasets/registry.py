@@ -20,6 +20,14 @@ from engine.errors import FaceganError
 
 __all__ = ["DATASETS", "UnknownDatasetError", "available_datasets", "get_reader", "load_dataset"]
 
+def _load_synthetic(root: str | Path, split: str | None = None, *, domain: str | None = None) -> FaceDataset:
+    """The built-in synthetic faces (`data_prep.synthetic`), imported on use: that module
+    builds on this package, so importing it here at load time would be circular."""
+    from data_prep.synthetic import load_synthetic
+
+    return load_synthetic(root, domain=domain, split=split)
+
+
 DATASETS: dict[str, Callable[..., FaceDataset]] = {
     "celeba": load_celeba,
     "lfw": load_lfw,
@@ -29,6 +37,7 @@ DATASETS: dict[str, Callable[..., FaceDataset]] = {
     "fotw": load_fotw,
     "adience": load_adience,
     "folder_csv": load_folder_csv,
+    "synthetic": _load_synthetic,
 }
 # Other names people use for the same readers.
 _ALIASES = {
