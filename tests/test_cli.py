@@ -1,0 +1,46 @@
+"""The `facegan` command: every subcommand is reachable and every option explains itself."""
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from transfer.cli import build_parser, main
+
+
+def _walk(parser: argparse.ArgumentParser, path=()):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _walk(child, path + (name,))
+
+
+def test_every_command_and_option_has_help():
+    missing = []
+    for path, parser in _walk(build_parser()):
+        if path and not (parser.description or "").strip():
+            missing.append(f"{' '.join(path)}: no description")
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{' '.join(path) or 'facegan'} {'/'.join(action.option_strings) or action.dest}: no help")
+    assert not missing, "\n".join(missing)
+
+
+def test_expected_commands_exist():
+    commands = {path for path, _ in _walk(build_parser()) if path}
+    for expected in [("align",), ("demo",), ("data",), ("data", "info"), ("data", "synth"), ("data", "cache")]:
+        assert expected in commands, expected
+
+
+def test_help_runs_as_a_console_command():
+    result = subprocess.run([sys.executable, "-m", "transfer.cli", "align", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "manifest" in result.stdout
+
+
+def test_user_errors_are_messages_not_tracebacks(tmp_path, capsys):
+    code = main(["align", str(tmp_path / "does-not-exist"), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does-not-exist" in err and "Traceback" not in err

@@ -1,0 +1,22 @@
+"""`facegan demo` runs end to end on the built-in data and its report shows every part."""
+import re
+
+from transfer.cli import main
+
+
+def test_demo_writes_a_complete_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--num-identities", "12", "--images-per-identity", "2", "--no-progress"])
+    assert code == 0
+    assert str((out / "report.html").resolve()) in capsys.readouterr().out
+    page = (out / "report.html").read_text()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert len(images) >= 3 and all((out / src).is_file() for src in images), images
+    markdown = (out / "report.md").read_text()
+    # The bundled real photo and its transformed copy are aligned; broken inputs are reported.
+    assert "| astronaut.jpg | aligned |" in markdown and "| astronaut_rotated_shrunk.jpg | aligned |" in markdown
+    assert "| broken_truncated.jpg | unreadable | truncated |" in markdown
+    assert "| notes.txt | unreadable | not_an_image |" in markdown
+    assert "NOT real data" in markdown
+    # A second run reuses the synthetic data and the cache instead of redoing them.
+    assert main(["demo", "--out", str(out), "--num-identities", "12", "--images-per-identity", "2", "--no-progress"]) == 0

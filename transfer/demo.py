@@ -1,0 +1,240 @@
+"""`facegan demo`: the whole pipeline on built-in data, ending in one report.html.
+
+It runs for real whatever the package can do end to end on a fresh machine with no datasets:
+1. the MTCNN aligner on the bundled real photo (and on transformed and broken copies of it,
+   to show the manifest's reasons);
+2. the built-in synthetic face dataset, both domains, with its label statistics;
+3. the aligned-face cache of that dataset, with its read throughput.
+Each later part of the package (GAN, super-resolution, attributes, transfer) adds a section.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from transfer.report import Report
+
+__all__ = ["DemoConfig", "run_demo", "register"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoConfig:
+    out_dir: Path = Path("runs/demo")
+    seed: int = 0
+    num_identities: int = 60
+    images_per_identity: int = 4
+    image_size: int = 64
+    align_size: int = 128
+    template: str = "thesis"
+    threads: int | None = None
+    progress: bool = True
+
+
+def _section_align(config: DemoConfig, report: Report) -> None:
+    from data_prep.align.aligner import AlignConfig
+    from data_prep.align.folder import align_folder, read_manifest
+    from data_prep.align.templates import get_template
+    from data_prep.assets import ASTRONAUT_JPG
+
+    root = config.out_dir / "align"
+    inputs = root / "input"
+    if inputs.exists():
+        shutil.rmtree(inputs)
+    inputs.mkdir(parents=True)
+    photo = Image.open(ASTRONAUT_JPG).convert("RGB")
+    photo.save(inputs / "astronaut.jpg", quality=95)
+    # A rotated, shrunk, off-centre copy on a larger canvas: alignment must undo all of it.
+    canvas = Image.new("RGB", (700, 560), (40, 60, 80))
+    moved = photo.rotate(25, resample=Image.BICUBIC, expand=True, fillcolor=(40, 60, 80))
+    moved = moved.resize((int(moved.width * 0.7), int(moved.height * 0.7)), Image.BICUBIC)
+    canvas.paste(moved, (150, 20))
+    canvas.save(inputs / "astronaut_rotated_shrunk.jpg", quality=95)
+    photo.convert("L").save(inputs / "astronaut_gray.png")
+    blob = (inputs / "astronaut.jpg").read_bytes()
+    (inputs / "broken_truncated.jpg").write_bytes(blob[: len(blob) // 4])
+    (inputs / "notes.txt").write_text("not an image: the aligner lists it with a reason and goes on\n")
+    Image.fromarray(np.full((120, 160, 3), 128, np.uint8)).save(inputs / "no_face_gray_card.png")
+
+    aligned = root / "aligned"
+    if aligned.exists():
+        shutil.rmtree(aligned)
+    align_config = AlignConfig(template=config.template, output_size=config.align_size, device="cpu")
+    summary = align_folder(inputs, aligned, align_config, progress=config.progress)
+    rows = read_manifest(aligned / "manifest.csv")
+
+    template_points = get_template(config.template).scaled(config.align_size)  # (5, 2) output pixels
+    tiles = []
+    for row in rows:
+        if row["status"] != "aligned":
+            continue
+        source = Image.open(inputs / row["source"]).convert("RGB")
+        draw = ImageDraw.Draw(source)
+        box = [float(v) for v in row["box"].split()] if row.get("box") else []
+        if len(box) == 4:
+            draw.rectangle(box, outline=(255, 64, 64), width=3)
+        points = np.array([float(v) for v in row["landmarks"].split()]).reshape(-1, 2) if row.get("landmarks") else []
+        for x, y in points:
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(64, 255, 64))
+        source.thumbnail((256, 256))
+        face = Image.open(aligned / row["output"]).convert("RGB").resize((256, 256), Image.NEAREST)
+        draw = ImageDraw.Draw(face)
+        for x, y in np.asarray(template_points) * (256 / config.align_size):
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], outline=(255, 255, 0), width=2)
+        tile = Image.new("RGB", (512 + 8, 256), (255, 255, 255))
+        tile.paste(source, ((256 - source.width) // 2, (256 - source.height) // 2))
+        tile.paste(face, (264, 0))
+        tiles.append(tile)
+    preview = Image.new("RGB", (520, 264 * max(1, len(tiles))), (255, 255, 255))
+    for i, tile in enumerate(tiles):
+        preview.paste(tile, (0, i * 264))
+    preview_path = root / "preview.png"
+    preview.save(preview_path)
+
+    report.heading("1. Alignment (MTCNN + similarity transform)")
+    report.text(
+        f"The bundled real photo (public-domain NASA portrait) and transformed or broken copies of it went through "
+        f"`facegan align` with the '{config.template}' template at {config.align_size} px. Left: detected box "
+        "(red) and the 5 landmarks (green). Right: the aligned crop, with the template's points (yellow circles)."
+    )
+    report.image(preview_path, "source with detection | aligned output")
+    report.table(
+        ["input", "status", "reason", "score"],
+        [[r["source"], r["status"], r["reason"], r.get("score", "")] for r in rows],
+        caption="manifest.csv: one row per input; broken inputs are listed with a reason and the run goes on",
+    )
+    counts = summary.get("counts", summary)
+    report.text("Summary: " + ", ".join(f"{k}={v}" for k, v in counts.items() if isinstance(v, int)))
+
+
+def _section_data(config: DemoConfig, report: Report):
+    from data_prep.synthetic import SyntheticConfig, generate_synthetic, load_synthetic, write_preview
+
+    root = config.out_dir / "data" / "synthetic"
+    synth_config = SyntheticConfig(
+        num_identities=config.num_identities,
+        images_per_identity=config.images_per_identity,
+        image_size=config.image_size,
+        seed=config.seed,
+    )
+    started = time.perf_counter()
+    generate_synthetic(root, synth_config, progress=config.progress)
+    seconds = time.perf_counter() - started
+    dataset = load_synthetic(root)
+    preview = write_preview(dataset, config.out_dir / "data" / "preview.png")
+
+    report.heading("2. Built-in data: procedural synthetic faces")
+    report.text(
+        "Every command defaults to this dataset so that everything runs without downloads. It is NOT real data: "
+        "numbers measured on it say nothing about real faces. Two domains (studio, wild) share identities and "
+        f"labels. Generated {len(dataset)} images at {config.image_size} px in {seconds:.1f} s (seed {config.seed})."
+    )
+    report.image(preview, "studio (top) and wild (bottom) faces with their labels and landmarks")
+    rows = []
+    for domain in sorted({r.meta.get("domain") for r in dataset.records}):
+        part = dataset.subset(keep=lambda r, d=domain: r.meta.get("domain") == d)
+        split = part.split_counts()
+        rates = [np.mean([r.labels[t.name] for r in part.records if t.name in r.labels]) for t in part.schema.of_kind("binary")]
+        rows.append([domain, len(part), split.get("train", 0), split.get("val", 0), split.get("test", 0)] + [f"{v:.2f}" for v in rates])
+    binary_names = [t.name for t in dataset.schema.of_kind("binary")]
+    report.table(["domain", "images", "train", "val", "test"] + binary_names, rows, caption="counts and positive rates")
+    return dataset
+
+
+def _section_cache(config: DemoConfig, report: Report, dataset) -> None:
+    import torch
+
+    from data_prep.align.aligner import AlignConfig, FaceAligner
+    from data_prep.cache import build_cache
+    from engine.logging import save_image_grid
+
+    started = time.perf_counter()
+    aligner = FaceAligner(AlignConfig(template=config.template, output_size=config.image_size, device="cpu"))
+    cache = build_cache(dataset, config.out_dir / "cache", size=config.image_size, aligner=aligner, progress=config.progress)
+    build_seconds = time.perf_counter() - started
+
+    indices = torch.randperm(len(cache), generator=torch.Generator().manual_seed(config.seed))
+    started = time.perf_counter()
+    for chunk in indices.split(64):
+        cache.get_batch(chunk.tolist())
+    read_rate = len(cache) / max(time.perf_counter() - started, 1e-9)
+
+    by_domain: dict[str, list[int]] = {}
+    for i, path in enumerate(cache.paths):  # synthetic images live in images/<domain>/
+        by_domain.setdefault(Path(path).parent.name, []).append(i)
+    sample = [i for domain in sorted(by_domain) for i in by_domain[domain][:16]]
+    grid = save_image_grid(cache.get_batch(sample).float(), config.out_dir / "cache" / "aligned_grid.png", value_range=(0, 255))
+
+    report.heading("3. Aligned-face cache")
+    report.text(
+        "The dataset was aligned once (here from its known landmarks; real photos go through MTCNN) into "
+        "memory-mapped uint8 shards, so training epochs decode no JPEG and run no detector."
+    )
+    report.image(grid, "aligned faces read back from the cache (both domains)")
+    report.table(
+        ["images cached", "skipped", "build s", "random-batch read, images/s"],
+        [[len(cache), len(cache.skipped), f"{build_seconds:.1f}", f"{read_rate:,.0f}"]],
+    )
+
+
+def run_demo(config: DemoConfig) -> Path:
+    """Run every demo section and return the path of report.html."""
+    from engine.device import configure_threads
+
+    configure_threads(config.threads)
+    config.out_dir = Path(config.out_dir)
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    report = Report("facegan demo", config.out_dir)
+    report.text(
+        "What the package does end to end on a fresh machine, on built-in data. Reproduce with "
+        f"`facegan demo --out {config.out_dir} --seed {config.seed}`."
+    )
+    started = time.perf_counter()
+    _section_align(config, report)
+    dataset = _section_data(config, report)
+    _section_cache(config, report, dataset)
+    report.heading("Run")
+    report.text(f"Total demo time {time.perf_counter() - started:.1f} s.")
+    _, html_path = report.write("report")
+    return html_path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the whole pipeline on built-in data and write report.html",
+        description="Run every part of facegan end to end on the bundled photo and the built-in synthetic faces "
+        "(no downloads), and write report.html and report.md that show the results as pictures and tables.",
+    )
+    defaults = DemoConfig()
+    parser.add_argument("--out", type=Path, default=defaults.out_dir, help=f"output folder (default {defaults.out_dir})")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for the synthetic data and sampling")
+    parser.add_argument("--num-identities", type=int, default=defaults.num_identities,
+                        help=f"synthetic identities to generate (default {defaults.num_identities})")
+    parser.add_argument("--images-per-identity", type=int, default=defaults.images_per_identity,
+                        help=f"synthetic images per identity and domain (default {defaults.images_per_identity})")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $FACEGAN_THREADS or all cores)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = DemoConfig(
+        out_dir=args.out,
+        seed=args.seed,
+        num_identities=args.num_identities,
+        images_per_identity=args.images_per_identity,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    path = run_demo(config)
+    print(f"report: {path.resolve()}")
+    return 0
