@@ -13,6 +13,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     from data_prep import cli as data_prep_cli
+    from gan import cli as gan_cli
     from transfer import demo
 
     parser = argparse.ArgumentParser(
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data_prep_cli.register(subparsers)
+    gan_cli.register(subparsers)
     demo.register(subparsers)
     return parser
 

@@ -1,0 +1,172 @@
+"""`facegan gan train | sample`: train a face generator, then draw faces and interpolations."""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import load_checkpoint
+from engine.config import from_dict, load_config, save_config, to_dict
+from engine.errors import FaceganError
+from engine.trainer import Trainer, TrainerConfig
+from gan.config import GANConfig
+from gan.data import GANDataConfig, build_gan_dataset
+
+__all__ = ["GANRunConfig", "train", "load_generator_step", "register"]
+
+log = logging.getLogger(__name__)
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "gan"
+
+
+def _default_trainer() -> TrainerConfig:
+    return TrainerConfig(
+        out_dir="runs/gan", max_steps=2000, batch_size=64, ema_decay=0.999, ema_modules=("generator",),
+        sample_every=250, checkpoint_every=500, log_every=10,
+    )
+
+
+@dataclass
+class GANRunConfig:
+    """Everything one `facegan gan train` run needs; presets in configs/gan/*.yaml."""
+
+    gan: GANConfig = field(default_factory=GANConfig)
+    data: GANDataConfig = field(default_factory=GANDataConfig)
+    train: TrainerConfig = field(default_factory=_default_trainer)
+
+
+def train(config: GANRunConfig) -> dict:
+    """Build the data, the step and the Trainer, run it, and return the Trainer's result."""
+    from gan.steps import build_gan_step
+
+    out_dir = Path(config.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    dataset = build_gan_dataset(config.data, config.gan.image_size, out_dir, progress=config.train.progress)
+    step = build_gan_step(config.gan)
+    run_config = {"gan": to_dict(config.gan), "data": to_dict(config.data)}
+    log.info("training %s at %d px on %d faces from %s", config.gan.model, config.gan.image_size, len(dataset), config.data.source)
+    return Trainer(step, dataset, config.train, run_config).fit()
+
+
+def load_generator_step(checkpoint: str | Path, use_ema: bool = True, device: str = "cpu"):
+    """The GAN step of a training checkpoint, its generator holding the EMA weights if present."""
+    from gan.steps import build_gan_step
+
+    state = load_checkpoint(checkpoint, map_location=device)
+    if "run_config" not in state or "gan" not in state["run_config"]:
+        raise FaceganError(f"{checkpoint} is not a facegan GAN checkpoint (no gan config inside)")
+    gan_config = from_dict(GANConfig, state["run_config"]["gan"])
+    step = build_gan_step(gan_config)
+    weights = state["ema"].get("generator") if use_ema else None
+    if weights is None:
+        weights = state["modules"]["generator"]
+    step.generator.load_state_dict(weights)
+    step.generator.to(device).eval()
+    return step, state
+
+
+# ----------------------------------------------------------------------------------- CLI
+def register(subparsers: argparse._SubParsersAction) -> None:
+    gan = subparsers.add_parser(
+        "gan",
+        help="train face generators (DCGAN, BEGAN, WGAN-GP) and sample from them",
+        description="Face generators: `train` runs DCGAN / BEGAN / WGAN-GP on any dataset (default: the built-in "
+        "synthetic faces) through the aligned-face cache; `sample` draws faces and latent interpolations from a checkpoint.",
+    )
+    sub = gan.add_subparsers(dest="gan_command", metavar="GAN_COMMAND", required=True)
+
+    p = sub.add_parser(
+        "train",
+        help="train a face generator",
+        description="Train a face generator. Settings come from the dataclass defaults, then --config, then the "
+        "shortcut options below, then --set KEY=VALUE overrides (e.g. --set gan.began.gamma=0.7). The resolved "
+        "settings are written to OUT/config.yaml; checkpoints to OUT/checkpoints/{latest,best}.pt; sample grids to "
+        "OUT/samples/; TensorBoard logs to OUT/tensorboard/ and metrics to OUT/metrics.jsonl.",
+    )
+    p.add_argument("--config", type=Path, help=f"YAML preset (see {PRESETS_DIR}: dcgan64.yaml, began64.yaml, wgan-gp64.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting by its dotted path (repeatable), e.g. train.max_steps=500")
+    p.add_argument("--out", help="run folder (train.out_dir; default runs/gan)")
+    p.add_argument("--model", choices=("dcgan", "began"), help="generator family (gan.model)")
+    p.add_argument("--loss", choices=("nonsaturating", "wgan-gp", "hinge"), help="DCGAN adversarial loss (gan.dcgan.loss)")
+    p.add_argument("--image-size", type=int, choices=(32, 64, 128), help="output resolution in pixels (gan.image_size)")
+    p.add_argument("--data", help="synthetic, folder, or a dataset name such as celeba (data.source)")
+    p.add_argument("--root", help="dataset root or image folder (data.root)")
+    p.add_argument("--steps", type=int, help="optimiser steps to train for (train.max_steps)")
+    p.add_argument("--batch-size", type=int, help="global batch size, split over processes (train.batch_size)")
+    p.add_argument("--seed", type=int, help="seed of the data order and noise (train.seed); gan.seed sets the initial weights")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (train.threads)")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (train.amp)")
+    p.add_argument("--deterministic", action="store_true", help="bit-reproducible kernels, slower (train.deterministic)")
+    p.add_argument("--resume", action="store_true", help="continue OUT's latest checkpoint exactly where it stopped")
+    p.add_argument("--force", action="store_true", help="with --resume: allow a changed configuration")
+    p.set_defaults(func=_run_train)
+
+    p = sub.add_parser(
+        "sample",
+        help="draw faces and latent interpolations from a checkpoint",
+        description="Draw N faces from a GAN checkpoint (the EMA generator when the run kept one) as PNG files "
+        "and/or one grid, and optionally latent interpolation strips along slerp paths between random latents.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan gan train` (e.g. OUT/checkpoints/latest.pt)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the images")
+    p.add_argument("-n", "--num", type=int, default=64, help="faces to draw (default 64)")
+    p.add_argument("--grid-only", action="store_true", help="write only grid.png, not one PNG per face")
+    p.add_argument("--interpolate", type=int, default=0, metavar="ROWS",
+                   help="also write interpolation.png with this many slerp strips (default 0: none)")
+    p.add_argument("--interpolation-steps", type=int, default=8, help="images per interpolation strip (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default 0)")
+    p.add_argument("--raw", action="store_true", help="use the raw generator instead of its EMA copy")
+    p.add_argument("--device", default="cpu", help="device to sample on (default cpu)")
+    p.set_defaults(func=_run_sample)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    shortcuts = {
+        "train.out_dir": args.out, "gan.model": args.model, "gan.dcgan.loss": args.loss, "gan.image_size": args.image_size,
+        "data.source": args.data, "data.root": args.root, "train.max_steps": args.steps, "train.batch_size": args.batch_size,
+        "train.seed": args.seed, "train.device": args.device, "train.threads": args.threads,
+        "train.amp": True if args.amp else None, "train.deterministic": True if args.deterministic else None,
+        "train.resume": True if args.resume else None, "train.force_resume": True if args.force else None,
+    }
+    overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None] + list(args.overrides)
+    config = load_config(GANRunConfig, args.config, overrides)
+    result = train(config)
+    out = Path(config.train.out_dir)
+    grids = sorted((out / "samples").glob("samples_*.png"))
+    print(f"{result['status']} at step {result['global_step']} in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}")
+    if grids:
+        print(f"latest sample grid: {grids[-1]}")
+    return 0 if result["status"] == "finished" else 130
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from engine.logging import save_image_grid
+    from PIL import Image
+
+    if args.num < 1:
+        raise FaceganError("--num must be at least 1")
+    step, _ = load_generator_step(args.checkpoint, use_ema=not args.raw, device=args.device)
+    rng = torch.Generator(device=args.device).manual_seed(args.seed)
+    images = step.sample(args.num, generator=rng)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_image_grid(images, args.out / "grid.png")
+    if not args.grid_only:
+        pixels = ((images.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for i, array in enumerate(pixels):
+            Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(args.out / f"{i:05d}.png")
+    if args.interpolate:
+        from gan.models.latent import sample_latent
+
+        cfg = step.config
+        ends = sample_latent(2 * args.interpolate, cfg.latent_dim, cfg.latent_distribution, generator=rng, device=args.device)
+        ends = ends.view(args.interpolate, 2, -1)
+        strips = step.interpolate(ends[:, 0], ends[:, 1], args.interpolation_steps)
+        save_image_grid(strips, args.out / "interpolation.png", nrow=args.interpolation_steps)
+    print(f"wrote {args.num} faces to {args.out}")
+    return 0
