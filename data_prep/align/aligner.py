@@ -14,7 +14,10 @@ Defaults, and why:
   benchmarks/align_detection_rate.py), while the best non-face hits we saw, found by the
   relaxed retries, scored 0.88 (an eye close-up mislabelled as a face in UTKFace) and 0.76
   (gravel); a lower bar lets such textures through.
-- ``selection`` ``"largest"``: in a portrait or a dataset crop the subject is the biggest face.
+- ``selection`` ``"central"``: face datasets centre their subject (CelebA's aligned images,
+  LFW, UTKFace crops), and bystanders cut off at the border can have the larger box: in CelebA
+  146539.jpg a half-visible neighbour's box is bigger than the subject's, and "largest" picked
+  it. In a single-person photo the two rules agree.
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ class AlignConfig:
 
     template: str | Template = "thesis"
     output_size: int = 128
-    selection: str = "largest"
+    selection: str = "central"
     min_score: float = 0.9
     on_no_face: str = "skip"
     min_face_size: float = 20.0
