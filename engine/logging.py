@@ -91,3 +91,56 @@ class RunLogger:
         if self._writer is not None:
             self._writer.close()
         self._jsonl.close()
+
+
+def plot_curves(metrics_jsonl: Path | str, out_png: Path | str, split: str = "train", smooth: int = 0) -> Path | None:
+    """Plot every scalar of `split` in a metrics.jsonl against the step, one panel each, as a PNG.
+
+    `smooth` > 1 overlays a running mean over that many points. Returns None when there is
+    nothing to plot (an empty or missing file).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    path = Path(metrics_jsonl)
+    if not path.is_file():
+        return None
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if row.get("split") != split:
+            continue
+        for key, value in row.items():
+            if key in ("step", "split") or not isinstance(value, (int, float)):
+                continue
+            steps, values = series.setdefault(key, ([], []))
+            steps.append(row["step"])
+            values.append(float(value))
+    if not series:
+        return None
+    columns = min(3, len(series))
+    rows = -(-len(series) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), squeeze=False)
+    for axis, (name, (steps, values)) in zip(axes.flat, sorted(series.items())):
+        axis.plot(steps, values, linewidth=0.8, alpha=0.5 if smooth > 1 else 1.0)
+        if smooth > 1 and len(values) >= smooth:
+            kernel = [1.0 / smooth] * smooth
+            import numpy as np
+
+            axis.plot(steps[smooth - 1 :], np.convolve(values, kernel, mode="valid"), linewidth=1.4)
+        axis.set_title(name, fontsize=10)
+        axis.set_xlabel("step", fontsize=8)
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(series) :]:
+        axis.axis("off")
+    figure.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_png, dpi=100)
+    plt.close(figure)
+    return out_png

@@ -34,7 +34,7 @@ from engine.device import choose_device, configure_threads
 from engine.distributed import DistributedInfo, ResumableSampler, init_distributed
 from engine.ema import ModelEMA
 from engine.errors import FaceganError
-from engine.logging import RunLogger
+from engine.logging import RunLogger, plot_curves
 from engine.reproducibility import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 
 __all__ = ["Step", "StepContext", "TrainerConfig", "Trainer", "NonFiniteError", "ResumeError"]
@@ -354,6 +354,8 @@ class Trainer:
         finally:
             progress.close()
             self.logger.close()
+            if self.dist.is_main and self.config.log_every:
+                plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", smooth=max(1, min(25, self.global_step // 20)))
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
         return {

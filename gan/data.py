@@ -36,6 +36,7 @@ class GANDataConfig:
     synthetic_identities: int = 500
     synthetic_images_per_identity: int = 4
     synthetic_domain: str = "studio"  # studio | wild | all
+    synthetic_seed: int = 0
 
 
 class RandomHorizontalFlip:
@@ -61,6 +62,7 @@ def _source_dataset(config: GANDataConfig, image_size: int, out_dir: Path):
             num_identities=config.synthetic_identities,
             images_per_identity=config.synthetic_images_per_identity,
             image_size=max(64, image_size),
+            seed=config.synthetic_seed,
         )
         generate_synthetic(root, synth)
         domain = None if config.synthetic_domain == "all" else config.synthetic_domain

@@ -149,3 +149,11 @@ def test_batch_larger_than_dataset_is_a_clear_error(tmp_path):
 
     with pytest.raises(FaceganError, match="fewer than one batch"):
         Trainer(ToyStep(), _data(), _config(tmp_path, batch_size=64), {}).fit()
+
+
+def test_loss_curves_are_plotted(tmp_path):
+    Trainer(ToyStep(), _data(), _config(tmp_path, max_steps=6), {}).fit()
+    from PIL import Image
+
+    with Image.open(tmp_path / "curves.png") as image:
+        assert image.width > 300 and image.height > 150

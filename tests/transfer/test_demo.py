@@ -6,7 +6,8 @@ from transfer.cli import main
 
 def test_demo_writes_a_complete_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--num-identities", "12", "--images-per-identity", "2", "--no-progress"])
+    args = ["demo", "--out", str(out), "--num-identities", "12", "--images-per-identity", "2", "--gan-steps", "6", "--no-progress"]
+    code = main(args)
     assert code == 0
     assert str((out / "report.html").resolve()) in capsys.readouterr().out
     page = (out / "report.html").read_text()
@@ -18,5 +19,6 @@ def test_demo_writes_a_complete_report(tmp_path, capsys):
     assert "| broken_truncated.jpg | unreadable | truncated |" in markdown
     assert "| notes.txt | unreadable | not_an_image |" in markdown
     assert "NOT real data" in markdown
+    assert "## 4. Face generator" in markdown and "gan/samples/samples_0000006.png" in markdown
     # A second run reuses the synthetic data and the cache instead of redoing them.
-    assert main(["demo", "--out", str(out), "--num-identities", "12", "--images-per-identity", "2", "--no-progress"]) == 0
+    assert main(args) == 0
