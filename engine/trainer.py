@@ -73,6 +73,7 @@ class Step(Protocol):
 class TrainerConfig:
     out_dir: str = "runs/train"
     max_steps: int = 1000
+    max_seconds: float = 0.0  # wall-clock budget for the loop (0: none); the run stops and saves when spent
     batch_size: int = 64  # global: split evenly across ranks
     num_workers: int = 0
     seed: int = 0
@@ -98,7 +99,7 @@ class TrainerConfig:
 
 # Changing these between a run and its resume does not change the maths of the steps taken.
 _SCHEDULE_FIELDS = {
-    "out_dir", "max_steps", "num_workers", "threads", "log_every", "sample_every", "eval_every",
+    "out_dir", "max_steps", "max_seconds", "num_workers", "threads", "log_every", "sample_every", "eval_every",
     "checkpoint_every", "progress", "tensorboard", "resume", "force_resume", "device", "nan_check_every",
 }
 
@@ -349,6 +350,10 @@ class Trainer:
                     self.save("latest")
                 if self._stop_requested:
                     stopped = "interrupted"
+                    break
+                if cfg.max_seconds and time.perf_counter() - started >= cfg.max_seconds:
+                    stopped = "time_budget"
+                    log.info("time budget of %.0f s spent at step %d; saving and stopping", cfg.max_seconds, step)
                     break
             self.save("latest")
         finally:

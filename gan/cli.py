@@ -97,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="synthetic, folder, or a dataset name such as celeba (data.source)")
     p.add_argument("--root", help="dataset root or image folder (data.root)")
     p.add_argument("--steps", type=int, help="optimiser steps to train for (train.max_steps)")
+    p.add_argument("--minutes", type=float, help="wall-clock training budget; stops and saves when spent (train.max_seconds)")
     p.add_argument("--batch-size", type=int, help="global batch size, split over processes (train.batch_size)")
     p.add_argument("--seed", type=int, help="seed of the data order and noise (train.seed); gan.seed sets the initial weights")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
@@ -130,6 +131,7 @@ def _run_train(args: argparse.Namespace) -> int:
     shortcuts = {
         "train.out_dir": args.out, "gan.model": args.model, "gan.dcgan.loss": args.loss, "gan.image_size": args.image_size,
         "data.source": args.data, "data.root": args.root, "train.max_steps": args.steps, "train.batch_size": args.batch_size,
+        "train.max_seconds": args.minutes * 60 if args.minutes else None,
         "train.seed": args.seed, "train.device": args.device, "train.threads": args.threads,
         "train.amp": True if args.amp else None, "train.deterministic": True if args.deterministic else None,
         "train.resume": True if args.resume else None, "train.force_resume": True if args.force else None,
@@ -142,7 +144,7 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"{result['status']} at step {result['global_step']} in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}")
     if grids:
         print(f"latest sample grid: {grids[-1]}")
-    return 0 if result["status"] == "finished" else 130
+    return 130 if result["status"] == "interrupted" else 0
 
 
 def _run_sample(args: argparse.Namespace) -> int:

@@ -157,3 +157,16 @@ def test_loss_curves_are_plotted(tmp_path):
 
     with Image.open(tmp_path / "curves.png") as image:
         assert image.width > 300 and image.height > 150
+
+
+def test_time_budget_stops_and_saves(tmp_path):
+    class SlowStep(ToyStep):
+        def train_step(self, batch, step):
+            import time
+
+            time.sleep(0.05)
+            return super().train_step(batch, step)
+
+    result = Trainer(SlowStep(), _data(), _config(tmp_path, max_steps=1000, max_seconds=0.3), {}).fit()
+    assert result["status"] == "time_budget" and 2 <= result["global_step"] < 1000
+    assert load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["global_step"] == result["global_step"]
