@@ -31,7 +31,7 @@ def test_every_command_and_option_has_help():
 
 def test_expected_commands_exist():
     commands = {path for path, _ in _walk(build_parser()) if path}
-    for expected in [("align",), ("demo",), ("data",), ("data", "info"), ("data", "synth"), ("data", "cache"), ("gan", "train"), ("gan", "sample")]:
+    for expected in [("align",), ("demo",), ("data",), ("data", "info"), ("data", "synth"), ("data", "cache"), ("gan", "train"), ("gan", "sample"), ("gan", "eval")]:
         assert expected in commands, expected
 
 
