@@ -14,6 +14,10 @@ class ModelEMA(nn.Module):
 
     Buffers (BatchNorm statistics) are copied, not averaged: an average of running
     statistics is not the statistics of the averaged weights.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates (as TensorFlow's
+    ExponentialMovingAverage with num_updates): with a fixed 0.999, 37% of the average would
+    still be the random initialisation after 1,000 steps, and short runs would sample noise.
     """
 
     def __init__(self, source: nn.Module, decay: float = 0.999):
@@ -23,12 +27,18 @@ class ModelEMA(nn.Module):
         self.decay = decay
         self.module = copy.deepcopy(source).eval().requires_grad_(False)
 
+    def decay_at(self, num_updates: int) -> float:
+        return min(self.decay, (1.0 + num_updates) / (10.0 + num_updates))
+
     @torch.no_grad()
-    def update(self, source: nn.Module) -> None:
+    def update(self, source: nn.Module, num_updates: int) -> None:
+        """Fold in `source`'s weights; `num_updates` counts earlier updates (the trainer's step),
+        so a resumed run continues the warm-up exactly without extra state."""
         source = getattr(source, "module", source)  # unwrap DistributedDataParallel
+        decay = self.decay_at(num_updates)
         ema_params = dict(self.module.named_parameters())
         for name, param in source.named_parameters():
-            ema_params[name].lerp_(param.detach(), 1.0 - self.decay)
+            ema_params[name].lerp_(param.detach(), 1.0 - decay)
         ema_buffers = dict(self.module.named_buffers())
         for name, buffer in source.named_buffers():
             ema_buffers[name].copy_(buffer)

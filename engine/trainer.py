@@ -334,7 +334,7 @@ class Trainer:
                 metrics = self.step_impl.train_step(batch, self.global_step)
                 self._check_finite(metrics)
                 for name, ema in self.ema.items():
-                    ema.update(self.step_impl.modules()[name])
+                    ema.update(self.step_impl.modules()[name], num_updates=self.global_step)
                 self.global_step += 1
                 self.last_metrics = metrics
                 progress.update(1)
