@@ -1,0 +1,149 @@
+"""Does the Trainer cost anything? DCGAN-64 through `engine.Trainer` vs a bare loop, same run.
+
+Both paths train the same DCGAN networks (same widths, Adam, non-saturating loss) on the same
+in-memory uint8 faces with the same batch size. The bare loop is what one would write by hand:
+slice a shuffled tensor, two optimiser steps. The Trainer path adds its DataLoader, EMA, NaN
+guard, logging and the step object. Paths alternate over several rounds (this machine is
+noisy) and the median images/s of each is compared: the ratio Trainer / bare should be >= 0.95.
+The Trainer's rate is its steady state (two run lengths differenced); its fixed cost per run is
+printed beside it.
+
+It also reports the achieved GFLOP/s of the step (FLOPs counted by torch.utils.flop_counter)
+against the machine's peak float32 matmul GFLOP/s measured in the same run.
+
+    .venv/bin/python benchmarks/gan_trainer_overhead.py --steps 20 --rounds 3 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine.trainer import Trainer, TrainerConfig
+from gan.config import DCGANConfig, GANConfig
+from gan.steps import build_gan_step
+
+
+class FaceTensorDataset(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.images[index]}
+
+
+def gan_config(width: int) -> GANConfig:
+    return GANConfig(model="dcgan", image_size=64, dcgan=DCGANConfig(g_channels=width, d_channels=width))
+
+
+def bare_loop(images: torch.Tensor, width: int, steps: int, batch: int) -> float:
+    step_obj = build_gan_step(gan_config(width))  # only for identical initial networks
+    g, d = step_obj.generator, step_obj.discriminator
+    cfg = step_obj.config.dcgan
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=cfg.betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+    order = torch.randperm(len(images))
+    start = time.perf_counter()
+    for i in range(steps):
+        idx = order[(i * batch) % (len(images) - batch):][:batch]
+        real = images[idx].float().div(127.5).sub(1.0)
+        z = torch.rand(batch, cfg.latent_dim) * 2 - 1
+        fake = g(z)
+        loss_d = F.softplus(-d(real)).mean() + F.softplus(d(fake.detach())).mean()
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        loss_g = F.softplus(-d(fake)).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def trainer_seconds(images: torch.Tensor, width: int, steps: int, batch: int) -> float:
+    """Wall time of a whole fresh `Trainer.fit()` of `steps` steps (set-up and teardown included)."""
+    step_obj = build_gan_step(gan_config(width))
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainerConfig(out_dir=out, max_steps=steps, batch_size=batch, ema_decay=0.999,
+                               ema_modules=("generator",), log_every=10, checkpoint_every=0, sample_every=0,
+                               progress=False, tensorboard=False, threads=torch.get_num_threads())
+        start = time.perf_counter()
+        Trainer(step_obj, FaceTensorDataset(images), config, {}).fit()
+        return time.perf_counter() - start
+
+
+def trainer_loop(images: torch.Tensor, width: int, steps: int, batch: int) -> tuple[float, float]:
+    """(steady-state images/s, fixed seconds): two run lengths, so fixed costs (set-up, the final
+    checkpoint and curves.png) cancel in the difference and are reported on their own."""
+    short = trainer_seconds(images, width, steps, batch)
+    long = trainer_seconds(images, width, 2 * steps, batch)
+    per_step = (long - short) / steps
+    return batch / per_step, short - steps * per_step
+
+
+def step_flops(width: int, batch: int) -> float:
+    step_obj = build_gan_step(gan_config(width))
+    g, d = step_obj.generator, step_obj.discriminator
+    real = torch.rand(batch, 3, 64, 64) * 2 - 1
+    with FlopCounterMode(display=False) as counter:
+        z = torch.rand(batch, step_obj.config.dcgan.latent_dim) * 2 - 1
+        fake = g(z)
+        (F.softplus(-d(real)).mean() + F.softplus(d(fake.detach())).mean()).backward()
+        F.softplus(-d(fake)).mean().backward()
+    return float(counter.get_total_flops())
+
+
+def peak_matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per round and path")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are compared")
+    parser.add_argument("--batch", type=int, default=64, help="batch size")
+    parser.add_argument("--width", type=int, default=256, help="DCGAN channels at 4x4 (paper: 1024)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (2048, 3, 64, 64), dtype=torch.uint8)
+    bare_loop(images, args.width, 3, args.batch)  # warm-up of the allocator and kernels
+    bare, trainer, fixed = [], [], []
+    for round_index in range(args.rounds):
+        bare.append(bare_loop(images, args.width, args.steps, args.batch))
+        rate, seconds = trainer_loop(images, args.width, args.steps, args.batch)
+        trainer.append(rate)
+        fixed.append(seconds)
+        print(f"round {round_index + 1}: bare {bare[-1]:.1f} img/s, trainer {trainer[-1]:.1f} img/s steady, "
+              f"{seconds:.2f} s fixed per run")
+    bare_median, trainer_median = statistics.median(bare), statistics.median(trainer)
+    flops = step_flops(args.width, args.batch)
+    peak = peak_matmul_gflops()
+    achieved = flops / (args.batch / bare_median) / 1e9
+    print(f"DCGAN-64 (width {args.width}), batch {args.batch}, {args.threads} threads, {args.steps} steps x {args.rounds} rounds")
+    print(f"  bare loop:  {bare_median:8.1f} img/s (median)")
+    print(f"  Trainer:    {trainer_median:8.1f} img/s (median, steady state: runs of {args.steps} and {2 * args.steps} steps differenced)")
+    print(f"  Trainer fixed cost per run (set-up, final checkpoint, curves.png): {statistics.median(fixed):.2f} s")
+    print(f"  ratio Trainer / bare: {trainer_median / bare_median:.3f}  (target >= 0.95)")
+    print(f"  step FLOPs: {flops / 1e9:.1f} GFLOP per step; achieved {achieved:.1f} GFLOP/s "
+          f"vs peak float32 matmul {peak:.1f} GFLOP/s = {achieved / peak:.2f} of peak")
+
+
+if __name__ == "__main__":
+    main()
