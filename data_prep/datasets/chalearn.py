@@ -249,6 +249,23 @@ class _Listings:
         return path if path.name in self._cache[parent] else None
 
 
+def _rows_with_images(root: Path, split, files, defaults, what: str, read_labels, skipped: list[SkippedSample]):
+    """(split name, image path, label row) for every row of the requested split(s) whose image
+    exists; rows whose image is missing go to `skipped` with file, line and reason."""
+    split = check_split_argument(split)
+    require_dir(root, f"{what} root folder")
+    listings = _Listings()
+    for split_name, label_path, image_dir in _resolve_files(root, files, defaults, what):
+        if split is not None and split_name != split:
+            continue
+        for row in read_labels(label_path):
+            image = listings.has(image_dir, row.image)
+            if image is None:
+                skipped.append(SkippedSample(str(label_path), row.line, f"image {row.image} not found in {image_dir}"))
+                continue
+            yield split_name, image, row
+
+
 def load_chalearn_lap(
     root: Path | str,
     split: str | None = None,
@@ -258,21 +275,11 @@ def load_chalearn_lap(
 ) -> FaceDataset:
     """Read ChaLearn LAP apparent age (official train/val/test from the per-split files)."""
     root = Path(root)
-    split = check_split_argument(split)
-    require_dir(root, "ChaLearn LAP root folder")
-    listings = _Listings()
     records: list[SampleRecord] = []
     skipped: list[SkippedSample] = []
-    for split_name, label_path, image_dir in _resolve_files(root, files, _LAP_FILES, "ChaLearn LAP"):
-        if split is not None and split_name != split:
-            continue
-        for row in read_lap_labels(label_path):
-            image = listings.has(image_dir, row.image)
-            if image is None:
-                skipped.append(SkippedSample(str(label_path), row.line, f"image {row.image} not found in {image_dir}"))
-                continue
-            meta = {"age_std": row.std} if row.std is not None else {}
-            records.append(SampleRecord(image, {"Age": row.mean}, None, split_name, meta))
+    for split_name, image, row in _rows_with_images(root, split, files, _LAP_FILES, "ChaLearn LAP", read_lap_labels, skipped):
+        meta = {"age_std": row.std} if row.std is not None else {}
+        records.append(SampleRecord(image, {"Age": row.mean}, None, split_name, meta))
     schema = LabelSchema(
         (Task("Age", TaskKind.REGRESSION, value_range=(0.0, LAP_MAX_AGE), description="apparent age (mean of votes)"),)
     )
@@ -288,22 +295,12 @@ def load_fotw(
 ) -> FaceDataset:
     """Read ChaLearn FotW smile & gender in the assumed format (module docstring)."""
     root = Path(root)
-    split = check_split_argument(split)
-    require_dir(root, "ChaLearn FotW root folder")
-    listings = _Listings()
     records: list[SampleRecord] = []
     skipped: list[SkippedSample] = []
     unsure = 0
-    for split_name, label_path, image_dir in _resolve_files(root, files, _FOTW_FILES, "ChaLearn FotW"):
-        if split is not None and split_name != split:
-            continue
-        for row in read_fotw_labels(label_path):
-            image = listings.has(image_dir, row.image)
-            if image is None:
-                skipped.append(SkippedSample(str(label_path), row.line, f"image {row.image} not found in {image_dir}"))
-                continue
-            unsure += "Male" not in row.labels
-            records.append(SampleRecord(image, dict(row.labels), None, split_name, {"gender_raw": row.gender_raw}))
+    for split_name, image, row in _rows_with_images(root, split, files, _FOTW_FILES, "ChaLearn FotW", read_fotw_labels, skipped):
+        unsure += "Male" not in row.labels
+        records.append(SampleRecord(image, dict(row.labels), None, split_name, {"gender_raw": row.gender_raw}))
     if unsure:
         log.info("fotw: %d image(s) with gender 'unsure' or empty have no Male label", unsure)
     schema = LabelSchema(
