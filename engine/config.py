@@ -62,7 +62,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        inner = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, bool):
             return value

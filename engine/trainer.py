@@ -355,6 +355,8 @@ class Trainer:
                     stopped = "time_budget"
                     log.info("time budget of %.0f s spent at step %d; saving and stopping", cfg.max_seconds, step)
                     break
+            if self.dist.is_main and cfg.eval_every and self.global_step % cfg.eval_every and stopped != "interrupted":
+                self._evaluate(self.global_step)  # the final weights are always evaluated
             self.save("latest")
         finally:
             progress.close()

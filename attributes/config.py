@@ -1,0 +1,46 @@
+"""The configuration of an attribute run: one dataclass tree, YAML presets in configs/attributes/."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from attributes.model import ModelConfig
+from attributes.step import AugmentConfig, LossConfig, OptimConfig, SAConfig
+from data_prep.sources import SourceConfig
+from engine.trainer import TrainerConfig
+
+__all__ = ["DatasetEntry", "EvalConfig", "AttributeRunConfig", "default_trainer"]
+
+
+@dataclass
+class DatasetEntry(SourceConfig):
+    """One training dataset: where it is (see `data_prep.sources.SourceConfig`) and what to learn."""
+
+    tasks: list[str] = field(default_factory=list)  # task names to learn (empty: every task of its schema)
+    train_split: str = "train"  # the split trained on; validation uses "val", evaluation "test"
+    dedupe: bool = True  # drop exact-duplicate images (UTKFace has byte-identical copies with conflicting ages)
+
+
+@dataclass
+class EvalConfig:
+    flip_tta: bool = True  # average predictions over the image and its mirror
+    calibrate_thresholds: bool = True  # choose each binary attribute's threshold on the validation people
+    batch_size: int = 256
+
+
+def default_trainer() -> TrainerConfig:
+    return TrainerConfig(out_dir="runs/attributes", max_steps=2000, batch_size=64, ema_decay=0.999,
+                         ema_modules=("model",), eval_every=500, checkpoint_every=500, sample_every=0,
+                         best_metric="score", best_mode="max", log_every=20)
+
+
+@dataclass
+class AttributeRunConfig:
+    # dataset name -> entry; empty: the built-in synthetic faces
+    datasets: dict[str, DatasetEntry] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sa: SAConfig = field(default_factory=SAConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    trainer: TrainerConfig = field(default_factory=default_trainer)  # batch_size = images per dataset per step

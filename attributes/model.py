@@ -1,0 +1,90 @@
+"""The multi-dataset attribute model: one shared trunk, per-dataset (and shared-task) heads.
+
+    model = build_attribute_model(ModelConfig(...), {"celeba": celeba_schema, "utkface": utk_schema})
+    outputs, log_vars = model(images, [("celeba", 64), ("utkface", 64)])
+    outputs["utkface"]["Age"]   # raw outputs of the Age group for the utkface slice
+
+The trunk runs once on the concatenated batch of every dataset; each dataset's slice of the
+feature map goes to its own sub-network and to the shared ones of the tasks it has. The
+learned loss weights (Kendall et al.) live here too, returned by `forward`, so that
+DistributedDataParallel sees them used and averages their gradients like any other parameter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from attributes.heads import HeadConfig, HeadSubnet, TaskGroup, plan_groups
+from attributes.trunks import TrunkConfig, build_trunk, feature_shape
+from data_prep.datasets.schema import LabelSchema
+
+__all__ = ["ModelConfig", "AttributeModel", "build_attribute_model"]
+
+
+@dataclass
+class ModelConfig:
+    trunk: TrunkConfig = field(default_factory=TrunkConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+class AttributeModel(nn.Module):
+    def __init__(self, trunk: nn.Module, input_size: int, groups: dict[str, list[TaskGroup]], head: HeadConfig,
+                 schemas: dict[str, LabelSchema]):
+        super().__init__()
+        self.trunk = trunk
+        self.input_size = input_size
+        self.groups = groups
+        self.schemas = schemas
+        channels, height, width = feature_shape(trunk, input_size)
+        outputs: dict[str, dict[str, int]] = {}
+        for dataset, dataset_groups in groups.items():
+            for group in dataset_groups:
+                known = outputs.setdefault(group.subnet, {})
+                if group.name in known and known[group.name] != group.num_outputs:
+                    raise ValueError(f"shared task {group.name!r} has different outputs across datasets")
+                known[group.name] = group.num_outputs
+        self.heads = nn.ModuleDict({
+            _module_key(name): HeadSubnet(channels, (height, width), head, outs) for name, outs in outputs.items()
+        })
+        # One learned log-variance per (dataset, group) loss term; unused with fixed weights.
+        self.loss_terms = [f"{d}/{g.name}" for d, gs in groups.items() for g in gs]
+        self.log_vars = nn.Parameter(torch.zeros(len(self.loss_terms)))
+
+    def forward(self, images: torch.Tensor, layout: list[tuple[str, int]]) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
+        """`layout` lists (dataset, count) in the order the images are concatenated."""
+        features = self.trunk(images)
+        outputs: dict[str, dict[str, torch.Tensor]] = {}
+        start = 0
+        for dataset, count in layout:
+            part = features[start:start + count]
+            start += count
+            needed = {g.subnet for g in self.groups[dataset]}
+            computed = {subnet: self.heads[_module_key(subnet)](part) for subnet in needed}
+            outputs[dataset] = {g.name: computed[g.subnet][g.name] for g in self.groups[dataset]}
+        if start != images.shape[0]:
+            raise ValueError(f"layout covers {start} images but the batch has {images.shape[0]}")
+        return outputs, self.log_vars * 1.0
+
+    def describe(self) -> dict:
+        """What the checkpoint needs to rebuild this model without the datasets."""
+        return {
+            "input_size": self.input_size,
+            "schemas": {name: schema.to_dict() for name, schema in self.schemas.items()},
+        }
+
+
+def _module_key(subnet: str) -> str:
+    return subnet.replace(":", "__").replace(".", "_")
+
+
+def build_attribute_model(config: ModelConfig, schemas: dict[str, LabelSchema],
+                          tasks: dict[str, list[str]] | None = None) -> AttributeModel:
+    """The trunk of `config.trunk` with heads for every dataset's schema (restricted to `tasks`)."""
+    trunk = build_trunk(config.trunk)
+    groups = {name: plan_groups(name, schema, config.head, (tasks or {}).get(name)) for name, schema in schemas.items()}
+    for name, dataset_groups in groups.items():
+        if not dataset_groups:
+            raise ValueError(f"dataset {name!r} has no tasks to learn")
+    return AttributeModel(trunk, config.trunk.input_size, groups, config.head, schemas)

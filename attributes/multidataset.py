@@ -1,0 +1,109 @@
+"""Dataset-parallel batches and loss weighting.
+
+Every training step draws one batch from each dataset (SPEC §5). `ParallelDatasets` presents
+that to the Trainer as a single map-style dataset: item `i` is a dict with one sample of every
+dataset, so the Trainer's seeded, sharded, resumable sampler drives all of them at once and a
+collated batch is {dataset: {"image", "targets", "mask", "index"}}.
+
+What an epoch is: one pass over the LARGEST dataset. Each smaller dataset cycles independently:
+item `i` reads position `i mod n` of a permutation of that dataset, drawn afresh (seeded by
+`seed`, the dataset's name and the cycle number `i // n`) for every cycle, so within an epoch
+a smaller dataset is seen about (largest / n) times, each time in a different order, and
+every sample of it once per cycle. Everything is a pure function of `i`, so resuming the
+Trainer's sampler resumes these cycles exactly.
+
+Loss weighting: `combine_losses` adds the per-(dataset, task-group) losses with fixed weights
+or with learned homoscedastic uncertainty weights (Kendall, Gal & Cipolla, CVPR 2018):
+total = sum_i exp(-s_i) * L_i + s_i, with s_i = log sigma_i^2 learned. A term whose dataset has
+no label for it in a batch is simply absent from that step's sum.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from engine.reproducibility import derive_seed
+
+__all__ = ["ParallelDatasets", "combine_losses", "augment_batch"]
+
+
+class ParallelDatasets(Dataset):
+    """One item = one sample from every dataset; see the module docstring."""
+
+    def __init__(self, datasets: Mapping[str, Dataset], seed: int = 0):
+        if not datasets:
+            raise ValueError("ParallelDatasets needs at least one dataset")
+        self.datasets = dict(datasets)
+        for name, dataset in self.datasets.items():
+            if len(dataset) == 0:
+                raise ValueError(f"dataset {name!r} is empty")
+        self.seed = seed
+        self.length = max(len(d) for d in self.datasets.values())
+        self._perms: dict[tuple[str, int], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def position(self, name: str, i: int) -> int:
+        """Which sample of dataset `name` item `i` holds."""
+        n = len(self.datasets[name])
+        if n == self.length:
+            return i
+        cycle = i // n
+        key = (name, cycle)
+        perm = self._perms.get(key)
+        if perm is None:
+            rng = np.random.default_rng(derive_seed(self.seed, "parallel", name, cycle))
+            perm = rng.permutation(n)
+            if len(self._perms) > 256:
+                self._perms.clear()
+            self._perms[key] = perm
+        return int(perm[i % n])
+
+    def __getitem__(self, i: int) -> dict:
+        return {name: dataset[self.position(name, i)] for name, dataset in self.datasets.items()}
+
+    def epochs_seen(self, name: str, items: int) -> float:
+        """How many passes over dataset `name` `items` items amount to."""
+        return items / len(self.datasets[name])
+
+
+def combine_losses(
+    losses: dict[str, torch.Tensor], terms: list[str], weights: Mapping[str, float], log_vars: torch.Tensor | None
+) -> torch.Tensor:
+    """Weighted sum of the present loss terms; `log_vars` (one per entry of `terms`) switches
+    on uncertainty weighting, in which case the fixed weights still scale each term."""
+    total = None
+    for name, loss in losses.items():
+        weight = float(weights.get(name, weights.get(name.split("/")[0], 1.0)))
+        if log_vars is not None:
+            s = log_vars[terms.index(name)]
+            term = weight * (torch.exp(-s) * loss + s)
+        else:
+            term = weight * loss
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("no loss term had a label in this batch")
+    return total
+
+
+def augment_batch(images: torch.Tensor, flip: bool = True, max_shift: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random horizontal flips and integer translations (edge-replicated) of a float batch.
+
+    Draws from `generator` (or torch's global RNG, which the Trainer checkpoints), so a
+    resumed run augments exactly as an uninterrupted one. Flipping is only safe for tasks that
+    are symmetric: no left/right attribute exists in CelebA, LFW, UTKFace or Adience.
+    """
+    b = images.shape[0]
+    if flip:
+        flips = torch.rand(b, generator=generator) < 0.5
+        images = torch.where(flips.view(b, 1, 1, 1).to(images.device), images.flip(-1), images)
+    if max_shift > 0:
+        size_h, size_w = images.shape[-2:]
+        padded = torch.nn.functional.pad(images, (max_shift,) * 4, mode="replicate")
+        shifts = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=generator).tolist()
+        images = torch.stack([padded[k, :, dy:dy + size_h, dx:dx + size_w] for k, (dy, dx) in enumerate(shifts)])
+    return images

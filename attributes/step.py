@@ -1,0 +1,269 @@
+"""AttributeStep: one dataset-parallel training step of the attribute model, for the engine Trainer.
+
+Per step: the images of every dataset's batch are concatenated, augmented, and passed through
+the trunk ONCE; each dataset's slice goes to its heads; each (dataset, task group) term's loss
+is computed on the labelled entries only; the terms are combined (fixed or uncertainty
+weights); one optimizer step. With SA-softmax, the step also keeps each dataset's per-image
+tag state (SPEC §5) and closes a counting window whenever that dataset has been seen for
+`window_epochs` more epochs; the state is part of the checkpoint.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from attributes.heads import TaskGroup, decode_group, group_loss
+from attributes.inference import best_thresholds, predict_cache, to_model_input
+from attributes.model import AttributeModel
+from attributes.multidataset import augment_batch, combine_losses
+from data_prep.datasets.schema import TaskKind
+
+__all__ = ["OptimConfig", "LossConfig", "SAConfig", "AugmentConfig", "AttributeStep"]
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd only
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine (to min_lr_ratio * lr at max_steps) | constant
+    min_lr_ratio: float = 0.02
+
+
+@dataclass
+class LossConfig:
+    weighting: str = "fixed"  # fixed | uncertainty (Kendall et al.: learned log-variances)
+    weights: dict[str, float] = field(default_factory=dict)  # "dataset" or "dataset/group" -> weight (default 1)
+
+
+@dataclass
+class SAConfig:
+    plain_epochs: int = 10  # epochs of plain softmax before the N+1 "unrecognizable" class is used
+    window_epochs: int = 10  # epochs per counting window of the dynamic tags
+    threshold: float = 0.5  # accuracy below which a tag is flipped (to N+1, or back)
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = True
+    max_shift: int = 3  # pixels of random translation (edge-replicated)
+
+
+class AttributeStep:
+    def __init__(self, model: AttributeModel, train_sets: dict[str, Any], val_sets: dict[str, Any], batch_size: int,
+                 max_steps: int, optim: OptimConfig, loss: LossConfig, sa: SAConfig, augment: AugmentConfig,
+                 flip_tta: bool = True, calibrate_thresholds: bool = True, eval_batch_size: int = 256):
+        self.model = model
+        self.train_sets = train_sets
+        self.val_sets = val_sets
+        self.names = list(train_sets)
+        self.batch_size = batch_size
+        self.max_steps = max_steps
+        self.optim_config = optim
+        self.loss_config = loss
+        self.sa_config = sa
+        self.augment = augment
+        self.flip_tta = flip_tta
+        self.calibrate_thresholds = calibrate_thresholds
+        self.eval_batch_size = eval_batch_size
+        if loss.weighting not in ("fixed", "uncertainty"):
+            raise ValueError(f"loss weighting must be 'fixed' or 'uncertainty', not {loss.weighting!r}")
+        self.optimizer = self._build_optimizer()
+        self.sa_states: dict[str, Any] = self._build_sa_states()
+        self.thresholds: dict[str, torch.Tensor] = {}  # dataset -> per-binary-attribute threshold
+        self.ctx = None
+
+    # -- Step protocol -----------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.model}
+
+    def optimizers(self) -> dict[str, Optimizer]:
+        return {"model": self.optimizer}
+
+    def setup(self, ctx) -> None:
+        self.ctx = ctx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sa": {key: state.state_dict() for key, state in self.sa_states.items()},
+            "thresholds": {k: v.clone() for k, v in self.thresholds.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, sa_state in state.get("sa", {}).items():
+            self.sa_states[key].load_state_dict(sa_state)
+        self.thresholds = {k: v.clone() for k, v in state.get("thresholds", {}).items()}
+
+    # -- set-up --------------------------------------------------------------------------------
+    def _build_optimizer(self) -> Optimizer:
+        cfg = self.optim_config
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on BN, biases, log-variances
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', not {cfg.optimizer!r}")
+
+    def _build_sa_states(self) -> dict[str, Any]:
+        states = {}
+        for dataset in self.names:
+            cache = self.train_sets[dataset]
+            for group in self.model.groups[dataset]:
+                if not group.sa:
+                    continue
+                from attributes.sa_softmax import SATagState
+
+                targets, mask = cache.targets[:, group.columns], cache.mask[:, group.columns]
+                states[f"{dataset}/{group.name}"] = SATagState(
+                    len(cache), len(group.tasks), group.num_classes, targets.round().long(), mask,
+                    threshold=self.sa_config.threshold,
+                )
+        return states
+
+    def set_pos_weights(self) -> None:
+        """Class-balanced BCE: weight (1 - p) / p on positives, p = training prevalence."""
+        for dataset in self.names:
+            cache = self.train_sets[dataset]
+            for group in self.model.groups[dataset]:
+                if group.kind is TaskKind.BINARY and not group.sa:
+                    t, m = cache.targets[:, group.columns], cache.mask[:, group.columns].float()
+                    p = ((t * m).sum(0) / m.sum(0).clamp(min=1)).clamp(0.02, 0.98)
+                    group.pos_weight = (1 - p) / p
+
+    def learning_rate(self, step: int) -> float:
+        cfg = self.optim_config
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return cfg.lr
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, self.max_steps - cfg.warmup_steps))
+        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    # -- SA-softmax bookkeeping -------------------------------------------------------------
+    def _epochs(self, dataset: str, steps: int) -> float:
+        return steps * self.batch_size / len(self.train_sets[dataset])
+
+    def sa_active(self, dataset: str, step: int) -> bool:
+        return self._epochs(dataset, step) >= self.sa_config.plain_epochs
+
+    def _window_ended(self, dataset: str, step: int) -> bool:
+        """True when step `step` (0-based) completed a window of this dataset's epochs."""
+        cfg = self.sa_config
+        before = self._epochs(dataset, step) - cfg.plain_epochs
+        after = self._epochs(dataset, step + 1) - cfg.plain_epochs
+        if after < 0:
+            return False
+        return math.floor(after / cfg.window_epochs) > math.floor(max(before, 0) / cfg.window_epochs) and before >= 0
+
+    # -- the step ----------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str, float]:
+        ctx = self.ctx
+        lr = self.learning_rate(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        layout = [(name, batch[name]["image"].shape[0]) for name in self.names]
+        images = to_model_input(torch.cat([batch[name]["image"] for name in self.names]))
+        images = augment_batch(images, self.augment.flip, self.augment.max_shift)
+        self.model.train()
+        with ctx.autocast():
+            outputs, log_vars = ctx.models["model"](images, layout)
+        losses: dict[str, torch.Tensor] = {}
+        metrics: dict[str, float] = {}
+        for name in self.names:
+            targets, mask, index = batch[name]["targets"], batch[name]["mask"], batch[name]["index"]
+            active = self.sa_active(name, step)
+            for group in self.model.groups[name]:
+                out = outputs[name][group.name].float()
+                key = f"{name}/{group.name}"
+                sa_state = self.sa_states.get(key)
+                sa_targets = sa_state.current_labels(index.cpu()).to(out.device) if sa_state is not None and active else None
+                loss = group_loss(group, out, targets[:, group.columns], mask[:, group.columns], sa_targets, active)
+                if loss is not None:
+                    losses[key] = loss
+                    metrics[f"loss/{key}"] = float(loss.detach())
+                if sa_state is not None and active:
+                    sa_state.record(index.cpu(), _sa_predictions(group, out.detach()).cpu())
+                if group.kind is TaskKind.BINARY:
+                    decoded = decode_group(group, out.detach())
+                    m = mask[:, group.columns]
+                    if m.any():
+                        metrics[f"train_acc/{name}"] = float((decoded["pred"] == targets[:, group.columns].long())[m].float().mean())
+        use_uncertainty = self.loss_config.weighting == "uncertainty"
+        total = combine_losses(losses, self.model.loss_terms, self.loss_config.weights, log_vars.float() if use_uncertainty else None)
+        metrics["grad_norm"] = ctx.optimize("model", total)
+        metrics = {"loss": float(total.detach()), "lr": lr, **metrics}
+        for name in self.names:
+            if self._window_ended(name, step):
+                for key, sa_state in self.sa_states.items():
+                    if key.startswith(f"{name}/"):
+                        _all_reduce_counts(sa_state, ctx)
+                        for stat, value in sa_state.end_window().items():
+                            if isinstance(value, (int, float)):
+                                metrics[f"sa/{key}/{stat}"] = float(value)
+        return metrics
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Validation metrics per dataset; `score` (mean of each dataset's main accuracy) drives best.pt.
+        Binary thresholds are re-chosen on this validation data when calibration is on."""
+        results: dict[str, float] = {}
+        scores = []
+        model = self.ctx.ema.get("model", self.model) if self.ctx is not None else self.model
+        device = next(self.model.parameters()).device
+        for name, cache in self.val_sets.items():
+            if cache is None or len(cache) == 0:
+                continue
+            predictions = predict_cache(model, cache, name, self.eval_batch_size, device, self.flip_tta)
+            targets, mask = cache.targets, cache.mask
+            for group in model.groups[name]:
+                decoded = predictions[group.name]
+                t, m = targets[:, group.columns], mask[:, group.columns]
+                if not m.any():
+                    continue
+                if group.kind is TaskKind.BINARY:
+                    acc = ((decoded["prob"] >= 0.5) == t.bool())[m].float().mean()
+                    results[f"{name}/accuracy"] = float(acc)
+                    if self.calibrate_thresholds:
+                        thresholds = best_thresholds(decoded["prob"], t, m)
+                        self.thresholds[name] = thresholds
+                        calibrated = ((decoded["prob"] >= thresholds) == t.bool())[m].float().mean()
+                        results[f"{name}/accuracy_calibrated"] = float(calibrated)
+                    scores.append(float(acc))
+                elif group.kind is TaskKind.REGRESSION:
+                    valid = m[:, 0]
+                    results[f"{name}/{group.name}_mae"] = float((decoded["value"][valid] - t[valid, 0]).abs().mean())
+                else:
+                    valid = m[:, 0]
+                    acc = (decoded["pred"][valid] == t[valid, 0].long()).float().mean()
+                    results[f"{name}/{group.name}_accuracy"] = float(acc)
+                    scores.append(float(acc))
+        if scores:
+            results["score"] = sum(scores) / len(scores)
+        return results
+
+
+def _sa_predictions(group: TaskGroup, out: torch.Tensor) -> torch.Tensor:
+    """argmax over all N+1 outputs: what the dynamic tags compare against the current label."""
+    if group.kind is TaskKind.BINARY:
+        return out.view(out.shape[0], len(group.tasks), 3).argmax(-1)
+    return out.argmax(-1, keepdim=True)
+
+
+def _all_reduce_counts(sa_state, ctx) -> None:
+    """Sum each rank's window counts so every replica flips the same tags."""
+    if ctx is None or not ctx.dist.enabled:
+        return
+    import torch.distributed as dist
+
+    for tensor in sa_state.counters():
+        dist.all_reduce(tensor)

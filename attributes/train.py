@@ -1,0 +1,125 @@
+"""Building an attribute run from its config, running it on the engine Trainer, and loading it back."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attributes.config import AttributeRunConfig, DatasetEntry
+from attributes.model import AttributeModel, ModelConfig, build_attribute_model
+from attributes.multidataset import ParallelDatasets
+from attributes.step import AttributeStep
+from data_prep.datasets.schema import LabelSchema
+from data_prep.sources import aligned_cache, open_source
+from engine.checkpoint import load_checkpoint
+from engine.config import from_dict, to_dict
+from engine.errors import FaceganError
+from engine.trainer import Trainer
+
+__all__ = ["DatasetSplits", "prepare_datasets", "train", "load_attribute_model", "LoadedModel"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetSplits:
+    name: str
+    train: Any  # AlignedFaceCache views
+    val: Any
+    test: Any
+    schema: LabelSchema
+
+
+def _dedupe(dataset):
+    if not any(r.meta and "duplicate_group" in r.meta for r in dataset.records):
+        return dataset
+    from data_prep.datasets.utkface import deduplicate
+
+    return dataset.with_records(deduplicate(dataset.records, drop_conflicting=True))
+
+
+def prepare_datasets(datasets: dict[str, DatasetEntry], size: int, out_dir: str | Path, progress: bool = True) -> dict[str, DatasetSplits]:
+    """Open, align and cache every dataset; split each into train/val/test views."""
+    prepared = {}
+    for name, entry in datasets.items():
+        dataset = open_source(entry, out_dir, min_image_size=size)
+        if entry.dedupe:
+            dataset = _dedupe(dataset)
+        cache = aligned_cache(dataset, entry, size, Path(out_dir), progress=progress)
+        train_view = cache.subset(split=entry.train_split)
+        if len(train_view) == 0:
+            raise FaceganError(f"dataset {name!r} ({entry.source}) has no faces in split {entry.train_split!r}")
+        prepared[name] = DatasetSplits(name, train_view, cache.subset(split="val"), cache.subset(split="test"), cache.schema)
+        log.info("%s: train %d, val %d, test %d faces", name, len(train_view), len(prepared[name].val), len(prepared[name].test))
+    return prepared
+
+
+def _run_config_dict(config: AttributeRunConfig, schemas: dict[str, LabelSchema]) -> dict:
+    data = to_dict(config)
+    data.pop("trainer")
+    data["schemas"] = {name: schema.to_dict() for name, schema in schemas.items()}
+    return data
+
+
+def train(config: AttributeRunConfig, progress: bool = True) -> dict:
+    """Train the model of `config` and return the Trainer's summary plus the output folder."""
+    if not config.datasets:
+        config.datasets = {"synthetic": DatasetEntry()}
+    trainer_config = config.trainer
+    out_dir = Path(trainer_config.out_dir)
+    size = config.model.trunk.input_size
+    data = prepare_datasets(config.datasets, size, out_dir, progress=progress)
+    schemas = {name: splits.schema for name, splits in data.items()}
+    tasks = {name: entry.tasks for name, entry in config.datasets.items()}
+    torch.manual_seed(trainer_config.seed)  # the model's initial weights
+    model = build_attribute_model(config.model, schemas, tasks)
+    step = AttributeStep(
+        model, {n: d.train for n, d in data.items()}, {n: d.val for n, d in data.items()},
+        batch_size=trainer_config.batch_size, max_steps=trainer_config.max_steps, optim=config.optim,
+        loss=config.loss, sa=config.sa, augment=config.augment, flip_tta=config.eval.flip_tta,
+        calibrate_thresholds=config.eval.calibrate_thresholds, eval_batch_size=config.eval.batch_size,
+    )
+    if config.model.head.pos_weight:
+        step.set_pos_weights()
+    parallel = ParallelDatasets({n: d.train for n, d in data.items()}, seed=trainer_config.seed)
+    trainer = Trainer(step, parallel, trainer_config, run_config=_run_config_dict(config, schemas))
+    result = trainer.fit()
+    result["out_dir"] = str(out_dir)
+    result["datasets"] = {n: {"train": len(d.train), "val": len(d.val), "test": len(d.test)} for n, d in data.items()}
+    return result
+
+
+@dataclass
+class LoadedModel:
+    model: AttributeModel
+    config: AttributeRunConfig
+    thresholds: dict[str, torch.Tensor]
+    step: int
+    path: Path
+
+
+def load_attribute_model(checkpoint: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild a trained attribute model (EMA weights by default) from a checkpoint."""
+    path = Path(checkpoint)
+    state = load_checkpoint(path, map_location="cpu")
+    run = dict(state.get("run_config") or {})
+    if "schemas" not in run or "model" not in run:
+        raise FaceganError(f"{path} is not an attribute-model checkpoint (no schemas / model config in it)")
+    schemas = {name: LabelSchema.from_dict(s) for name, s in run.pop("schemas").items()}
+    config = from_dict(AttributeRunConfig, run)
+    model_config = config.model
+    model_config.trunk.checkpoint = ""  # the weights come from this checkpoint, not the starting point
+    tasks = {name: entry.tasks for name, entry in config.datasets.items()}
+    model = build_attribute_model(model_config, schemas, tasks)
+    weights = state["ema"].get("model") if use_ema and state.get("ema") else None
+    model.load_state_dict(weights if weights is not None else state["modules"]["model"])
+    model.to(device).eval()
+    thresholds = dict(state.get("step_state", {}).get("thresholds", {}))
+    return LoadedModel(model, config, thresholds, int(state.get("global_step", 0)), path)
+
+
+def model_config_of(config: AttributeRunConfig) -> ModelConfig:
+    return config.model

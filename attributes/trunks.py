@@ -1,0 +1,186 @@
+"""Shared trunks: the thesis's AlexNet with BatchNorm, and torchvision ResNets.
+
+A trunk maps a (B, 3, S, S) face to a feature map (B, C, H, W); every dataset's head reads that
+same map. `build_trunk` returns the module together with C and H so heads can be sized.
+
+AlexNet-BN (SPEC §5): five ConvUnits (conv + BN + ReLU) with 3x3/stride-2 max pooling after the
+first, second and fifth. At 224/256 px it is the thesis's layout (11x11/4, 5x5, 3x3 x3). For
+small inputs the first conv becomes stride 1 ("stride-1 convs in the transfer experiment"):
+at 64 px an 11x11/4 conv would leave a 15x15 map after one layer and 1x1 after the last pool.
+Which kernel the first conv uses at each size is in `_ALEXNET_STEMS`; `width` scales every
+channel count (1.0 = 96-256-384-384-256), because the full widths cost 1.3 GFLOP per 64 px
+face, too much for a CPU budget of minutes.
+
+ResNet: `torchvision.models.resnet*` built with `weights=None` (nothing is downloaded). For
+inputs below 128 px the 7x7/2 stem and its max pool are replaced by a 3x3/1 conv, as is usual
+for small images, so that a 64 px face still ends on a 4x4 map. `checkpoint` loads local weights:
+a torchvision ImageNet file, or a trunk saved by this package.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.errors import FaceganError
+
+__all__ = ["TrunkConfig", "ConvUnit", "AlexNetBN", "ResNetTrunk", "build_trunk", "TrunkError"]
+
+
+class TrunkError(FaceganError, ValueError):
+    """A trunk cannot be built or its weights cannot be loaded."""
+
+
+@dataclass
+class TrunkConfig:
+    name: str = "alexnet_bn"  # alexnet_bn | resnet18 | resnet34 | resnet50
+    input_size: int = 64  # 64, 128 or 224 (any size >= 32 works)
+    width: float = 0.5  # AlexNet-BN channel multiplier (1.0 = the thesis's 96-256-384-384-256)
+    checkpoint: str = ""  # local weights to start from (torchvision ResNet file or a facegan trunk state_dict)
+
+
+class ConvUnit(nn.Sequential):
+    """conv (no bias: BN supplies it) -> BatchNorm -> ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int | None = None):
+        padding = kernel_size // 2 if padding is None else padding
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+# input size -> (first kernel, first stride, first padding)
+_ALEXNET_STEMS = {224: (11, 4, 2), 128: (7, 2, 3), 64: (5, 1, 2)}
+
+
+def _stem_for(input_size: int) -> tuple[int, int, int]:
+    if input_size >= 192:
+        return _ALEXNET_STEMS[224]
+    if input_size >= 96:
+        return _ALEXNET_STEMS[128]
+    return _ALEXNET_STEMS[64]
+
+
+class AlexNetBN(nn.Module):
+    """The thesis's AlexNet with BatchNorm after every conv; see the module docstring."""
+
+    def __init__(self, input_size: int = 64, width: float = 0.5, in_channels: int = 3):
+        super().__init__()
+        if input_size < 32:
+            raise TrunkError(f"AlexNet-BN needs inputs of at least 32 px, got {input_size}")
+        if width <= 0:
+            raise TrunkError(f"width must be positive, got {width}")
+        c1, c2, c3, c4, c5 = (max(8, int(round(c * width))) for c in (96, 256, 384, 384, 256))
+        kernel, stride, padding = _stem_for(input_size)
+        self.features = nn.Sequential(
+            ConvUnit(in_channels, c1, kernel, stride, padding),
+            nn.MaxPool2d(3, 2),
+            ConvUnit(c1, c2, 5),
+            nn.MaxPool2d(3, 2),
+            ConvUnit(c2, c3, 3),
+            ConvUnit(c3, c4, 3),
+            ConvUnit(c4, c5, 3),
+            nn.MaxPool2d(3, 2),
+        )
+        self.out_channels = c5
+        self.input_size = input_size
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet without its pooling and classifier."""
+
+    def __init__(self, depth: int = 18, input_size: int = 64):
+        super().__init__()
+        from torchvision.models import resnet18, resnet34, resnet50
+
+        builders = {18: resnet18, 34: resnet34, 50: resnet50}
+        if depth not in builders:
+            raise TrunkError(f"ResNet depth must be one of {sorted(builders)}, got {depth}")
+        net = builders[depth](weights=None)
+        if input_size < 128:
+            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+        self.out_channels = 512 if depth < 50 else 2048
+        self.input_size = input_size
+        self.small_stem = input_size < 128
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def load_torchvision(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Load a torchvision ResNet state_dict (fc dropped; the stem only when shapes match).
+        Returns the keys that were not loaded."""
+        names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        mapped = {}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            if head in names:
+                mapped[f"body.{names.index(head)}.{rest}"] = value
+        own = self.state_dict()
+        usable = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
+        self.load_state_dict(usable, strict=False)
+        return sorted(set(own) - set(usable))
+
+
+def _load_checkpoint(trunk: nn.Module, path: str) -> None:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise TrunkError(f"trunk checkpoint not found: {file}")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a corrupt file
+        raise TrunkError(f"cannot read trunk checkpoint {file}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise TrunkError(f"{file} does not hold a state_dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("trunk.") for k in state):
+        state = {k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")}
+    if isinstance(trunk, ResNetTrunk) and not any(k.startswith("body.") for k in state):
+        missing = trunk.load_torchvision(state)
+        loaded = len(trunk.state_dict()) - len(missing)
+        if loaded == 0:
+            raise TrunkError(f"{file}: no tensor matches a ResNet trunk")
+        return
+    try:
+        result = trunk.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise TrunkError(f"{file} does not fit this trunk: {str(exc).splitlines()[1].strip() if chr(10) in str(exc) else exc}") from None
+    if result.missing_keys:
+        raise TrunkError(f"{file} does not fit this trunk: missing {result.missing_keys[:5]}")
+
+
+def build_trunk(config: TrunkConfig) -> nn.Module:
+    """The trunk named by `config`; `.out_channels` and `.input_size` describe its output."""
+    name = config.name.lower()
+    if name in ("alexnet_bn", "alexnet"):
+        trunk: nn.Module = AlexNetBN(config.input_size, config.width)
+    elif name.startswith("resnet") and name[6:].isdigit():
+        trunk = ResNetTrunk(int(name[6:]), config.input_size)
+    else:
+        raise TrunkError(f"unknown trunk {config.name!r}; choose alexnet_bn, resnet18, resnet34 or resnet50")
+    if config.checkpoint:
+        _load_checkpoint(trunk, config.checkpoint)
+    return trunk
+
+
+def feature_shape(trunk: nn.Module, input_size: int) -> tuple[int, int, int]:
+    """(C, H, W) of the trunk's output for one input_size x input_size face."""
+    was_training = trunk.training
+    trunk.eval()
+    with torch.no_grad():
+        out = trunk(torch.zeros(1, 3, input_size, input_size))
+    trunk.train(was_training)
+    return tuple(out.shape[1:])

@@ -1,0 +1,161 @@
+"""Trunks, heads, the multi-dataset model and dataset-parallel batching."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attributes.heads import HeadConfig, decode_group, group_loss, plan_groups
+from attributes.model import ModelConfig, build_attribute_model
+from attributes.multidataset import ParallelDatasets, augment_batch, combine_losses
+from attributes.trunks import AlexNetBN, ResNetTrunk, TrunkConfig, TrunkError, build_trunk, feature_shape
+from data_prep.datasets.schema import LabelSchema, Task, TaskKind
+
+MIXED = LabelSchema((
+    Task("Smiling", TaskKind.BINARY), Task("Male", TaskKind.BINARY), Task("Bangs", TaskKind.BINARY),
+    Task("Hair", TaskKind.CATEGORICAL, classes=("black", "blond", "brown", "gray")),
+    Task("Age", TaskKind.REGRESSION, value_range=(0.0, 20.0)),
+))
+GENDER_AGE = LabelSchema((Task("Age", TaskKind.REGRESSION, value_range=(0.0, 20.0)), Task("Male", TaskKind.BINARY)))
+
+
+@pytest.mark.parametrize("size,expected", [(64, 7), (128, 7), (224, 6)])
+def test_alexnet_bn_keeps_a_spatial_map_at_every_input_size(size, expected):
+    trunk = AlexNetBN(size, width=0.25)
+    c, h, w = feature_shape(trunk, size)
+    assert (c, h, w) == (trunk.out_channels, expected, expected)
+    # ConvUnit = conv + BN + ReLU, five of them, three 3x3/2 max pools
+    convs = [m for m in trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    pools = [m for m in trunk.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(convs) == 5 and len(pools) == 3 and all(p.kernel_size == 3 and p.stride == 2 for p in pools)
+    assert convs[0].stride == ((1, 1) if size == 64 else convs[0].stride)
+
+
+def test_resnet_trunk_small_stem_and_local_torchvision_weights(tmp_path):
+    from torchvision.models import resnet18
+
+    assert feature_shape(ResNetTrunk(18, 64), 64) == (512, 8, 8)
+    reference = resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    trunk = build_trunk(TrunkConfig("resnet18", 224, checkpoint=str(path)))
+    assert torch.equal(trunk.body[4][0].conv1.weight, reference.layer1[0].conv1.weight)
+    assert torch.equal(trunk.body[0].weight, reference.conv1.weight)
+    with pytest.raises(TrunkError, match="not found"):
+        build_trunk(TrunkConfig("resnet18", 64, checkpoint=str(tmp_path / "missing.pth")))
+
+
+def test_trunk_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    first = build_trunk(TrunkConfig("alexnet_bn", 64, 0.25))
+    path = tmp_path / "trunk.pt"
+    torch.save(first.state_dict(), path)
+    torch.manual_seed(1)
+    second = build_trunk(TrunkConfig("alexnet_bn", 64, 0.25, checkpoint=str(path)))
+    x = torch.randn(2, 3, 64, 64)
+    first.eval(), second.eval()
+    assert torch.equal(first(x), second(x))
+    with pytest.raises(TrunkError, match="does not fit"):
+        build_trunk(TrunkConfig("alexnet_bn", 64, 0.5, checkpoint=str(path)))
+
+
+def test_groups_follow_the_schema():
+    groups = plan_groups("d", MIXED, HeadConfig())
+    assert [(g.name, g.num_outputs) for g in groups] == [("binary", 3), ("Hair", 4), ("Age", 1)]
+    assert groups[0].columns == [0, 1, 2] and groups[1].columns == [3] and groups[2].columns == [4]
+    sa = plan_groups("d", MIXED, HeadConfig(sa_softmax=True, age_mode="dex", share_tasks=["Male"]))
+    by_name = {g.name: g for g in sa}
+    assert by_name["binary"].num_outputs == 2 * 3  # Smiling, Bangs: no / yes / unrecognizable
+    assert by_name["Male"].subnet == "shared:Male" and by_name["Male"].num_outputs == 3
+    assert by_name["Hair"].num_outputs == 5 and by_name["Age"].num_outputs == 21
+    with pytest.raises(ValueError, match="not in its schema"):
+        plan_groups("d", MIXED, HeadConfig(), tasks=["Nope"])
+
+
+def test_masked_labels_do_not_change_the_loss():
+    groups = {g.name: g for g in plan_groups("d", MIXED, HeadConfig())}
+    torch.manual_seed(0)
+    out = torch.randn(4, 3)
+    targets = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0]])
+    mask = torch.tensor([[True, True, False], [True, False, True], [True, True, True], [False, True, True]])
+    base = group_loss(groups["binary"], out, targets, mask)
+    garbage = torch.where(mask, targets, torch.full_like(targets, 7.0))
+    assert torch.allclose(base, group_loss(groups["binary"], out, garbage, mask))
+    assert group_loss(groups["binary"], out, targets, torch.zeros_like(mask)) is None
+    # regression: L1 in decades over labelled rows only
+    age = torch.tensor([[2.0], [5.0], [9.0], [0.0]])
+    pred = torch.tensor([[3.0], [5.0], [0.0], [1.0]])
+    amask = torch.tensor([[True], [True], [False], [True]])
+    assert torch.isclose(group_loss(groups["Age"], pred, age, amask), torch.tensor((1 + 0 + 1) / 3 / 10))
+
+
+def test_decoding():
+    groups = {g.name: g for g in plan_groups("d", MIXED, HeadConfig(sa_softmax=True, age_mode="dex"))}
+    binary = groups["binary"]
+    out = torch.tensor([[0.0, 5.0, -9.0, 0.0, 0.0, 9.0, 2.0, -1.0, -9.0]])  # 3 attributes x (no, yes, unrec.)
+    decoded = decode_group(binary, out)
+    assert decoded["pred"].tolist() == [[1, 1, 0]]  # a 0.5 tie counts as "yes"
+    assert decoded["confidence"][0, 0] > 0.99 and decoded["confidence"][0, 1] < 0.01  # 2nd: unrecognizable wins
+    assert torch.allclose(decoded["prob"][0, 1], torch.tensor(0.5))  # class probs ignore the N+1 output
+    age = decode_group(groups["Age"], torch.zeros(2, 21))
+    assert torch.allclose(age["value"], torch.tensor([10.0, 10.0]))  # uniform over 0..20 -> mean 10
+
+
+def test_one_trunk_pass_feeds_every_dataset_and_shared_heads_are_shared():
+    config = ModelConfig(TrunkConfig("alexnet_bn", 64, 0.25), HeadConfig(share_tasks=["Male"]))
+    model = build_attribute_model(config, {"a": MIXED, "b": GENDER_AGE}).eval()
+    calls = []
+    model.trunk.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    x = torch.randn(5, 3, 64, 64)
+    outputs, log_vars = model(x, [("a", 3), ("b", 2)])
+    assert calls == [5]
+    assert outputs["a"]["binary"].shape == (3, 2) and outputs["a"]["Male"].shape == (3, 1)
+    assert outputs["b"]["Age"].shape == (2, 1) and set(outputs["b"]) == {"Age", "Male"}
+    assert log_vars.shape == (len(model.loss_terms),)
+    same, _ = model(x[:2].repeat(2, 1, 1, 1), [("a", 2), ("b", 2)])
+    assert torch.allclose(same["a"]["Male"], same["b"]["Male"], atol=1e-5)  # one shared Male head
+    assert not torch.allclose(same["a"]["Age"], same["b"]["Age"])  # per-dataset Age heads
+    with pytest.raises(ValueError, match="layout covers"):
+        model(x, [("a", 3)])
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, n, tag):
+        self.n, self.tag = n, tag
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return (self.tag, i)
+
+
+def test_parallel_datasets_cycle_smaller_sets_as_fresh_permutations():
+    parallel = ParallelDatasets({"big": _Items(10, "big"), "small": _Items(4, "small")}, seed=3)
+    assert len(parallel) == 10
+    picks = [parallel[i]["small"][1] for i in range(10)]
+    assert [parallel[i]["big"][1] for i in range(10)] == list(range(10))
+    assert sorted(picks[0:4]) == [0, 1, 2, 3] and sorted(picks[4:8]) == [0, 1, 2, 3]
+    assert picks[0:4] != picks[4:8] or picks[4:8] != picks[8:] + picks[:2]  # cycles are reshuffled
+    again = ParallelDatasets({"big": _Items(10, "big"), "small": _Items(4, "small")}, seed=3)
+    assert [again[i]["small"][1] for i in range(10)] == picks
+
+
+def test_combine_losses_fixed_and_uncertainty():
+    losses = {"a/binary": torch.tensor(2.0), "b/Age": torch.tensor(3.0)}
+    terms = ["a/binary", "a/Hair", "b/Age"]
+    assert combine_losses(losses, terms, {"b": 0.5}, None).item() == pytest.approx(2.0 + 1.5)
+    s = torch.tensor([0.0, 9.0, 1.0])
+    expected = (2.0 + 0.0) + 0.5 * (torch.exp(torch.tensor(-1.0)) * 3.0 + 1.0)
+    assert combine_losses(losses, terms, {"b": 0.5}, s).item() == pytest.approx(float(expected))
+    with pytest.raises(ValueError):
+        combine_losses({}, terms, {}, None)
+
+
+def test_augmentation_is_reproducible_and_flips_exactly():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    a = augment_batch(x, True, 1, torch.Generator().manual_seed(5))
+    b = augment_batch(x, True, 1, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and a.shape == x.shape
+    flipped = augment_batch(x, True, 0, torch.Generator().manual_seed(0))
+    for k in range(2):
+        assert torch.equal(flipped[k], x[k]) or torch.equal(flipped[k], x[k].flip(-1))
