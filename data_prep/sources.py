@@ -45,8 +45,9 @@ class SourceConfig:
     synthetic_seed: int = 0
 
 
-def open_source(config: SourceConfig, out_dir: str | Path, min_image_size: int = 64):
-    """The source as a `FaceDataset` with every record's split filled in."""
+def open_source(config: SourceConfig, out_dir: str | Path, min_image_size: int = 64, assign_splits: bool = True):
+    """The source as a `FaceDataset`. With `assign_splits`, records without a split (a plain
+    folder, say) get a seeded identity-disjoint one; otherwise they keep split None."""
     from data_prep.datasets.base import FaceDataset
     from data_prep.datasets.record import SampleRecord
     from data_prep.datasets.schema import LabelSchema
@@ -89,7 +90,7 @@ def open_source(config: SourceConfig, out_dir: str | Path, min_image_size: int =
         if not 0 < config.test_fraction + config.val_fraction < 1:
             raise SourceError(f"test_fraction + val_fraction must lie in (0, 1), got {config.test_fraction} + {config.val_fraction}")
         dataset = resplit_by_identity(dataset, config.test_fraction, val_fraction=config.val_fraction, seed=config.split_seed)
-    elif dataset.records and any(r.split is None for r in dataset.records):
+    elif assign_splits and dataset.records and any(r.split is None for r in dataset.records):
         dataset = ensure_splits(dataset, seed=config.split_seed)
     return dataset
 

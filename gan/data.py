@@ -47,63 +47,30 @@ class RandomHorizontalFlip:
         return image.flip(-1) if torch.rand(()) < 0.5 else image
 
 
-def _source_dataset(config: GANDataConfig, image_size: int, out_dir: Path):
-    from data_prep.datasets.base import FaceDataset
-    from data_prep.datasets.record import SampleRecord
-    from data_prep.datasets.schema import LabelSchema
-    from data_prep.images import list_images
+def _source_config(config: GANDataConfig, out_dir: Path):
+    from data_prep.sources import SourceConfig
 
-    source = config.source.lower()
-    if source == "synthetic":
-        from data_prep.synthetic import SyntheticConfig, generate_synthetic, load_synthetic
-
-        root = Path(config.root) if config.root else out_dir / "data" / "synthetic"
-        synth = SyntheticConfig(
-            num_identities=config.synthetic_identities,
-            images_per_identity=config.synthetic_images_per_identity,
-            image_size=max(64, image_size),
-            seed=config.synthetic_seed,
-        )
-        generate_synthetic(root, synth)
-        domain = None if config.synthetic_domain == "all" else config.synthetic_domain
-        return load_synthetic(root, domain=domain)
-    if not config.root:
-        raise FaceganError(f"data source {config.source!r} needs a root folder (--root or data.root=...)")
-    root = Path(config.root).expanduser()
-    if source == "folder":
-        if not root.is_dir():
-            raise FaceganError(f"image folder not found: {root}")
-        records = [SampleRecord(path=p) for p in list_images(root)]
-        if not records:
-            raise FaceganError(f"no files found below {root}")
-        return FaceDataset("folder", records, LabelSchema(), root=root)
-    from data_prep.datasets.registry import load_dataset
-
-    return load_dataset(source, root)
+    return SourceConfig(
+        source=config.source, root=config.root, align=config.align, template=config.template,
+        cache_dir=config.cache_dir or str(out_dir / "cache"),
+        synthetic_identities=config.synthetic_identities,
+        synthetic_images_per_identity=config.synthetic_images_per_identity,
+        synthetic_domain=config.synthetic_domain, synthetic_seed=config.synthetic_seed,
+    )
 
 
 def build_gan_dataset(config: GANDataConfig, image_size: int, out_dir: str | Path, progress: bool = True):
     """The aligned, cached training images (a Dataset of {"image": 3xSxS uint8, ...})."""
-    from data_prep.cache import build_cache
+    from data_prep.sources import aligned_cache, open_source
 
     out_dir = Path(out_dir)
-    dataset = _source_dataset(config, image_size, out_dir)
-    if config.split != "all":
-        if any(r.split is not None for r in dataset.records):
-            dataset = dataset.subset(split=config.split)
+    source = _source_config(config, out_dir)
+    dataset = open_source(source, out_dir, min_image_size=image_size, assign_splits=False)
+    if config.split != "all" and any(r.split is not None for r in dataset.records):
+        dataset = dataset.subset(split=config.split)
         if len(dataset) == 0:
             raise FaceganError(f"{config.source}: no images in split {config.split!r} (use data.split=all)")
-    aligner = None
-    if config.align:
-        from data_prep.align.aligner import AlignConfig, FaceAligner
-
-        aligner = FaceAligner(AlignConfig(template=config.template, output_size=image_size))
-    cache_dir = Path(config.cache_dir) if config.cache_dir else out_dir / "cache"
-    cache = build_cache(dataset, cache_dir, size=image_size, aligner=aligner, progress=progress)
-    if len(cache) == 0:
-        raise FaceganError(f"no usable faces in {config.source} (see {cache_dir}/index.json for the reasons)")
-    if cache.skipped:
-        log.warning("%d image(s) left out of the GAN data (unreadable or no face); see %s/index.json", len(cache.skipped), cache_dir)
+    cache = aligned_cache(dataset, source, image_size, out_dir, progress=progress)
     if config.flip:
         cache.transform = RandomHorizontalFlip()
     return cache
