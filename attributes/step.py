@@ -34,6 +34,7 @@ class OptimConfig:
     warmup_steps: int = 100
     schedule: str = "cosine"  # cosine (to min_lr_ratio * lr at max_steps) | constant
     min_lr_ratio: float = 0.02
+    schedule_steps: int = 0  # length of the cosine schedule (0: trainer.max_steps); fix it to stop early and resume later
 
 
 @dataclass
@@ -145,7 +146,8 @@ class AttributeStep:
             return cfg.lr * (step + 1) / cfg.warmup_steps
         if cfg.schedule == "constant":
             return cfg.lr
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, self.max_steps - cfg.warmup_steps))
+        total = cfg.schedule_steps or self.max_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
         return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     # -- SA-softmax bookkeeping -------------------------------------------------------------

@@ -1,0 +1,113 @@
+"""`facegan attributes train | eval | predict`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from engine.config import load_config, save_config
+from engine.errors import FaceganError
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+PRESETS_DIR = Path("configs/attributes")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser(
+        "attributes",
+        help="multi-dataset face-attribute models with SA-softmax confidence grades",
+        description="Face attributes: `train` learns one shared trunk with a head per dataset from several datasets at "
+        "once (CelebA, LFW, UTKFace, MORPH, Adience, ChaLearn, a folder+CSV, or the built-in synthetic faces); `eval` "
+        "reports accuracy, balanced accuracy, age MAE/CS(5), confusion matrices and SA-softmax grades with "
+        "risk-coverage curves; `predict` aligns raw photos and writes each task's prediction and grade as JSON.",
+    )
+    sub = group.add_subparsers(dest="attributes_command", metavar="ATTRIBUTES_COMMAND", required=True)
+
+    p = sub.add_parser(
+        "train",
+        help="train an attribute model on one or more datasets",
+        description="Train an attribute model. Settings come from the dataclass defaults, then --config, then the "
+        "shortcut options, then --set KEY=VALUE overrides (e.g. --set model.head.sa_softmax=true). Every step draws "
+        "one batch of trainer.batch_size faces from EACH dataset; an epoch is one pass over the largest dataset "
+        "(smaller ones cycle). Writes OUT/config.yaml, OUT/checkpoints/{latest,best}.pt, OUT/metrics.jsonl, "
+        "OUT/curves.png and TensorBoard logs in OUT/tensorboard/.",
+    )
+    p.add_argument("--config", type=Path, help=f"YAML preset (see {PRESETS_DIR}: celeba64.yaml, joint64.yaml, ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting by its dotted path (repeatable), e.g. trainer.max_steps=500")
+    p.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="NAME[=ROOT]",
+                   help="add a training dataset (repeatable): a data_prep name and its folder, e.g. "
+                   "celeba=/data/celeba; 'synthetic' needs no folder")
+    p.add_argument("--out", help="run folder (trainer.out_dir; default runs/attributes)")
+    p.add_argument("--trunk", help="alexnet_bn, resnet18, resnet34 or resnet50 (model.trunk.name)")
+    p.add_argument("--input-size", type=int, choices=(64, 128, 224), help="face size in pixels (model.trunk.input_size)")
+    p.add_argument("--sa-softmax", action="store_true", help="SA-softmax heads with dynamic tags (model.head.sa_softmax)")
+    p.add_argument("--steps", type=int, help="optimiser steps (trainer.max_steps)")
+    p.add_argument("--minutes", type=float, help="wall-clock budget; stops, evaluates and saves when spent (trainer.max_seconds)")
+    p.add_argument("--batch-size", type=int, help="faces per dataset per step (trainer.batch_size)")
+    p.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (trainer.seed)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (trainer.device)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (trainer.threads)")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (trainer.amp)")
+    p.add_argument("--resume", action="store_true", help="continue OUT's latest checkpoint exactly where it stopped")
+    p.add_argument("--force", action="store_true", help="with --resume: allow a changed configuration")
+    p.set_defaults(func=_run_train)
+
+    from attributes.evaluation import register_cli as register_eval
+    from attributes.predict import register_cli as register_predict
+
+    register_eval(sub)
+    register_predict(sub)
+
+
+def build_config(args: argparse.Namespace):
+    from attributes.config import AttributeRunConfig, DatasetEntry
+
+    shortcuts = {
+        "trainer.out_dir": args.out, "model.trunk.name": args.trunk, "model.trunk.input_size": args.input_size,
+        "model.head.sa_softmax": True if args.sa_softmax else None, "trainer.max_steps": args.steps,
+        "trainer.max_seconds": args.minutes * 60 if args.minutes else None, "trainer.batch_size": args.batch_size,
+        "trainer.seed": args.seed, "trainer.device": args.device, "trainer.threads": args.threads,
+        "trainer.amp": True if args.amp else None, "trainer.resume": True if args.resume else None,
+        "trainer.force_resume": True if args.force else None,
+    }
+    overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+    dataset_overrides = [o for o in args.overrides if o.startswith("datasets.")]
+    config = load_config(AttributeRunConfig, args.config, overrides + [o for o in args.overrides if o not in dataset_overrides])
+    for item in args.datasets:
+        name, _, root = item.partition("=")
+        name = name.strip()
+        if not name:
+            raise FaceganError(f"--dataset {item!r}: expected NAME or NAME=ROOT")
+        entry = config.datasets.get(name) or DatasetEntry(source=name)
+        if root:
+            entry.root = root
+        config.datasets[name] = entry
+    if dataset_overrides:
+        from engine.config import apply_overrides, from_dict, to_dict
+
+        config = from_dict(AttributeRunConfig, apply_overrides(to_dict(config), dataset_overrides))
+    return config
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from attributes.train import train
+
+    config = build_config(args)
+    out = Path(config.trainer.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    result = train(config)
+    print(f"{result['status']} at step {result['global_step']} in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}")
+    print("faces per split: " + json.dumps(result["datasets"]))
+    metrics_file = out / "metrics.jsonl"
+    if metrics_file.is_file():
+        evals = [json.loads(line) for line in metrics_file.read_text().splitlines() if '"split": "eval"' in line]
+        if evals:
+            last = {k: v for k, v in evals[-1].items() if k not in ("split",)}
+            print("validation: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+    return 130 if result["status"] == "interrupted" else 0
