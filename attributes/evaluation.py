@@ -59,15 +59,14 @@ def _targets(cache, columns: list[int | None]) -> tuple[torch.Tensor, torch.Tens
     return targets, mask
 
 
-def _selective(confidences: dict[str, np.ndarray], correct: np.ndarray, out_dir: Path, stem: str, title: str) -> dict:
-    from attributes.evaluate import aurc, grade_table, plot_risk_coverage, risk_coverage
+def _selective(methods_in: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path, stem: str, title: str) -> dict:
+    """Risk-coverage, AURC and grades of each method: name -> (confidence, correct)."""
+    from attributes.evaluate import plot_risk_coverage, risk_coverage, selective_summary
 
     curves, methods = {}, {}
-    for method, confidence in confidences.items():
-        coverage, risk = risk_coverage(confidence, correct)
-        curves[method] = (coverage, risk)
-        methods[method] = {"aurc": aurc(confidence, correct), "grades": grade_table(confidence, correct),
-                           "count": int(len(correct)), "accuracy": float(correct.mean()) if len(correct) else None}
+    for method, (confidence, correct) in methods_in.items():
+        curves[method] = risk_coverage(confidence, correct)
+        methods[method] = selective_summary(confidence, correct)
     png = out_dir / f"risk_coverage_{stem}.png"
     plot_risk_coverage(curves, png, title)
     return {"methods": methods, "curve_png": png.name}
@@ -139,14 +138,14 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
                     section["per_attribute_png"] = png.name
                 pred = (prob >= 0.5)
                 correct = (pred == t.bool())[m].numpy()
-                confidences = {"max_softmax": decoded["max_softmax"][:, keep][m].numpy()}
+                methods = {"max_softmax": (decoded["max_softmax"][:, keep][m].numpy(), correct)}
                 if group.sa:
-                    confidences = {"sa_softmax": decoded["confidence"][:, keep][m].numpy(), **confidences}
-                section["selective"][group.name] = _selective(confidences, correct, out_dir, f"{stem}_{group.name}", f"{label}: {group.name}")
+                    methods = {"sa_softmax": (decoded["confidence"][:, keep][m].numpy(), correct), **methods}
                 if base_predictions is not None and group.name in base_predictions:
                     base = base_predictions[group.name]
                     base_correct = ((base["prob"][:, keep] >= 0.5) == t.bool())[m].numpy()
-                    section["selective"][group.name]["methods"]["plain_softmax_model"] = _plain_entry(base["max_softmax"][:, keep][m].numpy(), base_correct)
+                    methods["plain_softmax_model"] = (base["max_softmax"][:, keep][m].numpy(), base_correct)
+                section["selective"][group.name] = _selective(methods, out_dir, f"{stem}_{group.name}", f"{label}: {group.name}")
             elif group.kind is TaskKind.REGRESSION:
                 valid = mask[:, 0]
                 section["age"][group.name] = age_metrics(decoded["value"][valid], targets[valid, 0])
@@ -159,26 +158,19 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
                 metrics["confusion_png"] = png.name
                 section["categorical"][group.name] = metrics
                 correct = (decoded["pred"][valid] == targets[valid, 0].long()).numpy()
-                confidences = {"max_softmax": decoded["max_softmax"][valid].numpy()}
+                methods = {"max_softmax": (decoded["max_softmax"][valid].numpy(), correct)}
                 if group.sa:
-                    confidences = {"sa_softmax": decoded["confidence"][valid].numpy(), **confidences}
-                section["selective"][group.name] = _selective(confidences, correct, out_dir, f"{stem}_{group.name}", f"{label}: {task.name}")
+                    methods = {"sa_softmax": (decoded["confidence"][valid].numpy(), correct), **methods}
                 if base_predictions is not None and group.name in base_predictions:
                     base = base_predictions[group.name]
                     base_correct = (base["pred"][valid] == targets[valid, 0].long()).numpy()
-                    section["selective"][group.name]["methods"]["plain_softmax_model"] = _plain_entry(base["max_softmax"][valid].numpy(), base_correct)
+                    methods["plain_softmax_model"] = (base["max_softmax"][valid].numpy(), base_correct)
+                section["selective"][group.name] = _selective(methods, out_dir, f"{stem}_{group.name}", f"{label}: {task.name}")
         results["datasets"][label] = section
     if not results["datasets"]:
         raise FaceganError(f"nothing to evaluate: no faces in split {split!r} of any dataset")
     results["files"] = {k: str(v) for k, v in write_evaluation_report(results, out_dir).items()}
     return results
-
-
-def _plain_entry(confidence: np.ndarray, correct: np.ndarray) -> dict:
-    from attributes.evaluate import aurc, grade_table
-
-    return {"aurc": aurc(confidence, correct), "grades": grade_table(confidence, correct), "count": int(len(correct)),
-            "accuracy": float(correct.mean()) if len(correct) else None}
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:

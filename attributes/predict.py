@@ -25,15 +25,11 @@ __all__ = ["predict_paths", "register_cli", "grade_of"]
 
 log = logging.getLogger(__name__)
 
-_GRADE_BOUNDS = ((0.8, "S"), (0.6, "A"), (0.4, "B"), (0.2, "C"), (0.0, "D"))
-
-
 def grade_of(confidence: float) -> str:
-    """S: [0.8, 1], A: [0.6, 0.8), B: [0.4, 0.6), C: [0.2, 0.4), D: [0, 0.2) (SPEC §5)."""
-    for bound, letter in _GRADE_BOUNDS:
-        if confidence >= bound:
-            return letter
-    return "D"
+    """The SA grade letter of one confidence (bounds in `attributes.sa_softmax`)."""
+    from attributes.sa_softmax import grade
+
+    return grade(float(confidence))[0]
 
 
 def _collect_paths(inputs: list[Path]) -> list[Path]:

@@ -77,6 +77,9 @@ class AttributeStep:
             raise ValueError(f"loss weighting must be 'fixed' or 'uncertainty', not {loss.weighting!r}")
         self.optimizer = self._build_optimizer()
         self.sa_states: dict[str, Any] = self._build_sa_states()
+        from attributes.sa_softmax import SASchedule
+
+        self.sa_schedule = SASchedule(sa.plain_epochs, sa.window_epochs)
         self.thresholds: dict[str, torch.Tensor] = {}  # dataset -> per-binary-attribute threshold
         self.ctx = None
 
@@ -151,20 +154,11 @@ class AttributeStep:
         return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     # -- SA-softmax bookkeeping -------------------------------------------------------------
-    def _epochs(self, dataset: str, steps: int) -> float:
-        return steps * self.batch_size / len(self.train_sets[dataset])
-
     def sa_active(self, dataset: str, step: int) -> bool:
-        return self._epochs(dataset, step) >= self.sa_config.plain_epochs
+        return self.sa_schedule.active_at_step(step, self.batch_size, len(self.train_sets[dataset]))
 
     def _window_ended(self, dataset: str, step: int) -> bool:
-        """True when step `step` (0-based) completed a window of this dataset's epochs."""
-        cfg = self.sa_config
-        before = self._epochs(dataset, step) - cfg.plain_epochs
-        after = self._epochs(dataset, step + 1) - cfg.plain_epochs
-        if after < 0:
-            return False
-        return math.floor(after / cfg.window_epochs) > math.floor(max(before, 0) / cfg.window_epochs) and before >= 0
+        return self.sa_schedule.window_ends_at_step(step, self.batch_size, len(self.train_sets[dataset]))
 
     # -- the step ----------------------------------------------------------------------------
     def train_step(self, batch: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str, float]:
@@ -203,6 +197,10 @@ class AttributeStep:
         total = combine_losses(losses, self.model.loss_terms, self.loss_config.weights, log_vars.float() if use_uncertainty else None)
         metrics["grad_norm"] = ctx.optimize("model", total)
         metrics = {"loss": float(total.detach()), "lr": lr, **metrics}
+        for key, sa_state in self.sa_states.items():
+            if self.sa_active(key.split("/")[0], step):  # logged every step, so any log interval shows the tags
+                valid = sa_state.valid.sum().clamp(min=1)
+                metrics[f"sa/{key}/unrecognizable_fraction"] = float(sa_state.unrecognizable_mask().sum() / valid)
         for name in self.names:
             if self._window_ended(name, step):
                 for key, sa_state in self.sa_states.items():

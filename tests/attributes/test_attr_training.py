@@ -80,3 +80,23 @@ def test_resumed_attribute_run_equals_uninterrupted(tmp_path):
         assert torch.equal(value, b["modules"]["model"][key]), key
     for key, value in a["ema"]["model"].items():
         assert torch.equal(value, b["ema"]["model"][key]), key
+
+
+def test_sa_softmax_run_keeps_tags_and_eval_compares_confidences(trained, tmp_path):
+    sa_run = _train(tmp_path, "sa", 30, "--sa-softmax", "--set", "sa.plain_epochs=1", "--set", "sa.window_epochs=1")
+    state = torch.load(sa_run / "checkpoints" / "latest.pt", weights_only=True)
+    tags = state["step_state"]["sa"]["synthetic/binary"]
+    assert tags["windows_completed"] >= 2  # 128 training faces, 16 per step: windows end at steps 16 and 24
+    rows = [json.loads(line) for line in (sa_run / "metrics.jsonl").read_text().splitlines()]
+    assert any("sa/synthetic/binary/unrecognizable_fraction" in r for r in rows if r["split"] == "train")
+    out = tmp_path / "eval"
+    assert main(["attributes", "eval", str(sa_run / "checkpoints" / "latest.pt"), "--out", str(out),
+                 "--compare", str(trained / "checkpoints" / "latest.pt")]) == 0
+    results = json.loads((out / "results.json").read_text())
+    section = results["datasets"]["synthetic"]
+    methods = section["selective"]["binary"]["methods"]
+    assert set(methods) == {"sa_softmax", "max_softmax", "plain_softmax_model"}
+    assert sum(g["count"] for g in methods["sa_softmax"]["grades"]) == methods["sa_softmax"]["count"]
+    assert "mae" in section["age"]["Age"] and section["categorical"]["Hair_Color"]["confusion_matrix"]
+    report = (out / "report.md").read_text()
+    assert "AURC" in report and (out / section["selective"]["binary"]["curve_png"]).is_file()
