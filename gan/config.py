@@ -102,8 +102,16 @@ class BEGANConfig:
     lr: float = 1e-4  # both networks
     betas: tuple[float, float] = (0.5, 0.999)
     lr_halve_every: int = 0  # halve both learning rates every this many steps; 0 keeps them fixed
+    # Speed options for small CPU budgets (gan/models/began.py explains each); off = the paper.
+    convs_per_scale: tuple[int, ...] | None = None  # 3x3 convs per block, 8x8 first; None: 2 each
+    fast_elu: bool = False  # same ELU, computed from exp (faster on CPU)
+    channels_last: bool = False  # NHWC convolution weights
 
     def __post_init__(self) -> None:
+        if self.convs_per_scale is not None:
+            self.convs_per_scale = tuple(int(c) for c in self.convs_per_scale)
+            _check(all(c >= 1 for c in self.convs_per_scale), "began.convs_per_scale",
+                   f"every count must be >= 1, got {list(self.convs_per_scale)}")
         _check(0.0 < self.gamma <= 1.0, "began.gamma", f"must be in (0, 1], got {self.gamma}")
         _check(self.lambda_k > 0, "began.lambda_k", f"must be positive, got {self.lambda_k}")
         _check(0.0 <= self.k_init <= 1.0, "began.k_init", f"must be in [0, 1], got {self.k_init}")

@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     from attributes import cli as attributes_cli
     from data_prep import cli as data_prep_cli
     from gan import cli as gan_cli
+    from gan import sr_cli
     from transfer import demo
 
     parser = argparse.ArgumentParser(
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data_prep_cli.register(subparsers)
     gan_cli.register(subparsers)
+    sr_cli.register(subparsers)
     attributes_cli.register(subparsers)
     demo.register(subparsers)
     return parser

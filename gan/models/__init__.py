@@ -8,6 +8,7 @@ from torch import nn
 from gan.models.began import BEGANDecoder, BEGANDiscriminator, BEGANEncoder, BEGANGenerator, build_began
 from gan.models.dcgan import DCGANDiscriminator, DCGANGenerator, build_dcgan, dcgan_init_
 from gan.models.latent import LATENT_DISTRIBUTIONS, sample_latent, slerp
+from gan.models.srgan import CommonBlock, DownBlock, SRCritic, SRGenerator, UpBlock, build_sr_critic, build_sr_generator
 
 if TYPE_CHECKING:
     from gan.config import GANConfig
@@ -26,6 +27,13 @@ __all__ = [
     "LATENT_DISTRIBUTIONS",
     "sample_latent",
     "slerp",
+    "CommonBlock",
+    "UpBlock",
+    "DownBlock",
+    "SRGenerator",
+    "SRCritic",
+    "build_sr_generator",
+    "build_sr_critic",
 ]
 
 

@@ -1,0 +1,253 @@
+"""`facegan sr train | apply | eval`: the face super-resolution GAN from the command line.
+
+`train` builds the HR faces (through the aligned cache), the `SRStep` and the engine Trainer;
+`apply` super-resolves a folder or a dataset into a labelled folder (gan/sr_apply.py); `eval`
+measures a checkpoint against bicubic upsampling (gan/sr_eval.py).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from engine.config import load_config, save_config, to_dict
+from engine.errors import FaceganError
+from engine.trainer import Trainer
+from gan.sr_config import SRDataConfig, SRRunConfig
+
+__all__ = ["build_sr_data", "train", "register", "PRESETS_DIR"]
+
+log = logging.getLogger(__name__)
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "sr"
+
+
+def _evenly_spaced(count: int, wanted: int) -> list[int]:
+    if wanted >= count:
+        return list(range(count))
+    return sorted({int(i) for i in np.linspace(0, count - 1, wanted).round()})
+
+
+def build_sr_data(config: SRDataConfig, hr_size: int, out_dir: str | Path, progress: bool = True):
+    """(training faces, held-out HR faces as (N, 3, S, S) uint8 or None), aligned at `hr_size`.
+
+    Every source goes through `data_prep.sources`: opened (synthetic by default), aligned once
+    at the HR size into the aligned-face cache, and split; training reads the cache's memory maps.
+    """
+    from data_prep.sources import aligned_cache, open_source
+    from gan.data import RandomHorizontalFlip
+
+    out_dir = Path(out_dir)
+    dataset = open_source(config, out_dir, min_image_size=hr_size)
+    cache = aligned_cache(dataset, config, hr_size, out_dir, progress=progress)
+    train_view = cache if config.split == "all" else cache.subset(split=config.split)
+    if len(train_view) == 0:
+        raise FaceganError(f"{config.source}: no faces in split {config.split!r} (use data.split=all)")
+    eval_hr = None
+    if config.eval_split != "none" and config.eval_images > 0:
+        held_out = cache.subset(split=config.eval_split)
+        if len(held_out) == 0:
+            log.warning("%s has no faces in split %r: no periodic evaluation or sample strips", config.source, config.eval_split)
+        else:
+            eval_hr = held_out.get_batch(_evenly_spaced(len(held_out), config.eval_images))
+    if config.flip:
+        train_view.transform = RandomHorizontalFlip()
+    return train_view, eval_hr
+
+
+def train(config: SRRunConfig) -> dict:
+    """Build the data, the SR step and the Trainer, run it, and return the Trainer's result."""
+    from gan.sr_step import SRStep
+
+    out_dir = Path(config.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sr_config = config.sr.resolved(config.train.max_steps)
+    config.sr = sr_config
+    save_config(config, out_dir / "config.yaml")
+    hr_size = sr_config.model.output_size
+    dataset, eval_hr = build_sr_data(config.data, hr_size, out_dir, progress=config.train.progress)
+    step = SRStep(sr_config, eval_hr=eval_hr)
+    run_config = {"sr": to_dict(sr_config), "data": to_dict(config.data)}
+    m = sr_config.model
+    log.info("training x%d SR, %d -> %d px, on %d faces from %s; adversarial from step %s", m.scale, m.input_size,
+             m.output_size, len(dataset), config.data.source, sr_config.pretrain_steps if sr_config.adversarial else "never")
+    return Trainer(step, dataset, config.train, run_config).fit()
+
+
+# ----------------------------------------------------------------------------------- CLI
+_DATA_HELP = "synthetic (default), folder, or a dataset name such as celeba, lfw, utkface (data.source)"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    sr = subparsers.add_parser(
+        "sr",
+        help="face super-resolution GAN: train, apply to folders or datasets, evaluate",
+        description="Face super-resolution (SPEC section 4): a residual generator of common / up / down blocks, "
+        "pretrained on the pixel loss and fine-tuned with a Wasserstein critic. `train` fits it on any dataset (default: "
+        "the built-in synthetic faces) through the aligned-face cache; `apply` super-resolves a folder or a whole "
+        "dataset into a folder that keeps the labels; `eval` reports PSNR, SSIM, LPIPS and identity similarity beside "
+        "bicubic upsampling.",
+    )
+    sub = sr.add_subparsers(dest="sr_command", metavar="SR_COMMAND", required=True)
+
+    p = sub.add_parser(
+        "train",
+        help="train a face super-resolution model",
+        description="Train a face SR model. Settings come from the dataclass defaults, then --config, then the shortcut "
+        "options below, then --set KEY=VALUE overrides (e.g. --set sr.loss.adversarial_weight=0). The HR faces are "
+        "aligned at sr.model.output_size; LR inputs are made by the degradation in sr.degradation (antialiased bicubic, "
+        "optional blur / noise / JPEG), recorded in the checkpoint. Steps before sr.pretrain_steps use the pixel loss "
+        "alone, later ones add the critic. Writes OUT/config.yaml, OUT/checkpoints/{latest,best}.pt, sample strips "
+        "(LR | bicubic | SR | HR) to OUT/samples/, metrics to OUT/metrics.jsonl and TensorBoard logs.",
+    )
+    p.add_argument("--config", type=Path,
+                   help=f"YAML preset (see {PRESETS_DIR}: x4-16to64-cpu.yaml, x8-8to64-cpu.yaml, x8-16to128.yaml, ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting by its dotted path (repeatable), e.g. train.max_steps=500")
+    p.add_argument("--out", help="run folder (train.out_dir; default runs/sr)")
+    p.add_argument("--dataset", "--data", dest="dataset", help=_DATA_HELP)
+    p.add_argument("--root", help="dataset root or image folder (data.root)")
+    p.add_argument("--steps", type=int, help="optimiser steps to train for (train.max_steps; also the cosine schedule's length)")
+    p.add_argument("--minutes", type=float, help="wall-clock training budget; stops and saves when spent (train.max_seconds)")
+    p.add_argument("--batch-size", type=int, help="global batch size, split over processes (train.batch_size)")
+    p.add_argument("--seed", type=int, help="seed of the data order and degradations (train.seed); sr.seed sets the initial weights")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (train.threads)")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (train.amp)")
+    p.add_argument("--deterministic", action="store_true", help="bit-reproducible kernels, slower (train.deterministic)")
+    p.add_argument("--resume", action="store_true", help="continue OUT's latest checkpoint exactly where it stopped")
+    p.add_argument("--force", action="store_true", help="with --resume: allow a changed configuration")
+    p.set_defaults(func=_run_train)
+
+    p = sub.add_parser(
+        "apply",
+        help="super-resolve a folder or a whole dataset, keeping the labels",
+        description="Super-resolve images with a trained checkpoint (its EMA generator unless --raw). Give SRC DST for a "
+        "folder of images, or DST with --dataset NAME --root DIR for a dataset. Folder inputs are assumed to be faces "
+        "aligned like the training data (e.g. `facegan align` outputs): each is centre-cropped to a square and resized "
+        "with antialiased bicubic to the model's LR size (unchanged when already that size). Dataset inputs are aligned "
+        "first, through the aligned-face cache at the model's HR size with the checkpoint's template, then downsampled "
+        "to the LR size with the same antialiased bicubic as training. Outputs are PNG files at the HR size. "
+        "DST/labels.csv maps each output to its source and the source's identity, split and labels, with the schema "
+        "in DST/labels.schema.yaml, so that the folder_csv reader reads DST back as a labelled dataset "
+        "(`facegan data info folder_csv DST`). Rows are appended and fsynced only after each output is written "
+        "atomically, so an interrupted run resumes where it stopped; unreadable inputs are listed with a reason in "
+        "DST/skipped.csv and skipped.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan sr train` (e.g. OUT/checkpoints/latest.pt)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="SRC DST: the input folder and the output folder; with --dataset only DST")
+    p.add_argument("--dataset", help="super-resolve this dataset (celeba, lfw, utkface, folder_csv, ...) instead of a folder")
+    p.add_argument("--root", default="", help="the dataset's root folder (with --dataset)")
+    p.add_argument("--split", default="all", help="with --dataset: train, val, test or all (default all)")
+    p.add_argument("--template", help="with --dataset: aligner template (default: the checkpoint's training template)")
+    p.add_argument("--no-align", action="store_true", help="with --dataset: images are already aligned; only centre-crop and resize")
+    p.add_argument("--cache-dir", type=Path, help="with --dataset: the aligned-face cache folder (default DST/.cache)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: $FACEGAN_THREADS or all cores)")
+    p.add_argument("--raw", action="store_true", help="use the raw generator instead of its EMA copy")
+    p.add_argument("--eager", action="store_true", help="run the model as trained (no BN folding / channels_last fast path)")
+    p.add_argument("--restart", action="store_true", help="discard DST's earlier outputs and manifest and start over")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_apply)
+
+    p = sub.add_parser(
+        "eval",
+        help="PSNR, SSIM, LPIPS and identity similarity of a checkpoint, beside bicubic",
+        description="Evaluate a checkpoint on held-out HR faces: from a dataset (aligned through the aligned-face cache "
+        "at the model's HR size with the checkpoint's template) or from a folder of aligned faces (centre-cropped and "
+        "resized to the HR size). LR inputs are made from the HR faces by the checkpoint's degradation with per-image "
+        "seeds (or plain antialiased bicubic with --degradation clean). Metrics, each beside bicubic upsampling of the "
+        "same LR images: PSNR and SSIM on RGB and on the BT.601 Y channel with a crop border (default: the scale "
+        "factor), LPIPS when its backbone weights are present (otherwise skipped with the reason), and dlib "
+        "identity similarity to the HR face when the [metrics] extra is installed. Writes OUT/sr_eval.json, "
+        "OUT/sr_eval.md and OUT/strips.png (LR | bicubic | SR | HR).",
+    )
+    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan sr train`")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="evaluate on this dataset (synthetic, celeba, lfw, utkface, ...)")
+    source.add_argument("--folder", type=Path, help="evaluate on the aligned face images in this folder (all of them)")
+    p.add_argument("--root", default="", help="the dataset's root folder (with --dataset; synthetic needs none)")
+    p.add_argument("--split", default="test", help="with --dataset: train, val, test or all (default test)")
+    p.add_argument("-n", "--num", type=int, default=500, help="at most this many faces, evenly spaced over the split (default 500)")
+    p.add_argument("--degradation", choices=("checkpoint", "clean"), default="checkpoint",
+                   help="LR inputs from the checkpoint's degradation (default) or plain antialiased bicubic")
+    p.add_argument("--crop-border", type=int, help="pixels removed from each side before PSNR / SSIM (default: the scale)")
+    p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg", "squeeze"), help="LPIPS backbone (default alex)")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--no-identity", action="store_true", help="skip the dlib identity similarity")
+    p.add_argument("--template", help="aligner template of the faces (default: the checkpoint's); sets the identity landmark box")
+    p.add_argument("--no-align", action="store_true", help="with --dataset: images are already aligned; only centre-crop and resize")
+    p.add_argument("--cache-dir", type=Path, help="with --dataset: the aligned-face cache folder (default OUT/cache)")
+    p.add_argument("--strips", type=int, default=8, help="faces shown in strips.png (default 8)")
+    p.add_argument("--out", type=Path, help="output folder (default: the checkpoint's run folder /eval-<split or folder name>)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--raw", action="store_true", help="evaluate the raw generator instead of its EMA copy")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    shortcuts = {
+        "train.out_dir": args.out, "data.source": args.dataset, "data.root": args.root, "train.max_steps": args.steps,
+        "train.batch_size": args.batch_size, "train.max_seconds": args.minutes * 60 if args.minutes else None,
+        "train.seed": args.seed, "train.device": args.device, "train.threads": args.threads,
+        "train.amp": True if args.amp else None, "train.deterministic": True if args.deterministic else None,
+        "train.resume": True if args.resume else None, "train.force_resume": True if args.force else None,
+    }
+    overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None] + list(args.overrides)
+    config = load_config(SRRunConfig, args.config, overrides)
+    result = train(config)
+    out = Path(config.train.out_dir)
+    print(f"{result['status']} at step {result['global_step']} in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}")
+    strips = sorted((out / "samples").glob("strips_*.png"))
+    if strips:
+        print(f"latest sample strips: {strips[-1]}")
+    return 130 if result["status"] == "interrupted" else 0
+
+
+def _run_apply(args: argparse.Namespace) -> int:
+    from engine.device import choose_device, configure_threads
+    from gan.sr_apply import apply_sr
+
+    if args.dataset:
+        if len(args.paths) != 1:
+            raise FaceganError("with --dataset give only the output folder DST (the inputs come from --dataset / --root)")
+        src, dst = None, args.paths[0]
+    else:
+        if len(args.paths) != 2:
+            raise FaceganError("give SRC DST (an input folder and an output folder), or DST with --dataset NAME --root DIR")
+        src, dst = args.paths
+    configure_threads(args.threads)
+    summary = apply_sr(
+        args.checkpoint, dst, src=src, dataset=args.dataset, root=args.root, split=args.split, template=args.template,
+        align=not args.no_align, cache_dir=args.cache_dir, batch_size=args.batch_size,
+        device=choose_device(args.device), use_ema=not args.raw, fast=not args.eager, restart=args.restart,
+        progress=not args.no_progress,
+    )
+    print(f"{summary['written']} written, {summary['already_done']} already done, {summary['skipped']} skipped "
+          f"({summary['images_per_second']:.1f} images/s); manifest {summary['manifest']}")
+    if summary["skipped"]:
+        print(f"skipped inputs and reasons: {summary['skipped_file']}")
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from engine.device import choose_device
+    from gan.sr_eval import evaluate_sr
+
+    result = evaluate_sr(
+        args.checkpoint, dataset=args.dataset, root=args.root, folder=args.folder, split=args.split, num=args.num,
+        degradation=args.degradation, crop_border=args.crop_border, lpips=not args.no_lpips, lpips_net=args.lpips_net,
+        identity=not args.no_identity, template=args.template, align=not args.no_align, cache_dir=args.cache_dir,
+        strips=args.strips, out_dir=args.out, batch_size=args.batch_size, device=choose_device(args.device),
+        use_ema=not args.raw,
+    )
+    print(Path(result["files"]["markdown"]).read_text())
+    for name, reason in result["skipped_metrics"].items():
+        print(f"{name} skipped: {reason.splitlines()[0]}")
+    print(f"wrote {result['files']['json']}, {result['files']['markdown']}, {result['files']['strips']}")
+    return 0

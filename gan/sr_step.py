@@ -1,0 +1,374 @@
+"""The training step of the face super-resolution GAN: a `Step` for the engine's one Trainer.
+
+    cfg = SRConfig(...).resolved(max_steps=4000)
+    Trainer(SRStep(cfg, eval_hr=val_faces), hr_faces, TrainerConfig(ema_modules=("generator",), ...),
+            {"sr": to_dict(cfg)}).fit()
+
+Each step takes a batch of HR faces, makes their LR inputs with the configured degradation
+(gan/degrade.py; every image's randomness is seeded from the run seed, the rank, the step and
+its position, so a resumed run degrades exactly as an uninterrupted one), and updates:
+
+- pretraining, steps [0, pretrain_steps): the generator on the pixel loss (+ LPIPS if weighted);
+- adversarial fine-tuning, from `pretrain_steps` on: `n_critic` critic updates on (HR, SR), then
+  the generator on pixel + LPIPS + adversarial_weight * the adversarial generator loss.
+
+The critic and both optimisers exist from step 0 whatever the phase, so checkpoints always hold
+the same state and a resume is exact in either phase. The generator's learning rate follows
+the configured schedule as a pure function of the step (no scheduler state to checkpoint).
+
+Metrics: loss_pixel, g_loss, lr, phase (0 pretraining, 1 adversarial), grad_norm_g, psnr_batch
+(of the training batch, before the update, on [-1, 1] floats: a cheap progress signal); in the
+adversarial phase also d_loss, g_adv, d_real, d_fake, grad_norm_c, and gp / wasserstein for
+WGAN-GP. `evaluate` reports PSNR / SSIM of the EMA generator on held-out faces beside bicubic.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+from torch import nn
+from torch.optim import Adam, Optimizer
+
+from engine.config import ConfigError, from_dict
+from engine.errors import FaceganError
+from engine.reproducibility import derive_seed
+from gan.degrade import Degradation, bicubic_upsample, eval_seeds, to_unit_range
+from gan.losses import get_gan_loss, lpips_loss, pixel_loss
+from gan.models.srgan import SRCritic, SRGenerator, build_sr_critic, build_sr_generator
+from gan.sr_config import SRConfig
+
+if TYPE_CHECKING:
+    from engine.trainer import StepContext
+
+__all__ = ["SRInputError", "SRStep", "LoadedSR", "load_sr_checkpoint", "super_resolve", "make_strips"]
+
+
+class SRInputError(FaceganError, ValueError):
+    """A training batch is not a batch of HR faces of the configured size."""
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    # Evaluation must not update BatchNorm running statistics: they are training state.
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+@torch.no_grad()
+def super_resolve(generator: nn.Module, lr: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """SR images in [-1, 1] (clamped) of LR images in [-1, 1], in eval mode, batch by batch."""
+    device = next(generator.parameters()).device
+    with _eval_mode(generator):
+        return torch.cat([generator(chunk.to(device)).float().clamp(-1.0, 1.0) for chunk in lr.split(batch_size)])
+
+
+def make_strips(lr: torch.Tensor, bicubic: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """(4N, C, H, W): per face LR (nearest, to HR size) | bicubic | SR | HR, face after face."""
+    size = hr.shape[-2:]
+    lr_big = torch.nn.functional.interpolate(lr.float(), size=size, mode="nearest")
+    return torch.stack([lr_big, bicubic.float(), sr.float(), hr.float()], dim=1).flatten(0, 1)
+
+
+class SRStep:
+    """Pixel pretraining, then adversarial fine-tuning, of the SR generator (module docstring).
+
+    eval_hr: held-out HR faces, (N, 3, S, S) uint8, for `evaluate` (PSNR / SSIM vs bicubic)
+        and the sample strips; None disables both.
+    lpips_model: a frozen LPIPS module to use when `loss.lpips_weight > 0`; by default it is
+        loaded with `gan.metrics.lpips_loader.load_lpips` (which says where its weights go).
+    """
+
+    def __init__(self, config: SRConfig, eval_hr: torch.Tensor | None = None, lpips_model: nn.Module | None = None):
+        if config.optim.schedule == "cosine" and config.optim.total_steps == 0:
+            raise ConfigError("optim.total_steps is 0: resolve the config with SRConfig.resolved(max_steps) first")
+        self.config = config
+        cfg = config
+        # Initial weights from a seed of their own: the same config gives the same networks
+        # whatever the caller did with the global RNG before (and leaves it untouched).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.seed, "init", "sr"))
+            self.generator: SRGenerator = build_sr_generator(cfg.model)
+            self.critic: SRCritic = build_sr_critic(cfg.model)
+        self._memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        if cfg.channels_last:
+            self.generator.to(memory_format=torch.channels_last)
+            self.critic.to(memory_format=torch.channels_last)
+        self.degradation = Degradation(cfg.degradation, cfg.model.scale)
+        loss = cfg.loss
+        self.adversarial_loss = (get_gan_loss(loss.adversarial, gp_weight=loss.gp_weight) if loss.adversarial == "wgan-gp"
+                                 else get_gan_loss(loss.adversarial))
+        o = cfg.optim
+        self._optimizers: dict[str, Optimizer] = {
+            "generator": Adam(self.generator.parameters(), lr=o.lr, betas=o.betas),
+            "critic": Adam(self.critic.parameters(), lr=o.critic_lr, betas=o.critic_betas),
+        }
+        self.lpips = lpips_model
+        if loss.lpips_weight > 0 and self.lpips is None:
+            from gan.metrics.lpips_loader import load_lpips
+
+            self.lpips = load_lpips(loss.lpips_net)
+        if eval_hr is not None:
+            eval_hr = self._check_hr(eval_hr, "eval_hr")
+            if eval_hr.dtype != torch.uint8:
+                raise SRInputError("eval_hr must be uint8 HR faces (N, 3, S, S)")
+            self.eval_hr = eval_hr.cpu()
+            seeds = eval_seeds(cfg.degradation, range(len(self.eval_hr)))
+            self.eval_lr = self.degradation(self.eval_hr, seeds)
+        else:
+            self.eval_hr = self.eval_lr = None
+        self.ctx: StepContext | None = None
+        self._seed_base = 0
+        self._range_checked = False
+        self._last_step = 0
+
+    # ------------------------------------------------------------------ Step protocol
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "critic": self.critic}
+
+    def optimizers(self) -> dict[str, Optimizer]:
+        return self._optimizers
+
+    def setup(self, ctx: "StepContext") -> None:
+        self.ctx = ctx
+        # The base of every per-image degradation seed and of the penalty's interpolation draws,
+        # taken from the global RNG the Trainer has just seeded: it follows the run's seed and is
+        # the same on every rank and on a resume (setup runs before the RNG state is restored).
+        self._seed_base = int(torch.randint(0, 2**62, (1,)).item())
+        self._rng = torch.Generator(device=ctx.device)
+        if self.lpips is not None:
+            self.lpips = self.lpips.to(ctx.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Everything else a resume needs is in the modules, optimizers and RNG states the
+        # Trainer saves; the phase is recorded for people reading the checkpoint.
+        return {"phase": self.phase_name(self._last_step), "pretrain_steps": self.config.pretrain_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("pretrain_steps", self.config.pretrain_steps)) != self.config.pretrain_steps:
+            raise ConfigError(
+                f"the checkpoint was trained with pretrain_steps={state.get('pretrain_steps')}, "
+                f"this config has {self.config.pretrain_steps}"
+            )
+
+    # ------------------------------------------------------------------ schedule and phases
+    def learning_rate(self, step: int) -> float:
+        """The generator's learning rate at `step` (warm-up, then the schedule)."""
+        o = self.config.optim
+        if o.warmup_steps and step < o.warmup_steps:
+            return o.lr * (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return o.lr
+        if o.schedule == "step":
+            return o.lr * o.step_gamma ** ((step - o.warmup_steps) // o.step_every)
+        span = max(1, o.total_steps - o.warmup_steps)
+        t = min(1.0, max(0.0, (step - o.warmup_steps) / span))
+        return o.lr * (o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+    def is_adversarial(self, step: int) -> bool:
+        return self.config.adversarial and step >= self.config.pretrain_steps
+
+    def phase_name(self, step: int) -> str:
+        return "adversarial" if self.is_adversarial(step) else "pretrain"
+
+    # ------------------------------------------------------------------ batches
+    def _check_hr(self, images: torch.Tensor, what: str) -> torch.Tensor:
+        size = self.config.model.output_size
+        if images.ndim == 4 and images.shape[1] != 3 and images.shape[-1] == 3:
+            images = images.permute(0, 3, 1, 2)  # channels-last (B, H, W, C)
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise SRInputError(
+                f"{what}: expected HR faces of shape (B, 3, {size}, {size}), got {tuple(images.shape)}; the HR size is "
+                f"model.output_size={size}: align or cache the data at that size"
+            )
+        return images
+
+    def _hr_images(self, batch: Any) -> torch.Tensor:
+        if isinstance(batch, dict):
+            if "image" not in batch:
+                raise SRInputError(f"an SR batch dict needs an 'image' key; got keys {sorted(map(str, batch))}")
+            images = batch["image"]
+        elif isinstance(batch, (list, tuple)):
+            if not batch:
+                raise SRInputError("got an empty batch tuple; expected the HR images first")
+            images = batch[0]
+        else:
+            images = batch
+        if not isinstance(images, torch.Tensor):
+            raise SRInputError(f"expected the HR images as a tensor, got {type(images).__name__}")
+        images = self._check_hr(images, "batch")
+        if images.dtype == torch.uint8:
+            return to_unit_range(images).contiguous()
+        if not images.is_floating_point():
+            raise SRInputError(f"expected uint8 (0..255) or float ([-1, 1]) images, got dtype {images.dtype}")
+        images = images.float().contiguous()
+        if not self._range_checked:
+            low, high = (float(v) for v in torch.aminmax(images))
+            if low < -1.001 or high > 1.001:
+                raise SRInputError(f"float HR images must be in [-1, 1], got values in [{low:.3g}, {high:.3g}]")
+            self._range_checked = True
+        return images
+
+    def _require_setup(self) -> "StepContext":
+        if self.ctx is None:
+            raise RuntimeError("SRStep.setup(ctx) must be called before train_step (the Trainer does it)")
+        return self.ctx
+
+    def degrade_batch(self, hr: torch.Tensor, step: int) -> torch.Tensor:
+        """The LR inputs of training step `step` on this rank (deterministic given the run seed)."""
+        rank = self.ctx.dist.rank if self.ctx is not None else 0
+        seeds = [derive_seed(self._seed_base, "degrade", rank, step, i) for i in range(hr.shape[0])]
+        return self.degradation(hr, seeds).to(hr.device).contiguous(memory_format=self._memory_format)
+
+    # ------------------------------------------------------------------ the update
+    def train_step(self, batch: Any, step: int) -> dict[str, float]:
+        ctx = self._require_setup()
+        cfg = self.config
+        loss_cfg = cfg.loss
+        self._last_step = step
+        hr = self._hr_images(batch).contiguous(memory_format=self._memory_format)
+        lr_images = self.degrade_batch(hr, step)
+        G, D = ctx.models["generator"], ctx.models["critic"]
+        rate = self.learning_rate(step)
+        for group in ctx.optimizers["generator"].param_groups:
+            group["lr"] = rate
+        adversarial = self.is_adversarial(step)
+        metrics: dict[str, float] = {"phase": float(adversarial), "lr": rate}
+
+        with ctx.autocast():
+            sr = G(lr_images)
+        if adversarial:
+            rng = self._rng.manual_seed(derive_seed(self._seed_base, "penalty", ctx.dist.rank, step))
+            sums: dict[str, float] = {}
+            for _ in range(loss_cfg.n_critic):
+                with ctx.autocast():
+                    real_logits = D(hr)
+                    fake_logits = D(sr.detach())
+                d_loss = self.adversarial_loss.discriminator_loss(real_logits, fake_logits)
+                part = {"d_real": float(real_logits.detach().float().mean()),
+                        "d_fake": float(fake_logits.detach().float().mean())}
+                penalty = self.adversarial_loss.penalty(D, hr, sr.detach(), generator=rng)
+                if penalty is not None:
+                    d_loss = d_loss + penalty
+                    part["gp"] = float(penalty.detach())
+                    part["wasserstein"] = part["d_real"] - part["d_fake"]
+                part["grad_norm_c"] = ctx.optimize("critic", d_loss)
+                part["d_loss"] = float(d_loss.detach())
+                for key, value in part.items():
+                    sums[key] = sums.get(key, 0.0) + value
+            metrics.update({key: value / loss_cfg.n_critic for key, value in sums.items()})
+
+        loss_pixel = pixel_loss(sr, hr, loss_cfg.pixel)
+        g_loss = loss_cfg.pixel_weight * loss_pixel
+        metrics["loss_pixel"] = float(loss_pixel.detach())
+        if self.lpips is not None and loss_cfg.lpips_weight > 0:
+            loss_lpips = lpips_loss(self.lpips, sr, hr)
+            g_loss = g_loss + loss_cfg.lpips_weight * loss_lpips
+            metrics["loss_lpips"] = float(loss_lpips.detach())
+        if adversarial:
+            # The critic's weights get gradients here too; its next update clears them (under
+            # DDP every parameter of a module that ran forward must get a gradient).
+            with ctx.autocast():
+                g_logits = D(sr)
+            g_adv = self.adversarial_loss.generator_loss(g_logits)
+            g_loss = g_loss + loss_cfg.adversarial_weight * g_adv
+            metrics["g_adv"] = float(g_adv.detach())
+        with torch.no_grad():
+            mse = (sr.detach().float().clamp(-1, 1) - hr).pow(2).mean()
+            metrics["psnr_batch"] = float(10.0 * torch.log10(4.0 / mse.clamp_min(1e-12)))
+        metrics["grad_norm_g"] = ctx.optimize("generator", g_loss)
+        metrics["g_loss"] = float(g_loss.detach())
+        return metrics
+
+    # ------------------------------------------------------------------ evaluation
+    def inference_generator(self) -> nn.Module:
+        """The EMA generator when the Trainer keeps one, else the raw one."""
+        if self.ctx is not None and "generator" in self.ctx.ema:
+            return self.ctx.ema["generator"]
+        return self.generator
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """PSNR and SSIM (RGB and Y, crop border = scale) of the held-out faces, beside bicubic."""
+        if self.eval_hr is None:
+            return {}
+        from gan.metrics.batch import to_uint8
+        from gan.metrics.image import psnr, ssim
+
+        cfg = self.config
+        net = self.inference_generator()
+        sr = to_uint8(super_resolve(net, self.eval_lr, cfg.eval_batch_size).cpu())
+        bicubic = to_uint8(bicubic_upsample(self.eval_lr, cfg.model.scale).clamp(-1, 1))
+        hr = self.eval_hr
+        border = cfg.model.scale
+        out = {}
+        for name, images in (("", sr), ("_bicubic", bicubic)):
+            out[f"psnr{name}"] = float(psnr(images, hr, crop_border=border).mean())
+            out[f"psnr_y{name}"] = float(psnr(images, hr, crop_border=border, y_channel=True).mean())
+            if hr.shape[-1] - 2 * border >= 11:
+                out[f"ssim_y{name}"] = float(ssim(images, hr, crop_border=border, y_channel=True).mean())
+        out["psnr_y_gain"] = out["psnr_y"] - out["psnr_y_bicubic"]
+        return out
+
+    def visualize(self, step: int) -> dict[str, torch.Tensor]:
+        """Strips of held-out faces in [-1, 1]: LR | bicubic | SR | HR."""
+        if self.eval_hr is None:
+            return {}
+        n = min(self.config.num_samples, len(self.eval_hr))
+        lr = self.eval_lr[:n]
+        sr = super_resolve(self.inference_generator(), lr).cpu()
+        bicubic = bicubic_upsample(lr, self.config.model.scale).clamp(-1, 1)
+        return {"strips": make_strips(lr, bicubic, sr, to_unit_range(self.eval_hr[:n]))}
+
+
+# ------------------------------------------------------------------------------------------
+# Loading a trained model
+# ------------------------------------------------------------------------------------------
+@dataclass
+class LoadedSR:
+    """A trained SR generator (eval mode) with the config it was trained with."""
+
+    generator: SRGenerator
+    config: SRConfig
+    run_config: dict
+    step: int
+    path: Path
+    ema: bool
+
+    @property
+    def scale(self) -> int:
+        return self.config.model.scale
+
+    @property
+    def input_size(self) -> int:
+        return self.config.model.input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.config.model.output_size
+
+
+def load_sr_checkpoint(checkpoint: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedSR:
+    """Rebuild the generator of a `facegan sr train` checkpoint (its EMA weights when kept)."""
+    from engine.checkpoint import load_checkpoint
+
+    path = Path(checkpoint)
+    state = load_checkpoint(path, map_location="cpu")
+    run = state.get("run_config") or {}
+    if "sr" not in run:
+        raise FaceganError(f"{path} is not a facegan SR checkpoint (no sr config inside)")
+    config = from_dict(SRConfig, run["sr"])
+    generator = build_sr_generator(config.model)
+    weights = state.get("ema", {}).get("generator") if use_ema else None
+    used_ema = weights is not None
+    if weights is None:
+        weights = state["modules"]["generator"]
+    generator.load_state_dict(weights)
+    generator.to(device).eval()
+    return LoadedSR(generator, config, run, int(state.get("global_step", 0)), path, used_ema)

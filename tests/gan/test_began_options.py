@@ -1,0 +1,70 @@
+"""BEGAN's CPU speed options: each keeps the paper's function and changes only what it says."""
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from engine.config import ConfigError, load_config
+from gan.cli import GANRunConfig
+from gan.config import BEGANConfig, GANConfig
+from gan.models import BEGANDiscriminator, BEGANGenerator, build_began
+from gan.models.began import FastELU
+
+PRESETS = Path(__file__).resolve().parents[2] / "configs" / "gan"
+
+
+def _convs(module: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_fast_elu_matches_elu_values_and_gradients():
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64).requires_grad_()
+    y_ref = nn.functional.elu(x)
+    (g_ref,) = torch.autograd.grad(y_ref.sum(), x)
+    x2 = x.detach().clone().requires_grad_()
+    y = FastELU()(x2)
+    (g,) = torch.autograd.grad(y.sum(), x2)
+    assert torch.allclose(y, y_ref, atol=1e-12)
+    assert torch.allclose(g, g_ref, atol=1e-12)
+    assert torch.autograd.gradcheck(FastELU(), (torch.randn(3, 4, dtype=torch.float64, requires_grad=True),))
+
+
+def test_convs_per_scale_sets_the_convolutions_per_block():
+    paper = BEGANGenerator(latent_dim=8, image_size=64, hidden_channels=4)
+    slim = BEGANGenerator(latent_dim=8, image_size=64, hidden_channels=4, convs_per_scale=(2, 2, 1, 1))
+    # decoder: 2 per block at 4 resolutions + to_image = 9; slim: 2+2+1+1 + 1 = 7
+    assert len(_convs(paper)) == 9 and len(_convs(slim)) == 7
+    d = BEGANDiscriminator(image_size=64, hidden_channels=4, bottleneck_dim=6, convs_per_scale=(2, 2, 1, 1))
+    images = torch.randn(2, 3, 64, 64)
+    assert d(images).shape == images.shape
+    with pytest.raises(ValueError, match="4 counts"):
+        BEGANGenerator(latent_dim=8, image_size=64, hidden_channels=4, convs_per_scale=(2, 2, 1))
+
+
+def test_channels_last_and_fast_elu_leave_outputs_unchanged():
+    torch.manual_seed(0)
+    plain = BEGANDiscriminator(image_size=32, hidden_channels=8, bottleneck_dim=6)
+    torch.manual_seed(0)
+    fast = BEGANDiscriminator(image_size=32, hidden_channels=8, bottleneck_dim=6, fast_elu=True, channels_last=True)
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in _convs(fast))
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.allclose(plain(x), fast(x), atol=1e-5)
+
+
+def test_config_fields_reach_the_networks_and_are_validated():
+    cfg = GANConfig(model="began", image_size=64,
+                    began=BEGANConfig(hidden_channels=4, convs_per_scale=[2, 2, 1, 1], fast_elu=True))
+    assert cfg.began.convs_per_scale == (2, 2, 1, 1)
+    generator, discriminator = build_began(cfg)
+    assert len(_convs(generator)) == 7
+    assert any(isinstance(m, FastELU) for m in discriminator.modules())
+    with pytest.raises(ConfigError, match="convs_per_scale"):
+        BEGANConfig(convs_per_scale=(2, 0, 1, 1))
+
+
+def test_fast_preset_builds_the_slim_networks():
+    run = load_config(GANRunConfig, PRESETS / "began64-fast.yaml")
+    assert run.gan.began.convs_per_scale == (2, 2, 1, 1) and run.gan.began.fast_elu and run.gan.began.channels_last
+    generator, _ = build_began(run.gan)
+    assert len(_convs(generator)) == 7
