@@ -48,12 +48,15 @@ def _evenly_spaced(count: int, wanted: int) -> list[int]:
 
 
 def _dataset_faces(name: str, root: str, split: str, template: str, align: bool, hr_size: int, num: int,
-                   out_dir: Path, cache_dir: Path | None, progress: bool) -> tuple[torch.Tensor, dict, list]:
+                   out_dir: Path, cache_dir: Path | None, progress: bool,
+                   split_settings: dict | None = None) -> tuple[torch.Tensor, dict, list]:
     from data_prep.sources import SourceConfig, aligned_cache, open_source
 
     tag = template if align else "unaligned"
+    split_settings = split_settings or {}
     cache_dir = cache_dir or out_dir / "cache" / f"{name}-{split}-{hr_size}-{tag}"
-    config = SourceConfig(source=name, root=root, align=align, template=template, cache_dir=str(cache_dir))
+    config = SourceConfig(source=name, root=root, align=align, template=template, cache_dir=str(cache_dir),
+                          **split_settings)
     dataset = open_source(config, out_dir, min_image_size=hr_size)
     if split != "all":
         dataset = dataset.subset(split=split)
@@ -66,7 +69,9 @@ def _dataset_faces(name: str, root: str, split: str, template: str, align: bool,
     rows = _evenly_spaced(len(cache), num)
     skipped = [{"source": s.source, "reason": s.reason} for s in cache.skipped]
     description = {"dataset": name, "root": root, "split": split, "align": align, "template": template,
-                   "faces": len(rows), "selection": "evenly spaced over the split"}
+                   "faces": len(rows), "selection": "evenly spaced over the split",
+                   "split_rule": ("the training run's identity-disjoint split " + json.dumps(split_settings))
+                   if split_settings else "the dataset's own split"}
     return cache.get_batch(rows), description, skipped
 
 
@@ -196,8 +201,14 @@ def evaluate_sr(
         data_description: dict[str, Any] = {"faces": len(hr), "selection": "given by the caller"}
         unreadable: list = []
     elif dataset is not None:
+        # The training run's people split, when it made one: evaluating on the dataset's own test
+        # partition could then measure faces of people the model trained on.
+        split_settings = None
+        if train_data.get("source") == dataset and float(train_data.get("test_fraction") or 0) > 0:
+            split_settings = {k: train_data[k] for k in ("test_fraction", "val_fraction", "split_seed") if k in train_data}
         hr, data_description, unreadable = _dataset_faces(dataset, root, split, template, align, hr_size, num, out_dir,
-                                                          Path(cache_dir) if cache_dir else None, progress)
+                                                          Path(cache_dir) if cache_dir else None, progress,
+                                                          split_settings)
     else:
         hr, data_description, unreadable = _folder_faces(Path(folder), hr_size, num)
     if hr.dtype != torch.uint8 or hr.dim() != 4 or tuple(hr.shape[1:]) != (3, hr_size, hr_size):

@@ -23,6 +23,7 @@ def sr_run(tmp_path_factory):
             "--set", "sr.pretrain_steps=3", "--set", "sr.degradation.jpeg_prob=0.5",
             "--set", "data.root=" + str(root / "synthetic"), "--set", "data.synthetic_identities=8",
             "--set", "data.synthetic_images_per_identity=2", "--set", "data.eval_images=4",
+            "--set", "data.test_fraction=0.25", "--set", "data.val_fraction=0.25",
             "--set", "train.progress=false", "--set", "train.log_every=1", "--set", "train.eval_every=5", "--set", "train.sample_every=5"]
     assert main(args) == 0
     return root, out
@@ -97,13 +98,16 @@ def test_eval_reports_every_metric_beside_bicubic_and_writes_strips(sr_run, tmp_
     root, out = sr_run
     report = tmp_path / "eval"
     assert main(["sr", "eval", str(out / "checkpoints" / "latest.pt"), "--dataset", "synthetic", "--root",
-                 str(root / "synthetic"), "--split", "all", "-n", "6", "--out", str(report), "--no-lpips",
+                 str(root / "synthetic"), "--split", "test", "-n", "4", "--out", str(report), "--no-lpips",
                  "--cache-dir", str(tmp_path / "cache"), "--strips", "3"]) == 0
     result = json.loads((report / "sr_eval.json").read_text())
     for name in ("psnr_rgb", "psnr_y"):
         entry = result["metrics"][name]
         assert {"sr", "bicubic"} <= set(entry) and np.isfinite(entry["sr"]) and np.isfinite(entry["bicubic"])
-    assert result["protocol"]["crop_border"] == 4 and result["protocol"]["data"]["faces"] == 6
+    data = result["protocol"]["data"]
+    assert result["protocol"]["crop_border"] == 4 and data["faces"] == 4
+    # The same people split as training (2 of 8 synthetic people held out), not the dataset's own.
+    assert data["split_rule"].startswith("the training run's identity-disjoint split")
     assert "lpips" in result["skipped_metrics"]
     assert Image.open(report / "strips.png").size[0] > 4 * 32
     assert "bicubic" in (report / "sr_eval.md").read_text()
