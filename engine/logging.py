@@ -46,14 +46,43 @@ class RunLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._tensorboard = tensorboard
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self._open_writer(purge_step=None)
 
-                self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-            except ImportError:  # tensorboard is a dependency, but a trimmed install may lack it
-                log.warning("tensorboard is not installed; logging to metrics.jsonl only")
+    def _open_writer(self, purge_step: int | None) -> None:
+        if not self._tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
+        except ImportError:  # tensorboard is a dependency, but a trimmed install may lack it
+            log.warning("tensorboard is not installed; logging to metrics.jsonl only")
+
+    def rewind(self, step: int) -> None:
+        """Forget what was logged after `step`, as a resume from a checkpoint of that step must:
+        an interrupted run may have logged steps past its last checkpoint, and they will be
+        logged again. metrics.jsonl is rewritten atomically; TensorBoard purges them."""
+        if not self.enabled:
+            return
+        from engine.checkpoint import atomic_write_text
+
+        self._jsonl.close()
+        path = self.run_dir / "metrics.jsonl"
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                row_step = json.loads(line).get("step", 0)
+            except (json.JSONDecodeError, AttributeError):
+                continue  # a line cut short by the interruption
+            if isinstance(row_step, (int, float)) and row_step <= step:
+                kept.append(line)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        self._jsonl = open(path, "a", buffering=1)
+        if self._writer is not None:
+            self._writer.close()
+            self._open_writer(purge_step=step + 1)
 
     def scalars(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
         if not self.enabled:

@@ -288,6 +288,7 @@ class Trainer:
         self.offset = state["offset"]
         self.best_value = state["best_value"]
         self.last_metrics = state["metrics"]
+        self.logger.rewind(self.global_step)
         log.info("resumed from %s at step %d", path, self.global_step)
 
     # ----------------------------------------------------------------------------- guards

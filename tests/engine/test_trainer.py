@@ -92,6 +92,24 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert state_a == state_b == {"calls": 12}
 
 
+def test_resume_forgets_steps_logged_after_the_checkpoint(tmp_path):
+    # A run killed at step 7 has logged steps 6-7 past its step-5 checkpoint; the resume
+    # logs them again, so metrics.jsonl must hold every step exactly once.
+    Trainer(ToyStep(), _data(), _config(tmp_path, max_steps=7, checkpoint_every=5), {}).fit()
+    checkpoints = tmp_path / "checkpoints"
+    state = load_checkpoint(checkpoints / "latest.pt")
+    assert state["global_step"] == 7
+    # Roll the checkpoint back to step 5, as if the process died before saving step 7.
+    Trainer(ToyStep(), _data(), _config(tmp_path / "five", max_steps=5), {}).fit()
+    (checkpoints / "latest.pt").write_bytes((tmp_path / "five" / "checkpoints" / "latest.pt").read_bytes())
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "split": "tr')  # a line cut short by the kill
+    Trainer(ToyStep(), _data(), _config(tmp_path, resume=True, tensorboard=True), {}).fit()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == list(range(1, 13))
+
+
 def test_ctrl_c_saves_after_the_current_step_and_resumes_exactly(tmp_path):
     Trainer(ToyStep(), _data(), _config(tmp_path / "full"), {}).fit()
     result = Trainer(ToyStep(sigint_at=2), _data(), _config(tmp_path / "int"), {}).fit()
