@@ -78,7 +78,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
     from attributes.config import DatasetEntry
     from attributes.evaluate import (age_metrics, binary_attribute_metrics, categorical_metrics, plot_confusion_matrix,
                                      plot_per_attribute, write_evaluation_report)
-    from attributes.inference import predict_cache
+    from attributes.inference import calibrated_thresholds, predict_cache
     from attributes.train import load_attribute_model
     from data_prep.datasets.schema import TaskKind
 
@@ -127,8 +127,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
                 prob, t, m = decoded["prob"][:, keep], targets[:, keep], mask[:, keep]
                 kept_names = [names[k] for k in keep]
                 binary = {"threshold_0.5": binary_attribute_metrics(prob, t, m, kept_names)}
-                thresholds = loaded.thresholds.get(head_name)
-                if thresholds is not None and group.name == "binary":
+                thresholds = calibrated_thresholds(loaded.thresholds, head_name, group)
+                if thresholds is not None:
                     binary["calibrated"] = binary_attribute_metrics(prob, t, m, kept_names, threshold=thresholds[keep])
                 section.setdefault("binary", {}).update({group.name: binary} if group.name != "binary" else binary)
                 if group.name == "binary":

@@ -82,6 +82,22 @@ def best_thresholds(prob: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
     return result
 
 
+def threshold_key(dataset: str, group: str) -> str:
+    """Where a binary group's calibrated thresholds are kept: the dataset's own "binary" group
+    under its name, a shared binary task (gender shared across datasets, say) under
+    "dataset/task", so that one cannot overwrite the other."""
+    return dataset if group == "binary" else f"{dataset}/{group}"
+
+
+def calibrated_thresholds(thresholds: dict[str, torch.Tensor], dataset: str, group) -> torch.Tensor | None:
+    """The thresholds of `group` on `dataset`'s data, or None when none were chosen (or a
+    checkpoint written before shared groups had their own key holds some of the wrong size)."""
+    value = thresholds.get(threshold_key(dataset, group.name))
+    if value is None or value.numel() != len(group.tasks):
+        return None
+    return value
+
+
 def group_targets(cache, group) -> tuple[torch.Tensor, torch.Tensor]:
     """(targets, mask) of a group's columns over a whole cache view."""
     return cache.targets[:, group.columns], cache.mask[:, group.columns]

@@ -52,8 +52,11 @@ class AttributeModel(nn.Module):
         self.loss_terms = [f"{d}/{g.name}" for d, gs in groups.items() for g in gs]
         self.log_vars = nn.Parameter(torch.zeros(len(self.loss_terms)))
 
-    def forward(self, images: torch.Tensor, layout: list[tuple[str, int]]) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
-        """`layout` lists (dataset, count) in the order the images are concatenated."""
+    def forward(self, images: torch.Tensor, layout: list[tuple[str, int]], unlabelled: int = 0,
+                return_features: bool = False):
+        """`layout` lists (dataset, count) in the order the images are concatenated; the last
+        `unlabelled` images go through the trunk only (domain-adversarial training uses their
+        features). Returns (outputs, log_vars), plus the trunk's feature map when asked."""
         features = self.trunk(images)
         outputs: dict[str, dict[str, torch.Tensor]] = {}
         start = 0
@@ -63,8 +66,11 @@ class AttributeModel(nn.Module):
             needed = {g.subnet for g in self.groups[dataset]}
             computed = {subnet: self.heads[_module_key(subnet)](part) for subnet in needed}
             outputs[dataset] = {g.name: computed[g.subnet][g.name] for g in self.groups[dataset]}
-        if start != images.shape[0]:
-            raise ValueError(f"layout covers {start} images but the batch has {images.shape[0]}")
+        if start + unlabelled != images.shape[0]:
+            raise ValueError(f"layout covers {start} images and {unlabelled} unlabelled ones, but the batch has "
+                             f"{images.shape[0]}")
+        if return_features:
+            return outputs, self.log_vars * 1.0, features
         return outputs, self.log_vars * 1.0
 
     def describe(self) -> dict:

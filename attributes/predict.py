@@ -79,7 +79,7 @@ def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None =
                   batch_size: int = 32, use_ema: bool = True) -> dict[str, Any]:
     """Predictions for every image file in `inputs` (files or folders)."""
     from attributes.heads import decode_group
-    from attributes.inference import raw_outputs
+    from attributes.inference import calibrated_thresholds, raw_outputs
     from attributes.train import load_attribute_model
     from data_prep.align.aligner import AlignConfig, FaceAligner
     from data_prep.images import ImageLoadError, load_rgb
@@ -97,7 +97,6 @@ def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None =
     if not paths:
         raise FaceganError("no image files given")
     results: list[dict[str, Any]] = []
-    thresholds = loaded.thresholds.get(head)
     flip_tta = loaded.config.eval.flip_tta
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
@@ -126,7 +125,7 @@ def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None =
             tasks: dict[str, dict] = {}
             for group in model.groups[head]:
                 decoded = decode_group(group, outputs[group.name][row:row + 1])
-                tasks.update(_task_entries(group, decoded, 0, thresholds if group.name == "binary" else None))
+                tasks.update(_task_entries(group, decoded, 0, calibrated_thresholds(loaded.thresholds, head, group)))
             results.append({"path": str(path), "status": result.status, "face_score": None if result.score is None else round(float(result.score), 4),
                             "tasks": tasks})
     order = {str(p): i for i, p in enumerate(paths)}

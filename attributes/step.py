@@ -17,7 +17,7 @@ import torch
 from torch.optim import Optimizer
 
 from attributes.heads import TaskGroup, decode_group, group_loss
-from attributes.inference import best_thresholds, predict_cache, to_model_input
+from attributes.inference import best_thresholds, predict_cache, threshold_key, to_model_input
 from attributes.model import AttributeModel
 from attributes.multidataset import augment_batch, combine_losses
 from data_prep.datasets.schema import TaskKind
@@ -63,7 +63,10 @@ class AttributeStep:
         self.model = model
         self.train_sets = train_sets
         self.val_sets = val_sets
-        self.names = list(train_sets)
+        # Datasets without heads are unlabelled: their faces only pass the trunk, for the
+        # auxiliary losses of a subclass (domain-adversarial training, say).
+        self.names = [name for name in train_sets if name in model.groups]
+        self.unlabelled = [name for name in train_sets if name not in model.groups]
         self.batch_size = batch_size
         self.max_steps = max_steps
         self.optim_config = optim
@@ -167,11 +170,12 @@ class AttributeStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         layout = [(name, batch[name]["image"].shape[0]) for name in self.names]
-        images = to_model_input(torch.cat([batch[name]["image"] for name in self.names]))
+        extra = sum(batch[name]["image"].shape[0] for name in self.unlabelled)
+        images = to_model_input(torch.cat([batch[name]["image"] for name in self.names + self.unlabelled]))
         images = augment_batch(images, self.augment.flip, self.augment.max_shift)
         self.model.train()
         with ctx.autocast():
-            outputs, log_vars = ctx.models["model"](images, layout)
+            outputs, log_vars, features = ctx.models["model"](images, layout, extra, return_features=True)
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, float] = {}
         for name in self.names:
@@ -195,6 +199,9 @@ class AttributeStep:
                         metrics[f"train_acc/{name}"] = float((decoded["pred"] == targets[:, group.columns].long())[m].float().mean())
         use_uncertainty = self.loss_config.weighting == "uncertainty"
         total = combine_losses(losses, self.model.loss_terms, self.loss_config.weights, log_vars.float() if use_uncertainty else None)
+        for key, loss in self.auxiliary_losses(features, layout, extra, step).items():
+            total = total + loss
+            metrics[f"loss/{key}"] = float(loss.detach())
         metrics["grad_norm"] = ctx.optimize("model", total)
         metrics = {"loss": float(total.detach()), "lr": lr, **metrics}
         for key, sa_state in self.sa_states.items():
@@ -210,6 +217,12 @@ class AttributeStep:
                             if isinstance(value, (int, float)):
                                 metrics[f"sa/{key}/{stat}"] = float(value)
         return metrics
+
+    def auxiliary_losses(self, features: torch.Tensor, layout: list[tuple[str, int]], unlabelled: int,
+                         step: int) -> dict[str, torch.Tensor]:
+        """Extra weighted loss terms from the trunk's features of the whole batch (labelled
+        slices in `layout` order, then `unlabelled` faces); none here, subclasses add theirs."""
+        return {}
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -232,12 +245,15 @@ class AttributeStep:
                     continue
                 if group.kind is TaskKind.BINARY:
                     acc = ((decoded["prob"] >= 0.5) == t.bool())[m].float().mean()
-                    results[f"{name}/accuracy"] = float(acc)
+                    # A shared binary task (gender across datasets) is reported beside the
+                    # dataset's own attributes, not over them.
+                    prefix = f"{name}/" if group.name == "binary" else f"{name}/{group.name}_"
+                    results[f"{prefix}accuracy"] = float(acc)
                     if self.calibrate_thresholds:
                         thresholds = best_thresholds(decoded["prob"], t, m)
-                        self.thresholds[name] = thresholds
+                        self.thresholds[threshold_key(name, group.name)] = thresholds
                         calibrated = ((decoded["prob"] >= thresholds) == t.bool())[m].float().mean()
-                        results[f"{name}/accuracy_calibrated"] = float(calibrated)
+                        results[f"{prefix}accuracy_calibrated"] = float(calibrated)
                     scores.append(float(acc))
                 elif group.kind is TaskKind.REGRESSION:
                     valid = m[:, 0]

@@ -100,3 +100,19 @@ def test_sa_softmax_run_keeps_tags_and_eval_compares_confidences(trained, tmp_pa
     assert "mae" in section["age"]["Age"] and section["categorical"]["Hair_Color"]["confusion_matrix"]
     report = (out / "report.md").read_text()
     assert "AURC" in report and (out / section["selective"]["binary"]["curve_png"]).is_file()
+
+
+def test_shared_binary_task_keeps_its_own_thresholds_and_accuracy(tmp_path):
+    # With Male shared, the synthetic set has two binary groups: its own attributes and Male.
+    # Each keeps its thresholds and its validation accuracy; eval and predict use the right ones.
+    run = _train(tmp_path, "shared", 10, "--set", "model.head.share_tasks=[Male]")
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    thresholds = state["step_state"]["thresholds"]
+    assert thresholds["synthetic"].shape == (4,) and thresholds["synthetic/Male"].shape == (1,)
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in evals if r["split"] == "eval"][-1]
+    assert "synthetic/accuracy" in last and "synthetic/Male_accuracy" in last
+    out = tmp_path / "eval"
+    assert main(["attributes", "eval", str(run / "checkpoints" / "latest.pt"), "--out", str(out)]) == 0
+    binary = json.loads((out / "results.json").read_text())["datasets"]["synthetic"]["binary"]
+    assert "calibrated" in binary and "calibrated" in binary["Male"]
