@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from data_prep import cli as data_prep_cli
     from gan import cli as gan_cli
     from gan import sr_cli
-    from transfer import demo
+    from transfer import demo, study_cli
 
     parser = argparse.ArgumentParser(
         prog="facegan",
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     gan_cli.register(subparsers)
     sr_cli.register(subparsers)
     attributes_cli.register(subparsers)
+    study_cli.register(subparsers)
     demo.register(subparsers)
     return parser
 

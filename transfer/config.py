@@ -1,0 +1,95 @@
+"""The configuration of a cross-domain study: one dataclass tree, YAML presets in configs/transfer/.
+
+A study names its domains (data_prep sources, each with an identity-disjoint test split), the
+directions source->target to study, the tasks compared (by their label-schema names), the arms,
+the seeds, the trunk and one training budget that every arm gets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from attributes.config import DatasetEntry
+from attributes.model import ModelConfig
+from attributes.step import OptimConfig
+from attributes.trunks import TrunkConfig
+
+__all__ = [
+    "ARM_NAMES", "SRStageConfig", "AugmentMixConfig", "ArmOptions", "BudgetConfig", "StatsConfig", "StudyConfig",
+]
+
+# Every arm, in report order; `transfer.arms` defines each recipe.
+ARM_NAMES = ("source_only", "target_only", "sr_mix", "bicubic_mix", "augment_mix", "colour_match", "dann", "joint")
+
+
+@dataclass
+class SRStageConfig:
+    """The SR model of one target domain: trained on that domain's train split only."""
+
+    checkpoint: str = ""  # an existing `facegan sr train` checkpoint; empty: the study trains one (a cached stage)
+    config: str = "configs/sr/x4-16to64-cpu.yaml"  # the SR preset used to train one
+    overrides: list[str] = field(default_factory=list)  # KEY=VALUE for that preset, e.g. train.max_seconds=600
+
+
+@dataclass
+class AugmentMixConfig:
+    """The augment-mix arm: one augmented copy of every source face (standard photometric noise)."""
+
+    brightness: float = 0.3  # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.3
+    saturation: float = 0.3
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5
+    blur_sigma: tuple[float, float] = (0.5, 1.5)  # pixels at the training size
+    noise_prob: float = 0.5
+    noise_sigma: tuple[float, float] = (2.0, 10.0)  # 0..255 scale
+
+
+@dataclass
+class ArmOptions:
+    colour_match: str = "grayscale"  # grayscale | target_stats (source faces get the target train split's per-channel mean and std)
+    augment: AugmentMixConfig = field(default_factory=AugmentMixConfig)
+    dann_weight: float = 0.3  # largest weight of the domain loss; it ramps up as 2/(1+exp(-10p))-1 over training
+    dann_hidden: int = 128  # width of the domain classifier's hidden layer
+    degradation_seed: int = 0  # seeds the degradation of the source faces (SR-mix and bicubic-mix share it)
+
+
+@dataclass
+class BudgetConfig:
+    """The same for every arm, so that a 1:1 mix buys no extra compute."""
+
+    steps: int = 300  # optimiser steps
+    batch_size: int = 64  # labelled faces per step (joint: half from each domain); DANN adds as many unlabelled target faces
+    ema_decay: float = 0.99  # the EMA weights are evaluated
+    threads: int = 0  # torch threads for training and inference (0: leave torch's default)
+    device: str = "auto"
+
+
+@dataclass
+class StatsConfig:
+    n_boot: int = 1000  # bootstrap resamples of the test identities (files where a dataset has none)
+    level: float = 0.95
+    alpha: float = 0.05  # family-wise error of the Holm-corrected arm-vs-source-only comparisons
+    seed: int = 0
+
+
+def _default_model() -> ModelConfig:
+    return ModelConfig(trunk=TrunkConfig(name="alexnet_bn", input_size=64, width=0.25))
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    # domain name -> where its faces are; `tasks` and `train_split` are set by the study
+    domains: dict[str, DatasetEntry] = field(default_factory=dict)
+    directions: list[str] = field(default_factory=list)  # "source->target"
+    tasks: list[str] = field(default_factory=lambda: ["Male"])
+    arms: list[str] = field(default_factory=lambda: list(ARM_NAMES))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    model: ModelConfig = field(default_factory=_default_model)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=30))
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    sr: dict[str, SRStageConfig] = field(default_factory=dict)  # target domain -> its SR stage
+    options: ArmOptions = field(default_factory=ArmOptions)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    out_dir: str = "runs/transfer/study"
+    strips: int = 6  # faces per domain in the report's SR strips

@@ -1,0 +1,357 @@
+"""`facegan transfer run`: the cross-domain attribute study (SPEC §6) as one resumable command.
+
+    config = load_config(StudyConfig, "configs/transfer/lfw-celeba-quick.yaml")
+    results = run_study(config)          # writes report.html, results.md, results.json
+
+What happens, in order:
+1. Every domain is aligned once into its aligned-face cache and split by identity (the
+   domain's `test_fraction` and `val_fraction` of the people are held out).
+2. SR stages: each target domain whose SR model an arm needs gets one, trained with
+   `facegan sr train` on that domain's TRAIN split only (or given as a checkpoint, which is
+   checked to have seen that split only). A stage is cached under a fingerprint of its config.
+3. Cells: each distinct training recipe (`transfer.arms`) x seed is trained with the attribute
+   trainer for the same budget, and its EMA model predicts every domain's test split. Two arms
+   with the same recipe (source-only A->B and target-only B->A; joint in both directions)
+   share one cell. A cell's predictions are cached under a fingerprint of everything it
+   depends on; an interrupted cell resumes from its last checkpoint.
+4. Statistics (`transfer.stats`) and the report (`transfer.study_report`).
+
+Binary decisions use the threshold 0.5: choosing it on any domain's labels would leak that
+domain's label prior into the arms that are not allowed to see target labels.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attributes.inference import predict_cache
+from attributes.model import build_attribute_model
+from attributes.multidataset import ParallelDatasets
+from attributes.step import AttributeStep, AugmentConfig, LossConfig, SAConfig
+from data_prep.datasets.schema import TaskKind
+from engine.checkpoint import atomic_write_text, config_fingerprint, load_checkpoint
+from engine.config import ConfigError, load_config, to_dict
+from engine.device import choose_device, configure_threads
+from engine.errors import FaceganError
+from engine.trainer import Trainer, TrainerConfig
+from transfer.arms import Recipe, recipe_for, test_set_name
+from transfer.config import ARM_NAMES, StudyConfig
+from transfer.facesets import FaceSets
+
+__all__ = ["run_study", "StudyError", "Cell", "parse_direction"]
+
+log = logging.getLogger(__name__)
+
+
+class StudyError(FaceganError):
+    """A study that cannot run as configured."""
+
+
+def parse_direction(direction: str) -> tuple[str, str]:
+    parts = [p.strip() for p in direction.replace("→", "->").split("->")]
+    if len(parts) != 2 or not all(parts):
+        raise StudyError(f"a direction looks like 'source->target', not {direction!r}")
+    return parts[0], parts[1]
+
+
+def validate(config: StudyConfig) -> list[tuple[str, str]]:
+    if len(config.domains) < 2:
+        raise StudyError("a study needs at least two domains (study.domains)")
+    directions = [parse_direction(d) for d in config.directions]
+    if not directions:
+        raise StudyError("a study needs at least one direction 'source->target' (study.directions)")
+    for source, target in directions:
+        for domain in (source, target):
+            if domain not in config.domains:
+                raise StudyError(f"direction {source}->{target}: unknown domain {domain!r}; domains: {sorted(config.domains)}")
+        if source == target:
+            raise StudyError(f"direction {source}->{target}: source and target must differ")
+    unknown = [a for a in config.arms if a not in ARM_NAMES]
+    if unknown:
+        raise StudyError(f"unknown arm(s) {unknown}; arms: {', '.join(ARM_NAMES)}")
+    if "source_only" not in config.arms:
+        raise StudyError("every study needs the source_only arm: it is what the other arms are compared with")
+    if not config.seeds:
+        raise StudyError("a study needs at least one seed (study.seeds)")
+    if not config.tasks:
+        raise StudyError("a study needs at least one task (study.tasks), e.g. Male")
+    for name, entry in config.domains.items():
+        if entry.test_fraction and entry.test_fraction < 0.3:
+            log.warning("domain %s holds out only %.0f%% of its people for testing; the study protocol asks for >= 30%%",
+                        name, 100 * entry.test_fraction)
+    return directions
+
+
+@dataclass
+class Cell:
+    """One trained model: a recipe and a seed, and where its outputs go."""
+
+    recipe: Recipe
+    seed: int
+    fingerprint: str
+    folder: Path
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.folder / "predictions.npz"
+
+
+# ------------------------------------------------------------------------------------------
+# SR stages
+# ------------------------------------------------------------------------------------------
+_SPLIT_FIELDS = ("source", "test_fraction", "val_fraction", "split_seed", "template", "align")
+
+
+def _check_sr_checkpoint(path: Path, domain: str, config: StudyConfig) -> None:
+    """An SR model given to the study must have trained on the target's train split only."""
+    if not path.is_file():
+        raise StudyError(f"SR checkpoint for domain {domain!r} not found: {path}")
+    run = load_checkpoint(path, map_location="cpu").get("run_config") or {}
+    data = run.get("data")
+    if "sr" not in run or not isinstance(data, dict):
+        raise StudyError(f"{path} is not a facegan SR checkpoint")
+    entry = to_dict(config.domains[domain])
+    mismatched = [f for f in _SPLIT_FIELDS if data.get(f) != entry.get(f)]
+    if Path(str(data.get("root", ""))).resolve() != Path(entry["root"]).resolve():
+        mismatched.append("root")
+    if data.get("split") != "train":
+        mismatched.append("split")
+    if mismatched:
+        raise StudyError(
+            f"SR checkpoint {path} was not trained on the train split of domain {domain!r} as this study splits it "
+            f"(differs in: {', '.join(mismatched)}); its training faces could include this study's test people. Leave "
+            f"sr.{domain}.checkpoint empty to let the study train one, or split the domain as that checkpoint did")
+
+
+def prepare_sr_stage(domain: str, config: StudyConfig, out_dir: Path, progress: bool) -> tuple[Path, float]:
+    """The SR checkpoint of a target domain, trained here if not given; returns (path, seconds
+    spent now: 0 when it was given or cached)."""
+    from gan.sr_cli import train as train_sr
+    from gan.sr_config import SRRunConfig
+
+    stage = config.sr.get(domain)
+    if stage is not None and stage.checkpoint:
+        path = Path(stage.checkpoint)
+        _check_sr_checkpoint(path, domain, config)
+        return path, 0.0
+    preset = stage.config if stage is not None else "configs/sr/x4-16to64-cpu.yaml"
+    overrides = list(stage.overrides) if stage is not None else []
+    sr_config = load_config(SRRunConfig, preset, overrides)
+    entry = to_dict(config.domains[domain])
+    data = to_dict(sr_config.data)
+    for key in data:
+        if key in entry:
+            data[key] = entry[key]
+    data["split"] = "train"
+    data["eval_split"] = "val"
+    from engine.config import from_dict
+    from gan.sr_config import SRDataConfig
+
+    sr_config.data = from_dict(SRDataConfig, data)
+    if sr_config.sr.model.output_size != config.model.trunk.input_size:
+        log.warning("the SR model of %s outputs %d px; its faces are resized to the study's %d px",
+                    domain, sr_config.sr.model.output_size, config.model.trunk.input_size)
+    fingerprint = config_fingerprint({"sr": to_dict(sr_config.sr), "data": data,
+                                      "train": {k: v for k, v in to_dict(sr_config.train).items() if k != "out_dir"}})
+    folder = out_dir / "stages" / f"sr-{domain}-{fingerprint}"
+    done = folder / "stage.json"
+    if done.is_file():
+        return Path(json.loads(done.read_text())["checkpoint"]), 0.0
+    sr_config.train.out_dir = str(folder)
+    sr_config.train.progress = progress
+    if config.budget.threads:
+        sr_config.train.threads = config.budget.threads
+    sr_config.train.resume = (folder / "checkpoints" / "latest.pt").is_file()
+    log.info("SR stage for %s: training %s in %s", domain, preset, folder)
+    start = time.perf_counter()
+    train_sr(sr_config)
+    seconds = time.perf_counter() - start
+    checkpoint = folder / "checkpoints" / "best.pt"
+    if not checkpoint.is_file():
+        checkpoint = folder / "checkpoints" / "latest.pt"
+    atomic_write_text(done, json.dumps({"checkpoint": str(checkpoint), "seconds": seconds, "preset": preset,
+                                        "overrides": overrides}, indent=2))
+    return checkpoint, seconds
+
+
+# ------------------------------------------------------------------------------------------
+# Cells
+# ------------------------------------------------------------------------------------------
+def _cell_fingerprint(recipe: Recipe, seed: int, config: StudyConfig, sr_checkpoints: dict[str, Path]) -> str:
+    sr = {}
+    for domain in recipe.needs_sr:
+        path = sr_checkpoints[domain]
+        stat = path.stat()
+        sr[domain] = [str(path), stat.st_size, int(stat.st_mtime)]
+    return config_fingerprint({
+        "recipe": recipe.key(), "seed": seed, "model": to_dict(config.model), "optim": to_dict(config.optim),
+        "budget": {k: v for k, v in to_dict(config.budget).items() if k not in ("threads", "device")},
+        "tasks": config.tasks, "domains": {d: to_dict(e) for d, e in config.domains.items()},
+        "options": to_dict(config.options), "sr": sr,
+    })
+
+
+def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool) -> None:
+    recipe = cell.recipe
+    train_sets = {name: sets.get(faces) for name, faces in recipe.train}
+    for i, faces in enumerate(recipe.unlabelled):
+        train_sets[f"unlabelled{i}:{faces.split('/')[0]}"] = sets.get(faces)
+    schemas = {name: train_sets[name].schema for name, _ in recipe.train}
+    model_config = replace(config.model, head=replace(config.model.head, share_tasks=list(config.tasks), sa_softmax=False))
+    torch.manual_seed(cell.seed)
+    model = build_attribute_model(model_config, schemas, {name: list(config.tasks) for name in schemas})
+    step_args = dict(
+        batch_size=recipe.batch_size, max_steps=config.budget.steps, optim=config.optim, loss=LossConfig(),
+        sa=SAConfig(), augment=AugmentConfig(), flip_tta=True, calibrate_thresholds=False,
+    )
+    val_sets: dict[str, Any] = {}
+    if recipe.domain_adversarial:
+        from attributes.trunks import feature_shape
+        from transfer.dann import DANNStep, DomainClassifier
+
+        channels = feature_shape(model.trunk, model.input_size)[0]
+        torch.manual_seed(cell.seed + 1)
+        step = DANNStep(model, train_sets, val_sets, domain_classifier=DomainClassifier(channels, config.options.dann_hidden),
+                        weight=config.options.dann_weight, **step_args)
+    else:
+        step = AttributeStep(model, train_sets, val_sets, **step_args)
+    budget = config.budget
+    trainer_config = TrainerConfig(
+        out_dir=str(cell.folder), max_steps=budget.steps, batch_size=recipe.batch_size, seed=cell.seed,
+        ema_decay=budget.ema_decay, ema_modules=("model",), eval_every=0, sample_every=0,
+        checkpoint_every=max(50, budget.steps // 4), log_every=20, threads=budget.threads or None, device=budget.device,
+        progress=progress, resume=(cell.folder / "checkpoints" / "latest.pt").is_file(),
+    )
+    run_config = {"study_cell": recipe.key(), "seed": cell.seed, "fingerprint": cell.fingerprint}
+    Trainer(step, ParallelDatasets(train_sets, seed=cell.seed), trainer_config, run_config).fit()
+
+
+def _predict_cell(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch.device) -> dict[str, np.ndarray]:
+    """Predictions of the cell's EMA model on every domain's test split, as flat arrays."""
+    recipe = cell.recipe
+    state = load_checkpoint(cell.folder / "checkpoints" / "latest.pt", map_location="cpu")
+    schemas = {name: sets.get(faces).schema for name, faces in recipe.train}
+    model_config = replace(config.model, head=replace(config.model.head, share_tasks=list(config.tasks), sa_softmax=False))
+    model = build_attribute_model(model_config, schemas, {name: list(config.tasks) for name in schemas})
+    weights = (state.get("ema") or {}).get("model") or state["modules"]["model"]
+    model.load_state_dict(weights)
+    model.to(device).eval()
+    head_dataset = recipe.train[0][0]  # every task head is shared, so any training dataset's name reaches it
+    arrays: dict[str, np.ndarray] = {}
+    for domain in config.domains:
+        faces = sets.get(test_set_name(domain, recipe.test_colour))
+        predictions = predict_cache(model, faces, head_dataset, batch_size=256, device=device, flip_tta=True)
+        for group in model.groups[head_dataset]:
+            decoded = predictions[group.name]
+            for k, task in enumerate(group.tasks):
+                if group.kind is TaskKind.BINARY:
+                    prob = decoded["prob"][:, k] if decoded["prob"].dim() == 2 else decoded["prob"]
+                    arrays[f"{domain}::{task.name}::prob"] = prob.numpy().astype(np.float32)
+                    arrays[f"{domain}::{task.name}::pred"] = (prob >= 0.5).numpy().astype(np.int64)
+                else:
+                    arrays[f"{domain}::{task.name}::pred"] = decoded["pred"].reshape(-1).numpy().astype(np.int64)
+    return arrays
+
+
+def _run_cell(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch.device, progress: bool) -> dict[str, Any]:
+    if cell.predictions_path.is_file():
+        with np.load(cell.predictions_path) as data:
+            arrays = {k: data[k] for k in data.files}
+        meta = json.loads((cell.folder / "cell.json").read_text()) if (cell.folder / "cell.json").is_file() else {}
+        return {"arrays": arrays, "seconds": meta.get("seconds", 0.0), "cached": True}
+    cell.folder.mkdir(parents=True, exist_ok=True)
+    log.info("cell %s seed %d (%s): training", cell.recipe.arm, cell.seed, cell.folder.name)
+    start = time.perf_counter()
+    _train_cell(cell, config, sets, progress)
+    arrays = _predict_cell(cell, config, sets, device)
+    seconds = time.perf_counter() - start
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_text(cell.folder / "cell.json", json.dumps({"recipe": cell.recipe.key(), "seed": cell.seed,
+                                                              "seconds": seconds}, indent=2))
+    from engine.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(cell.predictions_path, buffer.getvalue())  # written last: its presence marks the cell done
+    return {"arrays": arrays, "seconds": seconds, "cached": False}
+
+
+# ------------------------------------------------------------------------------------------
+# The study
+# ------------------------------------------------------------------------------------------
+def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the study of `config`; returns the results written to results.json."""
+    from transfer.analysis import analyse
+    from transfer.study_report import write_study_report
+
+    directions = validate(config)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _settle_locations(config, out_dir)
+    atomic_write_text(out_dir / "study.yaml", __import__("yaml").safe_dump(to_dict(config), sort_keys=False))
+    configure_threads(config.budget.threads or None)
+    device = choose_device(config.budget.device)
+    sets = FaceSets(config, out_dir, progress=progress, device=device)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    for domain in config.domains:
+        sets.domain_splits(domain)
+    timings["align_and_cache"] = time.perf_counter() - start
+
+    recipes = {(s, t, arm): recipe_for(arm, s, t, config) for s, t in directions for arm in config.arms}
+    sr_needed = sorted({d for r in recipes.values() for d in r.needs_sr})
+    sr_seconds: dict[str, float] = {}
+    for domain in sr_needed:
+        sets.sr_checkpoints[domain], sr_seconds[domain] = prepare_sr_stage(domain, config, out_dir, progress)
+
+    cells: dict[str, Cell] = {}
+    assignment: dict[tuple[str, str, str], list[str]] = {}
+    for key, recipe in recipes.items():
+        for seed in config.seeds:
+            fingerprint = _cell_fingerprint(recipe, seed, config, sets.sr_checkpoints)
+            cells.setdefault(fingerprint, Cell(recipe, seed, fingerprint, out_dir / "cells" / f"{recipe.arm}-s{seed}-{fingerprint}"))
+            assignment.setdefault(key, []).append(fingerprint)
+    log.info("%d arm x direction x seed combinations need %d distinct trainings", sum(map(len, assignment.values())), len(cells))
+
+    start = time.perf_counter()
+    face_sets_start = start
+    outputs: dict[str, dict[str, Any]] = {}
+    for fingerprint, cell in cells.items():
+        outputs[fingerprint] = _run_cell(cell, config, sets, device, progress)
+    timings["cells"] = time.perf_counter() - face_sets_start
+    timings["cells_trained_now"] = sum(o["seconds"] for o in outputs.values() if not o["cached"])
+
+    results = analyse(config, directions, recipes, assignment, outputs, sets)
+    results["timings"] = {**timings, "sr_stages": sr_seconds,
+                          "cell_seconds": {cells[f].folder.name: round(o["seconds"], 1) for f, o in outputs.items()}}
+    results["sr_checkpoints"] = {d: str(p) for d, p in sets.sr_checkpoints.items()}
+    write_study_report(config, results, sets, out_dir)
+    return results
+
+
+def _settle_locations(config: StudyConfig, out_dir: Path) -> None:
+    """Give every domain a fixed cache folder (and synthetic ones a fixed image folder), so
+    that the SR stages read the very faces, splits and cache the cells do."""
+    size = config.model.trunk.input_size
+    for name, entry in config.domains.items():
+        if entry.source == "synthetic" and not entry.root:
+            entry.root = str(out_dir / "data" / "synthetic")
+        if not entry.cache_dir:
+            entry.cache_dir = str(out_dir / "cache" / f"{name}-{size}")
+
+
+def check_config(config: StudyConfig) -> None:
+    """Validation without running, for `--dry-run`."""
+    try:
+        validate(config)
+    except ConfigError as exc:
+        raise StudyError(str(exc)) from exc

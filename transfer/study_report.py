@@ -1,0 +1,172 @@
+"""The study's report: report.html, results.md and results.json in the run folder, images beside
+them (relative paths, so the folder can be zipped and opened anywhere)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.checkpoint import atomic_write_text
+from engine.config import to_dict
+from transfer.analysis import sentences
+from transfer.config import StudyConfig
+from transfer.report import Report
+
+__all__ = ["write_study_report", "format_interval"]
+
+ARM_TITLES = {
+    "source_only": "source only", "target_only": "target only (oracle)", "sr_mix": "SR-mix", "bicubic_mix": "bicubic-mix",
+    "augment_mix": "augment-mix", "colour_match": "colour-match", "dann": "DANN", "joint": "joint (both labels)",
+}
+
+
+def format_interval(entry: dict[str, Any]) -> str:
+    text = f"{100 * entry['mean']:.1f} [{100 * entry['low']:.1f}, {100 * entry['high']:.1f}]"
+    if entry.get("per_seed") and len(entry["per_seed"]) > 1:
+        text += f" ±{100 * entry['sd']:.1f}"
+    return text
+
+
+def _bar_chart(direction: dict[str, Any], task: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target = direction["target"]
+    arms = list(direction["matrix"])
+    means = [100 * direction["matrix"][a][target]["balanced_accuracy"]["mean"] for a in arms]
+    lows = [100 * direction["matrix"][a][target]["balanced_accuracy"]["low"] for a in arms]
+    highs = [100 * direction["matrix"][a][target]["balanced_accuracy"]["high"] for a in arms]
+    colours = []
+    for arm in arms:
+        verdict = direction["verdicts"].get(arm, {}).get("verdict")
+        colours.append({"better": "#2a9d4b", "worse": "#c0392b"}.get(verdict, "#7f8c8d" if arm != "source_only" else "#34495e"))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(arms) + 1.5), 3.6))
+    x = np.arange(len(arms))
+    ax.bar(x, means, color=colours, yerr=[np.subtract(means, lows), np.subtract(highs, means)], capsize=4)
+    majority = 100 * direction["majority"][target]["balanced_accuracy"]
+    ax.axhline(majority, color="k", linestyle=":", linewidth=1, label=f"majority class ({majority:.0f})")
+    ax.set_xticks(x)
+    ax.set_xticklabels([ARM_TITLES.get(a, a) for a in arms], rotation=30, ha="right")
+    ax.set_ylabel(f"balanced accuracy on {target} (%)")
+    ax.set_ylim(max(0.0, min(lows) - 10), min(100.0, max(highs) + 5))
+    ax.set_title(f"{task}: {direction['source']} -> {target} (green: beats source-only after Holm)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _sr_strips(config: StudyConfig, results: dict[str, Any], sets, out_dir: Path) -> list[tuple[Path, str]]:
+    """Per direction with an SR model: source | bicubic | SR | a target face, a few rows."""
+    from engine.logging import save_image_grid
+
+    made = []
+    for name, direction in next(iter(results["tasks"].values()), {}).items():
+        source, target = direction["source"], direction["target"]
+        if target not in sets.sr_checkpoints:
+            continue
+        original = sets.get(f"{source}/train")
+        sr = sets.get(f"{source}/train|sr:{target}")
+        bicubic = sets.get(f"{source}/train|bicubic:{target}")
+        target_faces = sets.get(f"{target}/train")
+        count = min(config.strips, len(original), len(target_faces))
+        rows = np.linspace(0, len(original) - 1, count).round().astype(int)
+        target_rows = np.linspace(0, len(target_faces) - 1, count).round().astype(int)
+        tiles = []
+        for r, t in zip(rows, target_rows):
+            tiles += [original.get_batch([r]), bicubic.get_batch([r]), sr.get_batch([r]), target_faces.get_batch([t])]
+        grid = torch.cat(tiles).float() / 127.5 - 1
+        path = save_image_grid(grid, out_dir / "figures" / f"sr_strips_{source}_to_{target}.png", nrow=4)
+        made.append((path, f"{source} -> {target}: each row is a {source} training face | the same face degraded and "
+                           f"bicubic-upsampled | degraded and super-resolved by the SR model trained on {target}'s train "
+                           f"split | a {target} face, for comparison"))
+    return made
+
+
+def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_dir: Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    report = Report(f"Cross-domain study: {config.name}", out_dir)
+    budget = config.budget
+    report.heading("How the numbers were obtained")
+    report.text(
+        f"Every domain's faces were aligned by the MTCNN aligner (template '{next(iter(config.domains.values())).template}') "
+        f"to {config.model.trunk.input_size} px and split by identity (files where a dataset has no identities). Every arm "
+        f"trains the same {config.model.trunk.name} trunk (width {config.model.trunk.width}) for {budget.steps} optimiser "
+        f"steps on {budget.batch_size} labelled faces per step (joint: half from each domain; DANN adds as many unlabelled "
+        f"target faces), AdamW lr {config.optim.lr}, with seeds {config.seeds}; the EMA weights (decay {budget.ema_decay}) "
+        f"are tested with a flip average and the decision threshold 0.5. Cells show balanced accuracy in % as mean over "
+        f"seeds [{100 * config.stats.level:.0f}% bootstrap interval over test identities, {config.stats.n_boot} resamples] "
+        f"± sd over seeds. An arm beats source-only when the {100 * config.stats.level:.0f}% interval of the paired "
+        f"difference (same resamples for both, averaged over seeds) excludes 0 after a Holm correction across the arms "
+        f"(family-wise alpha {config.stats.alpha}). Whatever sees target faces without labels (the SR model, DANN, the "
+        f"colour statistics) sees only the target's train split.")
+    rows = [[d, info["source"], info["train"], info["val"], info["test"], info["test_people"], info["detection_failures"]]
+            for d, info in results["domains"].items()]
+    report.table(["domain", "dataset", "train faces", "val faces", "test faces", "test people", "left out by the aligner"],
+                 rows, caption="Domains (faces the aligner could not use are counted, not silently dropped)")
+
+    figures = out_dir / "figures"
+    for task, per_direction in results["tasks"].items():
+        for name, direction in per_direction.items():
+            source, target = direction["source"], direction["target"]
+            domains = list(direction["matrix"][next(iter(direction["matrix"]))])
+            report.heading(f"{task}: {source} -> {target}")
+            for line in sentences(direction, task):
+                report.text(line)
+            header = ["trained as"] + [f"{d} test{' (target)' if d == target else ' (source)' if d == source else ''}"
+                                       for d in domains]
+            table = [[ARM_TITLES.get(arm, arm)] + [format_interval(direction["matrix"][arm][d]["balanced_accuracy"]) for d in domains]
+                     for arm in direction["matrix"]]
+            table.append(["majority class of the source"] + [f"{100 * direction['majority'][d]['balanced_accuracy']:.1f}"
+                                                              for d in domains])
+            report.table(header, table, caption=f"Balanced accuracy (%), {task}")
+            accuracy = [[ARM_TITLES.get(arm, arm)] + [format_interval(direction["matrix"][arm][d]["accuracy"]) for d in domains]
+                        for arm in direction["matrix"]]
+            accuracy.append(["majority class of the source"] + [f"{100 * direction['majority'][d]['accuracy']:.1f}" for d in domains])
+            report.table(header, accuracy, caption=f"Plain accuracy (%), {task}")
+            verdict_rows = []
+            for arm, v in direction["verdicts"].items():
+                verdict_rows.append([ARM_TITLES.get(arm, arm), f"{100 * v['difference']:+.1f}",
+                                     f"[{100 * v['holm_low']:+.1f}, {100 * v['holm_high']:+.1f}]",
+                                     f"{v['p_adjusted']:.3g}", v["verdict"]])
+            report.table(["arm", "difference to source-only (points)", "Holm-level interval", "Holm p", "verdict"],
+                         verdict_rows, caption=f"Paired comparison with source-only on {target} test people")
+            gap = direction["gap"]
+            if "residual_gap" in gap:
+                gap_rows = [[ARM_TITLES.get(a, a), "n/a" if c is None else f"{100 * c:.0f}%"] for a, c in gap["closed"].items()]
+                report.table(["arm (no target labels)", "share of the residual gap closed"], gap_rows,
+                             caption=f"Residual gap = oracle − colour-match = {100 * gap['residual_gap']:.1f} points "
+                                     f"(colour alone: {100 * gap['colour_gain']:+.1f})")
+            chart = _bar_chart(direction, task, figures / f"bars_{task}_{source}_to_{target}.png")
+            report.image(chart, f"{task}: arms on {target} (error bars: {100 * config.stats.level:.0f}% intervals)")
+
+    strips = _sr_strips(config, results, sets, out_dir)
+    if strips:
+        report.heading("Super-resolved training faces")
+        for path, caption in strips:
+            report.image(path, caption)
+    gaps = results.get("domain_gap")
+    if gaps:
+        report.heading("Domain gap")
+        report.text(gaps["protocol"])
+        report.table(gaps["header"], gaps["rows"], caption="Fréchet distance to the target's test faces (lower: closer)")
+    timings = results["timings"]
+    report.heading("Time")
+    report.table(["stage", "seconds"],
+                 [["align and cache", f"{timings['align_and_cache']:.0f}"]]
+                 + [[f"SR stage for {d}" + (" (given or cached)" if s == 0 else ""), f"{s:.0f}"] for d, s in timings["sr_stages"].items()]
+                 + [["cells (training + testing; cached cells cost 0)", f"{timings['cells']:.0f}"]],
+                 caption="Wall time of this invocation")
+    report.code(json.dumps(to_dict(config), indent=1)[:6000])
+    md = report.to_markdown()
+    atomic_write_text(out_dir / "results.md", md)
+    atomic_write_text(out_dir / "report.html", report.to_html())
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1, default=float))
+    return {"html": out_dir / "report.html", "md": out_dir / "results.md", "json": out_dir / "results.json"}
