@@ -25,7 +25,7 @@ from typing import Callable
 
 from transfer.config import ARM_NAMES, StudyConfig
 
-__all__ = ["Recipe", "ARMS", "recipe_for", "test_set_name"]
+__all__ = ["Recipe", "ARMS", "recipe_for", "faces_for_testing"]
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def recipe_for(arm: str, source: str, target: str, config: StudyConfig) -> Recip
     return ARMS[arm](source, target, config)
 
 
-def test_set_name(domain: str, test_colour: str) -> str:
+def faces_for_testing(domain: str, test_colour: str) -> str:
     """The face set a recipe is tested on for `domain`: its test split in the recipe's colours.
     With `stats:<target>`, the target's own faces are already in its colours."""
     if not test_colour:

@@ -41,7 +41,7 @@ from engine.config import ConfigError, load_config, to_dict
 from engine.device import choose_device, configure_threads
 from engine.errors import FaceganError
 from engine.trainer import Trainer, TrainerConfig
-from transfer.arms import Recipe, recipe_for, test_set_name
+from transfer.arms import Recipe, recipe_for, faces_for_testing
 from transfer.config import ARM_NAMES, StudyConfig
 from transfer.facesets import FaceSets
 
@@ -246,7 +246,7 @@ def _predict_cell(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch
     head_dataset = recipe.train[0][0]  # every task head is shared, so any training dataset's name reaches it
     arrays: dict[str, np.ndarray] = {}
     for domain in config.domains:
-        faces = sets.get(test_set_name(domain, recipe.test_colour))
+        faces = sets.get(faces_for_testing(domain, recipe.test_colour))
         predictions = predict_cache(model, faces, head_dataset, batch_size=256, device=device, flip_tta=True)
         for group in model.groups[head_dataset]:
             decoded = predictions[group.name]

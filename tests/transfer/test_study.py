@@ -1,0 +1,158 @@
+"""The cross-domain study: arms, face transforms, DANN, and a tiny study end to end on the
+built-in synthetic domains (studio -> wild)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from transfer.arms import ARMS, recipe_for, faces_for_testing
+from transfer.config import StudyConfig
+from transfer.facesets import augment_faces, match_channel_stats, to_grayscale
+from transfer.config import AugmentMixConfig
+
+
+# -- arms ---------------------------------------------------------------------------------------
+def test_equal_recipes_share_one_training_and_mixes_keep_the_budget():
+    config = StudyConfig()
+    assert recipe_for("source_only", "a", "b", config).key() == recipe_for("target_only", "b", "a", config).key()
+    assert recipe_for("joint", "a", "b", config).key() == recipe_for("joint", "b", "a", config).key()
+    keys = [str(recipe_for(arm, "a", "b", config).key()) for arm in ARMS]
+    assert len(set(keys)) == len(keys)
+    sr = recipe_for("sr_mix", "a", "b", config)
+    assert sr.train == (("a", "a/train + a/train|sr:b"),) and sr.needs_sr == ("b",)
+    assert sr.batch_size == config.budget.batch_size
+    assert recipe_for("joint", "a", "b", config).batch_size == config.budget.batch_size // 2
+    assert recipe_for("dann", "a", "b", config).unlabelled == ("b/train",)
+    assert faces_for_testing("b", "stats:b") == "b/test" and faces_for_testing("a", "stats:b") == "a/test|stats:b"
+    assert faces_for_testing("a", "gray") == "a/test|gray" and faces_for_testing("a", "") == "a/test"
+
+
+# -- transforms ---------------------------------------------------------------------------------
+def test_grayscale_and_colour_statistics():
+    faces = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    gray = to_grayscale(faces)
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
+    expected = (0.299 * faces[:, 0].float() + 0.587 * faces[:, 1].float() + 0.114 * faces[:, 2].float()).round()
+    assert torch.equal(gray[:, 0].float(), expected)
+    own = (faces.float().mean((0, 2, 3)).numpy(), faces.float().std((0, 2, 3), unbiased=False).numpy())
+    wanted = (np.array([100.0, 120.0, 140.0]), np.array([10.0, 20.0, 30.0]))
+    matched = match_channel_stats(faces, own, wanted).float()
+    assert np.allclose(matched.mean((0, 2, 3)).numpy(), wanted[0], atol=1.5)
+    assert np.allclose(matched.std((0, 2, 3), unbiased=False).numpy(), wanted[1], atol=1.5)
+
+
+def test_augmented_copy_depends_on_the_face_seed_only():
+    faces = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    config = AugmentMixConfig()
+    together = augment_faces(faces, [1, 2, 3], config)
+    alone = augment_faces(faces[1:2], [2], config)
+    assert torch.equal(together[1], alone[0])
+    assert not torch.equal(together, faces)
+    assert not torch.equal(augment_faces(faces[1:2], [5], config), alone)
+
+
+# -- DANN ---------------------------------------------------------------------------------------
+def test_gradient_reversal_negates_and_scales():
+    from transfer.dann import grad_reverse
+
+    x = torch.randn(5, requires_grad=True)
+    grad_reverse(x, 0.25).sum().backward()
+    assert torch.allclose(x.grad, torch.full((5,), -0.25))
+
+
+# -- end to end ---------------------------------------------------------------------------------
+def _tiny_config(out):
+    from engine.config import from_dict
+
+    domain = {"source": "synthetic", "synthetic_identities": 40, "test_fraction": 0.3, "val_fraction": 0.1}
+    sr_overrides = ["train.max_steps=6", "sr.pretrain_steps=4", "train.max_seconds=0", "sr.model.channels=8",
+                    "sr.model.num_blocks=1", "sr.model.min_channels=8", "sr.model.critic_channels=4",
+                    "sr.model.critic_max_channels=8", "train.eval_every=6", "train.sample_every=0",
+                    "train.checkpoint_every=6", "data.eval_images=8", "train.tensorboard=false"]
+    return from_dict(StudyConfig, {
+        "name": "tiny", "domains": {"studio": {**domain, "synthetic_domain": "studio"},
+                                    "wild": {**domain, "synthetic_domain": "wild"}},
+        "directions": ["studio->wild"], "tasks": ["Male"], "seeds": [0],
+        "model": {"trunk": {"name": "alexnet_bn", "input_size": 64, "width": 0.125},
+                  "head": {"conv_channels": 8, "reduce_channels": 8, "feature_dim": 16}},
+        "budget": {"steps": 8, "batch_size": 16, "ema_decay": 0.5, "threads": 1},
+        "optim": {"warmup_steps": 2},
+        "sr": {"wild": {"config": "configs/sr/x4-16to64-cpu.yaml", "overrides": sr_overrides}},
+        "stats": {"n_boot": 200}, "strips": 3, "out_dir": str(out),
+    })
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    from transfer.study import run_study
+
+    out = tmp_path_factory.mktemp("study")
+    results = run_study(_tiny_config(out), progress=False)
+    return out, results
+
+
+def test_study_writes_matrix_verdicts_and_report(study):
+    out, results = study
+    for name in ("report.html", "results.md", "results.json"):
+        assert (out / name).is_file()
+    direction = results["tasks"]["Male"]["studio->wild"]
+    assert set(direction["matrix"]) == set(ARMS)
+    for arm, row in direction["matrix"].items():
+        for domain in ("studio", "wild"):
+            ba = row[domain]["balanced_accuracy"]
+            assert ba["low"] <= ba["mean"] <= ba["high"], (arm, domain)
+    assert direction["test_groups"]["wild"] == "identities"
+    # The words follow the rule: "better" exactly when Holm's interval lies above 0.
+    for arm, verdict in direction["verdicts"].items():
+        assert (verdict["verdict"] == "better") == (verdict["reject"] and verdict["difference"] > 0)
+        if verdict["reject"]:
+            assert verdict["holm_low"] > 0 or verdict["holm_high"] < 0
+    html = (out / "report.html").read_text()
+    assert "Holm" in html and "SR-mix" in html
+    for image in __import__("re").findall(r"<img src='([^']+)'", html):
+        assert (out / image).is_file(), image  # relative paths: the folder can be zipped as is
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["tasks"]["Male"]["studio->wild"]["verdicts"].keys() == direction["verdicts"].keys()
+
+
+def test_sr_and_bicubic_sets_are_degraded_copies_of_the_source_faces(study):
+    out, _ = study
+    from transfer.facesets import FaceSets
+    from transfer.study import _settle_locations
+
+    config = _tiny_config(out)
+    _settle_locations(config, out)
+    sets = FaceSets(config, out, progress=False)
+    sets.sr_checkpoints["wild"] = next((out / "stages").glob("sr-wild-*/checkpoints/*.pt"))
+    original = sets.get("studio/train").images.astype(np.float64)
+    for kind in ("bicubic", "sr"):
+        copy = sets.get(f"studio/train|{kind}:wild").images.astype(np.float64)
+        psnr = 10 * np.log10(255.0 ** 2 / np.mean((copy - original) ** 2))
+        assert psnr > 18, (kind, psnr)  # a blurred copy of the same face, not a blank or another face
+    mixed = sets.get("studio/train + studio/train|sr:wild")
+    assert len(mixed) == 2 * len(original)
+
+
+def test_rerun_reads_every_cell_back_instead_of_training(study):
+    from transfer.study import run_study
+
+    out, first = study
+    again = run_study(_tiny_config(out), progress=False)
+    assert again["timings"]["cells_trained_now"] == 0
+    assert again["timings"]["sr_stages"] == {"wild": 0.0}
+    assert again["tasks"] == first["tasks"]
+
+
+def test_cli_dry_run_and_bad_config_errors(tmp_path, capsys):
+    from transfer.cli import main
+
+    preset = "configs/transfer/lfw-celeba-quick.yaml"
+    assert main(["transfer", "run", preset, "--dry-run"]) == 0
+    assert "13 distinct recipe(s)" in capsys.readouterr().out
+    assert main(["transfer", "run", preset, "--dry-run", "--set", "arms=[source_only,magic]"]) == 2
+    assert "unknown arm" in capsys.readouterr().err
+    assert main(["transfer", "run", preset, "--dry-run", "--set", "directions=[lfw->nowhere]"]) == 2
+    assert "unknown domain" in capsys.readouterr().err
