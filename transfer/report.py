@@ -28,7 +28,7 @@ code,pre{background:#f6f6f6;padding:1px 4px}pre{padding:8px;overflow-x:auto}
 
 @dataclass
 class _Block:
-    kind: str  # heading | text | table | image | code
+    kind: str  # heading | text | table | image | code | link
     payload: Any
 
 
@@ -54,6 +54,15 @@ class Report:
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> "Report":
         self.blocks.append(_Block("table", (list(header), [list(r) for r in rows], caption)))
+        return self
+
+    def link(self, path: Path | str, text: str) -> "Report":
+        """A link to another file of the run (a sub-report, say), relative to the report."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"linked file {path} does not exist")
+        relative = Path(os.path.relpath(path.resolve(), Path(self.root).resolve())).as_posix()
+        self.blocks.append(_Block("link", (relative, text)))
         return self
 
     def image(self, path: Path | str, caption: str = "") -> "Report":
@@ -82,6 +91,9 @@ class Report:
                 lines.append("|" + "---|" * len(header))
                 lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
                 lines.append("")
+            elif block.kind == "link":
+                relative, text = block.payload
+                lines += [f"[{text}]({relative})", ""]
             elif block.kind == "image":
                 relative, caption = block.payload
                 lines += [f"![{caption}]({relative})", ""]
@@ -112,6 +124,9 @@ class Report:
                 for row in rows:
                     parts.append("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>")
                 parts.append("</table>")
+            elif block.kind == "link":
+                relative, text = block.payload
+                parts.append(f"<p><a href='{html.escape(relative)}'>{html.escape(text)}</a></p>")
             elif block.kind == "image":
                 relative, caption = block.payload
                 alt = html.escape(caption or relative)

@@ -143,7 +143,7 @@ def prepare_sr_stage(domain: str, config: StudyConfig, out_dir: Path, progress: 
         return path, 0.0
     preset = stage.config if stage is not None else "configs/sr/x4-16to64-cpu.yaml"
     overrides = list(stage.overrides) if stage is not None else []
-    sr_config = load_config(SRRunConfig, preset, overrides)
+    sr_config = load_config(SRRunConfig, preset or None, overrides)
     entry = to_dict(config.domains[domain])
     data = to_dict(sr_config.data)
     for key in data:

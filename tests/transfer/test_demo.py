@@ -11,7 +11,7 @@ import pytest
 from transfer.cli import main
 
 ARGS = ["--num-identities", "12", "--images-per-identity", "2", "--gan-steps", "6", "--sr-steps", "8",
-        "--attribute-steps", "12", "--no-progress"]
+        "--attribute-steps", "12", "--transfer-steps", "6", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,10 @@ def test_demo_writes_a_complete_report(demo, capsys):
     assert "SA-softmax" in markdown and re.search(r"\| S \| \[[\d.]+, 1\.0\] \| \d+ \|", markdown), markdown
     assert any("risk_coverage" in src for src in images)
     assert "## 4. Face generator" in markdown and "gan/samples/samples_0000006.png" in markdown
+    # The cross-domain section: every arm on both domains, and a link to the study's own report.
+    assert "## 7. Cross-domain study: studio -> wild" in markdown and "| SR-mix |" in markdown
+    assert "](transfer/report.html)" in markdown and (out / "transfer" / "report.html").is_file()
+    assert "href='transfer/report.html'" in page
     # A second run reuses the synthetic data and the cache instead of redoing them.
     assert main(args) == 0
     assert str((out / "report.html").resolve()) in capsys.readouterr().out
