@@ -93,3 +93,4 @@ class StudyConfig:
     stats: StatsConfig = field(default_factory=StatsConfig)
     out_dir: str = "runs/transfer/study"
     strips: int = 6  # faces per domain in the report's SR strips
+    domain_gap_faces: int = 600  # faces per set for the Fréchet domain-gap table (0: leave it out)

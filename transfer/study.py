@@ -233,16 +233,21 @@ def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool)
     Trainer(step, ParallelDatasets(train_sets, seed=cell.seed), trainer_config, run_config).fit()
 
 
-def _predict_cell(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch.device) -> dict[str, np.ndarray]:
-    """Predictions of the cell's EMA model on every domain's test split, as flat arrays."""
-    recipe = cell.recipe
+def load_cell_model(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch.device):
+    """The cell's trained attribute model (EMA weights), in eval mode."""
     state = load_checkpoint(cell.folder / "checkpoints" / "latest.pt", map_location="cpu")
-    schemas = {name: sets.get(faces).schema for name, faces in recipe.train}
+    schemas = {name: sets.get(faces).schema for name, faces in cell.recipe.train}
     model_config = replace(config.model, head=replace(config.model.head, share_tasks=list(config.tasks), sa_softmax=False))
     model = build_attribute_model(model_config, schemas, {name: list(config.tasks) for name in schemas})
     weights = (state.get("ema") or {}).get("model") or state["modules"]["model"]
     model.load_state_dict(weights)
-    model.to(device).eval()
+    return model.to(device).eval()
+
+
+def _predict_cell(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch.device) -> dict[str, np.ndarray]:
+    """Predictions of the cell's EMA model on every domain's test split, as flat arrays."""
+    recipe = cell.recipe
+    model = load_cell_model(cell, config, sets, device)
     head_dataset = recipe.train[0][0]  # every task head is shared, so any training dataset's name reaches it
     arrays: dict[str, np.ndarray] = {}
     for domain in config.domains:
@@ -334,6 +339,15 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
     results["timings"] = {**timings, "sr_stages": sr_seconds,
                           "cell_seconds": {cells[f].folder.name: round(o["seconds"], 1) for f, o in outputs.items()}}
     results["sr_checkpoints"] = {d: str(p) for d, p in sets.sr_checkpoints.items()}
+    if config.domain_gap_faces > 0 and sets.sr_checkpoints:
+        from transfer.domain_gap import measure_domain_gap
+
+        start = time.perf_counter()
+        models = {(s, t): load_cell_model(cells[assignment[(s, t, "source_only")][0]], config, sets, device)
+                  for s, t in directions}
+        template = next(iter(config.domains.values())).template
+        results["domain_gap"] = measure_domain_gap(directions, sets, models, template, config.domain_gap_faces)
+        results["timings"]["domain_gap"] = time.perf_counter() - start
     write_study_report(config, results, sets, out_dir)
     return results
 

@@ -90,6 +90,23 @@ def _sr_strips(config: StudyConfig, results: dict[str, Any], sets, out_dir: Path
     return made
 
 
+def gap_sentence(gaps: dict[str, Any]) -> str:
+    """Whether the SR copies came closer to the target than the originals and the bicubic copies."""
+    parts = []
+    for direction, sets in gaps["values"].items():
+        source, target = direction.split("->")
+        by = {("sr" if "SR by" in k else "bicubic" if "bicubic" in k else "floor" if "same domain" in k else "source"): v
+              for k, v in sets.items()}
+        for space, key in (("trunk", "fd_trunk"), ("FD-face", "fd_face")):
+            if by["sr"][key] is None:
+                continue
+            closer = by["sr"][key] < min(by["source"][key], by["bicubic"][key])
+            parts.append(f"{direction}, {space}: the SR copies are {'closer to' if closer else 'not closer to'} {target} "
+                         f"than the original and bicubic {source} faces ({by['sr'][key]:.3g} vs {by['source'][key]:.3g} and "
+                         f"{by['bicubic'][key]:.3g}; same-domain floor {by['floor'][key]:.3g}).")
+    return " ".join(parts)
+
+
 def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     report = Report(f"Cross-domain study: {config.name}", out_dir)
@@ -157,6 +174,7 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
         report.heading("Domain gap")
         report.text(gaps["protocol"])
         report.table(gaps["header"], gaps["rows"], caption="Fréchet distance to the target's test faces (lower: closer)")
+        report.text(gap_sentence(gaps))
     timings = results["timings"]
     report.heading("Time")
     report.table(["stage", "seconds"],

@@ -81,7 +81,7 @@ def _tiny_config(out):
         "budget": {"steps": 8, "batch_size": 16, "ema_decay": 0.5, "threads": 1},
         "optim": {"warmup_steps": 2},
         "sr": {"wild": {"config": "configs/sr/x4-16to64-cpu.yaml", "overrides": sr_overrides}},
-        "stats": {"n_boot": 200}, "strips": 3, "out_dir": str(out),
+        "stats": {"n_boot": 200}, "strips": 3, "domain_gap_faces": 30, "out_dir": str(out),
     })
 
 
@@ -114,6 +114,9 @@ def test_study_writes_matrix_verdicts_and_report(study):
     assert "Holm" in html and "SR-mix" in html
     for image in __import__("re").findall(r"<img src='([^']+)'", html):
         assert (out / image).is_file(), image  # relative paths: the folder can be zipped as is
+    gap = results["domain_gap"]["values"]["studio->wild"]
+    assert len(gap) == 4 and all(np.isfinite(v["fd_trunk"]) and v["fd_trunk"] >= 0 for v in gap.values())
+    assert "Domain gap" in html and "same-domain floor" in html
     saved = json.loads((out / "results.json").read_text())
     assert saved["tasks"]["Male"]["studio->wild"]["verdicts"].keys() == direction["verdicts"].keys()
 
