@@ -74,19 +74,29 @@ def analyse(config: StudyConfig, directions: list[tuple[str, str]], recipes: dic
                     preds = [outputs[f]["arrays"][f"{domain}::{task}::pred"][known] for f in fingerprints]
                     seed_preds[arm][domain] = preds
                     g = groups[known] if groups is not None else None
-                    matrix[arm][domain] = _cell_metrics(y[known], preds, g, st)
+                    # A secondary task may have no labelled test face in a domain: nothing to score.
+                    matrix[arm][domain] = _cell_metrics(y[known], preds, g, st) if known.any() else None
             majority = {}
             for domain in domains:
                 y, known, _ = labels[domain]
-                majority[domain] = stats.majority_baseline(train_y, y[known])
+                majority[domain] = stats.majority_baseline(train_y, y[known]) if known.any() and len(train_y) else None
             y_t, known_t, groups_t = labels[target]
             g_t = groups_t[known_t] if groups_t is not None else None
-            paired = {
+            scorable = bool(known_t.any())
+            paired = {} if not scorable else {
                 arm: stats.paired_bootstrap(y_t[known_t], seed_preds[arm][target], seed_preds["source_only"][target],
                                             groups=g_t, n_boot=st.n_boot, level=st.level, seed=st.seed)
                 for arm in config.arms if arm != "source_only"
             }
             verdicts = stats.verdicts(paired, alpha=st.alpha) if paired else {}
+            if not scorable:
+                per_direction[f"{source}->{target}"] = {
+                    "source": source, "target": target, "matrix": matrix, "majority": majority, "verdicts": {},
+                    "gap": {"note": f"no labelled {task} faces in {target}'s test split"},
+                    "test_faces": {d: int(labels[d][1].sum()) for d in domains},
+                    "test_groups": {d: ("identities" if labels[d][2] is not None else "files") for d in domains},
+                }
+                continue
             for arm, result in paired.items():
                 entry = verdicts[arm]
                 # Holm's own interval (at its per-comparison level) decides; the plain 95% one is shown beside it.
@@ -115,7 +125,7 @@ def _cell_metrics(y: np.ndarray, preds: list[np.ndarray], groups, st) -> dict[st
 def _gap(matrix: dict[str, dict[str, Any]], target: str, arms: list[str]) -> dict[str, Any]:
     """The residual gap on the target and the share of it each label-free arm closes."""
     def ba(arm: str) -> float | None:
-        return matrix[arm][target]["balanced_accuracy"]["mean"] if arm in matrix else None
+        return matrix[arm][target]["balanced_accuracy"]["mean"] if arm in matrix and matrix[arm][target] else None
 
     oracle, colour, source = ba("target_only"), ba("colour_match"), ba("source_only")
     result: dict[str, Any] = {"oracle": oracle, "colour_match": colour, "source_only": source}
@@ -137,6 +147,8 @@ def sentences(direction: dict[str, Any], task: str) -> list[str]:
     source, target = direction["source"], direction["target"]
     out = []
     m = direction["matrix"]
+    if m["source_only"][target] is None:
+        return [f"{task}, {source} -> {target}: {target}'s test split has no labelled {task} face; nothing to compare."]
     if "target_only" in m:
         drop = m["target_only"][target]["balanced_accuracy"]["mean"] - m["source_only"][target]["balanced_accuracy"]["mean"]
         out.append(f"{task}, {source} -> {target}: trained on {source} alone, balanced accuracy on {target} is "

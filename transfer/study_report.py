@@ -23,7 +23,9 @@ ARM_TITLES = {
 }
 
 
-def format_interval(entry: dict[str, Any]) -> str:
+def format_interval(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "n/a (no labelled test faces)"
     text = f"{100 * entry['mean']:.1f} [{100 * entry['low']:.1f}, {100 * entry['high']:.1f}]"
     if entry.get("per_seed") and len(entry["per_seed"]) > 1:
         text += f" ±{100 * entry['sd']:.1f}"
@@ -139,14 +141,20 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
                 report.text(line)
             header = ["trained as"] + [f"{d} test{' (target)' if d == target else ' (source)' if d == source else ''}"
                                        for d in domains]
-            table = [[ARM_TITLES.get(arm, arm)] + [format_interval(direction["matrix"][arm][d]["balanced_accuracy"]) for d in domains]
+            def metric(arm: str, domain: str, name: str) -> str:
+                entry = direction["matrix"][arm][domain]
+                return format_interval(entry[name] if entry else None)
+
+            def majority(domain: str, name: str) -> str:
+                entry = direction["majority"][domain]
+                return "n/a" if entry is None else f"{100 * entry[name]:.1f}"
+
+            table = [[ARM_TITLES.get(arm, arm)] + [metric(arm, d, "balanced_accuracy") for d in domains]
                      for arm in direction["matrix"]]
-            table.append(["majority class of the source"] + [f"{100 * direction['majority'][d]['balanced_accuracy']:.1f}"
-                                                              for d in domains])
+            table.append(["majority class of the source"] + [majority(d, "balanced_accuracy") for d in domains])
             report.table(header, table, caption=f"Balanced accuracy (%), {task}")
-            accuracy = [[ARM_TITLES.get(arm, arm)] + [format_interval(direction["matrix"][arm][d]["accuracy"]) for d in domains]
-                        for arm in direction["matrix"]]
-            accuracy.append(["majority class of the source"] + [f"{100 * direction['majority'][d]['accuracy']:.1f}" for d in domains])
+            accuracy = [[ARM_TITLES.get(arm, arm)] + [metric(arm, d, "accuracy") for d in domains] for arm in direction["matrix"]]
+            accuracy.append(["majority class of the source"] + [majority(d, "accuracy") for d in domains])
             report.table(header, accuracy, caption=f"Plain accuracy (%), {task}")
             verdict_rows = []
             for arm, v in direction["verdicts"].items():
@@ -161,8 +169,9 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
                 report.table(["arm (no target labels)", "share of the residual gap closed"], gap_rows,
                              caption=f"Residual gap = oracle − colour-match = {100 * gap['residual_gap']:.1f} points "
                                      f"(colour alone: {100 * gap['colour_gain']:+.1f})")
-            chart = _bar_chart(direction, task, figures / f"bars_{task}_{source}_to_{target}.png")
-            report.image(chart, f"{task}: arms on {target} (error bars: {100 * config.stats.level:.0f}% intervals)")
+            if direction["verdicts"]:
+                chart = _bar_chart(direction, task, figures / f"bars_{task}_{source}_to_{target}.png")
+                report.image(chart, f"{task}: arms on {target} (error bars: {100 * config.stats.level:.0f}% intervals)")
 
     strips = _sr_strips(config, results, sets, out_dir)
     if strips:

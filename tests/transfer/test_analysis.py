@@ -1,0 +1,71 @@
+"""The study's numbers from predictions: matrix, verdicts, residual gap, and a secondary task
+that one domain's test split does not label."""
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from data_prep.datasets.schema import LabelSchema
+from data_prep.face_array import FaceArray
+from transfer.analysis import analyse, sentences
+from transfer.arms import recipe_for
+from transfer.config import StudyConfig
+
+SCHEMA = LabelSchema.binary(["Male", "Smiling"])
+
+
+def _faces(n, smiling_known=True, seed=0):
+    rng = np.random.default_rng(seed)
+    targets = torch.from_numpy(rng.integers(0, 2, (n, 2)).astype(np.float32))
+    mask = torch.ones(n, 2, dtype=torch.bool)
+    if not smiling_known:
+        mask[:, 1] = False
+    return FaceArray(np.zeros((n, 8, 8, 3), np.uint8), targets, mask, SCHEMA, [f"p{i // 3}" for i in range(n)])
+
+
+class FakeSets:
+    def __init__(self):
+        self.faces = {"a/train": _faces(60, seed=1), "a/test": _faces(45, seed=2), "b/train": _faces(60, seed=3),
+                      "b/test": _faces(45, smiling_known=False, seed=4)}
+
+    def get(self, name):
+        return self.faces[name]
+
+    def domain_splits(self, domain):
+        return SimpleNamespace(train=self.faces[f"{domain}/train"], val=[], test=self.faces[f"{domain}/test"])
+
+    def skipped(self, domain):
+        return 0
+
+
+def test_matrix_verdicts_and_an_unlabelled_secondary_task():
+    config = StudyConfig(domains={"a": None, "b": None}, directions=["a->b"], tasks=["Male", "Smiling"],
+                         arms=["source_only", "target_only"], seeds=[0])
+    config.domains = {"a": SimpleNamespace(source="x", root=""), "b": SimpleNamespace(source="y", root="")}
+    config.stats.n_boot = 200
+    sets = FakeSets()
+    recipes = {("a", "b", arm): recipe_for(arm, "a", "b", config) for arm in config.arms}
+    assignment = {("a", "b", "source_only"): ["s"], ("a", "b", "target_only"): ["t"]}
+    truth = {d: sets.get(f"{d}/test").targets.numpy().astype(int) for d in ("a", "b")}
+    arrays = {
+        # source-only: right on a, always "1" on b; the oracle: right on b.
+        "s": {"a::Male::pred": truth["a"][:, 0], "b::Male::pred": np.ones(45, int),
+              "a::Smiling::pred": truth["a"][:, 1], "b::Smiling::pred": np.ones(45, int)},
+        "t": {"a::Male::pred": 1 - truth["a"][:, 0], "b::Male::pred": truth["b"][:, 0],
+              "a::Smiling::pred": truth["a"][:, 1], "b::Smiling::pred": np.ones(45, int)},
+    }
+    outputs = {k: {"arrays": v} for k, v in arrays.items()}
+    results = analyse(config, [("a", "b")], recipes, assignment, outputs, sets)
+    male = results["tasks"]["Male"]["a->b"]
+    assert male["matrix"]["source_only"]["a"]["balanced_accuracy"]["mean"] == 1.0
+    assert male["matrix"]["source_only"]["b"]["balanced_accuracy"]["mean"] == 0.5  # a constant prediction
+    assert male["matrix"]["target_only"]["b"]["balanced_accuracy"]["mean"] == 1.0
+    assert male["matrix"]["target_only"]["a"]["balanced_accuracy"]["mean"] == 0.0
+    verdict = male["verdicts"]["target_only"]
+    assert verdict["verdict"] == "better" and verdict["difference"] == 0.5 and verdict["holm_low"] > 0
+    assert male["test_groups"]["b"] == "identities" and male["majority"]["b"]["balanced_accuracy"] == 0.5
+    assert any("50.0 points below the oracle" in line for line in sentences(male, "Male"))
+    smiling = results["tasks"]["Smiling"]["a->b"]
+    assert smiling["matrix"]["source_only"]["b"] is None and smiling["verdicts"] == {}
+    assert smiling["matrix"]["source_only"]["a"]["accuracy"]["mean"] == 1.0
+    assert "no labelled Smiling face" in sentences(smiling, "Smiling")[0]
