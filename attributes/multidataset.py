@@ -90,8 +90,11 @@ def combine_losses(
     return total
 
 
-def augment_batch(images: torch.Tensor, flip: bool = True, max_shift: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random horizontal flips and integer translations (edge-replicated) of a float batch.
+def augment_batch(images: torch.Tensor, flip: bool = True, max_shift: int = 0, generator: torch.Generator | None = None,
+                  grayscale: float = 0.0) -> torch.Tensor:
+    """Random horizontal flips, integer translations (edge-replicated) and, with probability
+    `grayscale`, conversion to luma in all three channels, of a float batch. Grayscale copies
+    let colour datasets teach a head that is also used on grayscale ones (LFW-a).
 
     Draws from `generator` (or torch's global RNG, which the Trainer checkpoints), so a
     resumed run augments exactly as an uninterrupted one. Flipping is only safe for tasks that
@@ -106,4 +109,8 @@ def augment_batch(images: torch.Tensor, flip: bool = True, max_shift: int = 0, g
         padded = torch.nn.functional.pad(images, (max_shift,) * 4, mode="replicate")
         shifts = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=generator).tolist()
         images = torch.stack([padded[k, :, dy:dy + size_h, dx:dx + size_w] for k, (dy, dx) in enumerate(shifts)])
+    if grayscale > 0:  # drawn only when asked, so runs without it keep their random stream
+        gray = torch.rand(b, generator=generator) < grayscale
+        luma = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).unsqueeze(1).expand_as(images)
+        images = torch.where(gray.view(b, 1, 1, 1).to(images.device), luma, images)
     return images

@@ -54,6 +54,7 @@ class SAConfig:
 class AugmentConfig:
     flip: bool = True
     max_shift: int = 3  # pixels of random translation (edge-replicated)
+    grayscale: float = 0.0  # probability of training on a face's grayscale version (helps heads also used on LFW-a)
 
 
 class AttributeStep:
@@ -172,7 +173,7 @@ class AttributeStep:
         layout = [(name, batch[name]["image"].shape[0]) for name in self.names]
         extra = sum(batch[name]["image"].shape[0] for name in self.unlabelled)
         images = to_model_input(torch.cat([batch[name]["image"] for name in self.names + self.unlabelled]))
-        images = augment_batch(images, self.augment.flip, self.augment.max_shift)
+        images = augment_batch(images, self.augment.flip, self.augment.max_shift, grayscale=self.augment.grayscale)
         self.model.train()
         with ctx.autocast():
             outputs, log_vars, features = ctx.models["model"](images, layout, extra, return_features=True)

@@ -151,6 +151,18 @@ def test_combine_losses_fixed_and_uncertainty():
         combine_losses({}, terms, {}, None)
 
 
+def test_grayscale_augmentation_replaces_some_faces_by_their_luma():
+    x = torch.rand(64, 3, 4, 4) * 2 - 1
+    out = augment_batch(x, False, 0, torch.Generator().manual_seed(1), grayscale=0.5)
+    gray = [bool(torch.equal(o[0], o[1]) and torch.equal(o[1], o[2])) for o in out]
+    assert 16 < sum(gray) < 48
+    k = gray.index(True)
+    assert torch.allclose(out[k, 0], 0.299 * x[k, 0] + 0.587 * x[k, 1] + 0.114 * x[k, 2])
+    untouched = gray.index(False)
+    assert torch.equal(out[untouched], x[untouched])
+    assert torch.equal(augment_batch(x, False, 0, torch.Generator().manual_seed(1)), x)
+
+
 def test_augmentation_is_reproducible_and_flips_exactly():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
     a = augment_batch(x, True, 1, torch.Generator().manual_seed(5))
