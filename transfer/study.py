@@ -226,7 +226,7 @@ def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool)
     trainer_config = TrainerConfig(
         out_dir=str(cell.folder), max_steps=budget.steps, batch_size=recipe.batch_size, seed=cell.seed,
         ema_decay=budget.ema_decay, ema_modules=("model",), eval_every=0, sample_every=0,
-        checkpoint_every=max(50, budget.steps // 4), log_every=20, threads=budget.threads or None, device=budget.device,
+        checkpoint_every=max(50, budget.steps // 4), log_every=max(1, min(20, budget.steps // 10)), threads=budget.threads or None, device=budget.device,
         progress=progress, resume=(cell.folder / "checkpoints" / "latest.pt").is_file(),
     )
     run_config = {"study_cell": recipe.key(), "seed": cell.seed, "fingerprint": cell.fingerprint}

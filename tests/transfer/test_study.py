@@ -114,6 +114,10 @@ def test_study_writes_matrix_verdicts_and_report(study):
     assert "Holm" in html and "SR-mix" in html
     for image in __import__("re").findall(r"<img src='([^']+)'", html):
         assert (out / image).is_file(), image  # relative paths: the folder can be zipped as is
+    # DANN trained with its domain classifier on unlabelled wild faces; the other arms did not.
+    dann_log = next((out / "cells").glob("dann-*/metrics.jsonl")).read_text()
+    assert '"loss/domain"' in dann_log
+    assert '"loss/domain"' not in next((out / "cells").glob("source_only-*/metrics.jsonl")).read_text()
     gap = results["domain_gap"]["values"]["studio->wild"]
     assert len(gap) == 4 and all(np.isfinite(v["fd_trunk"]) and v["fd_trunk"] >= 0 for v in gap.values())
     assert "Domain gap" in html and "same-domain floor" in html
