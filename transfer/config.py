@@ -93,4 +93,5 @@ class StudyConfig:
     stats: StatsConfig = field(default_factory=StatsConfig)
     out_dir: str = "runs/transfer/study"
     strips: int = 6  # faces per domain in the report's SR strips
-    domain_gap_faces: int = 600  # faces per set for the Fréchet domain-gap table (0: leave it out)
+    domain_gap_faces: int = 600  # faces per set for the Fréchet domain-gap table in trunk features (0: leave the table out)
+    domain_gap_embedded_faces: int = 200  # faces per set for its FD-face column (dlib embeds ~12 faces/s on 2 cores; 0: leave it out)

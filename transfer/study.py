@@ -346,7 +346,8 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
         models = {(s, t): load_cell_model(cells[assignment[(s, t, "source_only")][0]], config, sets, device)
                   for s, t in directions}
         template = next(iter(config.domains.values())).template
-        results["domain_gap"] = measure_domain_gap(directions, sets, models, template, config.domain_gap_faces)
+        results["domain_gap"] = measure_domain_gap(directions, sets, models, template, config.domain_gap_faces,
+                                                   config.domain_gap_embedded_faces)
         results["timings"]["domain_gap"] = time.perf_counter() - start
     write_study_report(config, results, sets, out_dir)
     return results
