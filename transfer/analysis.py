@@ -172,7 +172,18 @@ def sentences(direction: dict[str, Any], task: str) -> list[str]:
                    f"points; the residual gap to the oracle after colour-matching is {100 * gap['residual_gap']:.1f} points.")
         halves = [a for a, c in gap["closed"].items() if c is not None and c >= 0.5]
         if halves:
-            out.append(f"Closing at least half of the residual gap without target labels: {', '.join(halves)}.")
+            # A point estimate is not a finding: say which of them the comparison rule supports.
+            supported = [a for a in halves if direction["verdicts"].get(a, {}).get("verdict") == "better"]
+            unsupported = [a for a in halves if a not in supported]
+            text = f"By point estimate, closing at least half of the residual gap without target labels: {', '.join(halves)}."
+            if unsupported:
+                text += (f" Of these, {', '.join(unsupported)} {'does' if len(unsupported) == 1 else 'do'} not beat "
+                         "source-only by the rule above, so the data do not support a gain for "
+                         f"{'it' if len(unsupported) == 1 else 'them'}.")
+            out.append(text)
         else:
             out.append("No arm without target labels closes half of the residual gap.")
+    if m["source_only"][target].get("seeds", 0) == 1:
+        out.append("One seed: the intervals cover the sampling of test people, not the variation between training runs, "
+                   "which can be larger; run several seeds before drawing conclusions.")
     return out

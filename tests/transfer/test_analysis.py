@@ -65,7 +65,21 @@ def test_matrix_verdicts_and_an_unlabelled_secondary_task():
     assert verdict["verdict"] == "better" and verdict["difference"] == 0.5 and verdict["holm_low"] > 0
     assert male["test_groups"]["b"] == "identities" and male["majority"]["b"]["balanced_accuracy"] == 0.5
     assert any("50.0 points below the oracle" in line for line in sentences(male, "Male"))
+    assert "One seed" in sentences(male, "Male")[-1]
     smiling = results["tasks"]["Smiling"]["a->b"]
     assert smiling["matrix"]["source_only"]["b"] is None and smiling["verdicts"] == {}
     assert smiling["matrix"]["source_only"]["a"]["accuracy"]["mean"] == 1.0
     assert "no labelled Smiling face" in sentences(smiling, "Smiling")[0]
+
+
+def test_gap_sentence_does_not_claim_an_unsupported_gain():
+    direction = {
+        "source": "a", "target": "b",
+        "matrix": {"source_only": {"b": {"balanced_accuracy": {"mean": 0.6}}},
+                   "target_only": {"b": {"balanced_accuracy": {"mean": 0.9}}}},
+        "verdicts": {"sr_mix": {"verdict": "no significant difference"}, "dann": {"verdict": "better"}},
+        "gap": {"residual_gap": 0.2, "colour_gain": 0.1, "closed": {"sr_mix": 0.7, "dann": 0.6}},
+    }
+    text = " ".join(sentences(direction, "Male"))
+    assert "By point estimate, closing at least half of the residual gap without target labels: sr_mix, dann." in text
+    assert "sr_mix does not beat source-only by the rule above" in text and "dann does not" not in text
