@@ -46,6 +46,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trunk", help="alexnet_bn, resnet18, resnet34 or resnet50 (model.trunk.name)")
     p.add_argument("--input-size", type=int, choices=(64, 128, 224), help="face size in pixels (model.trunk.input_size)")
     p.add_argument("--sa-softmax", action="store_true", help="SA-softmax heads with dynamic tags (model.head.sa_softmax)")
+    p.add_argument("--pos-weight", action="store_true",
+                   help="class-balanced BCE: positives of a binary attribute weighted (1-p)/p (model.head.pos_weight)")
+    p.add_argument("--balanced-sampling", action="store_true",
+                   help="draw faces with replacement, weighted by the inverse frequency of their label values, so rare "
+                   "attributes and small classes come up more often (sampler.balance=inverse_frequency; sampler.power)")
+    p.add_argument("--f-measure", type=float, metavar="WEIGHT",
+                   help="add the relaxed F-measure loss (beta^2 = loss.f_measure_beta2, default 0.3) to the BCE of binary "
+                   "attributes, with this weight (loss.f_measure); not on SA-softmax heads")
+    p.add_argument("--f-measure-variant", choices=("floss", "logfloss"),
+                   help="1 - F (floss, default) or -log F (logfloss) (loss.f_measure_variant)")
+    p.add_argument("--center-loss", type=float, metavar="WEIGHT",
+                   help="add the center loss on the head embeddings of SINGLE-LABEL heads only (identity and categorical "
+                   "tasks), with this weight (loss.center); the centres move at their own rate loss.center_alpha")
+    p.add_argument("--contrastive-center-loss", type=float, metavar="WEIGHT",
+                   help="add the contrastive-center loss (delta = loss.contrastive_delta, default 1) on single-label heads "
+                   "only (identity and categorical tasks), with this weight (loss.contrastive_center)")
+    p.add_argument("--exclusive", type=float, metavar="WEIGHT",
+                   help="add exclusive regularisation of the classifier weights of single-label heads only (identity and "
+                   "categorical tasks), with this weight (loss.exclusive)")
     p.add_argument("--steps", type=int, help="optimiser steps (trainer.max_steps)")
     p.add_argument("--minutes", type=float, help="wall-clock budget; stops, evaluates and saves when spent (trainer.max_seconds)")
     p.add_argument("--batch-size", type=int, help="faces per dataset per step (trainer.batch_size)")
@@ -74,6 +93,11 @@ def build_config(args: argparse.Namespace):
         "trainer.seed": args.seed, "trainer.device": args.device, "trainer.threads": args.threads,
         "trainer.amp": True if args.amp else None, "trainer.resume": True if args.resume else None,
         "trainer.force_resume": True if args.force else None,
+        "model.head.pos_weight": True if args.pos_weight else None,
+        "sampler.balance": "inverse_frequency" if args.balanced_sampling else None,
+        "loss.f_measure": args.f_measure, "loss.f_measure_variant": args.f_measure_variant,
+        "loss.center": args.center_loss, "loss.contrastive_center": args.contrastive_center_loss,
+        "loss.exclusive": args.exclusive,
     }
     overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     dataset_overrides = [o for o in args.overrides if o.startswith("datasets.")]

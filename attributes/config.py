@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from attributes.model import ModelConfig
+from attributes.multidataset import SamplerConfig
 from attributes.step import AugmentConfig, LossConfig, OptimConfig, SAConfig
 from data_prep.sources import SourceConfig
 from engine.trainer import TrainerConfig
@@ -42,5 +43,6 @@ class AttributeRunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     sa: SAConfig = field(default_factory=SAConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=default_trainer)  # batch_size = images per dataset per step

@@ -119,9 +119,14 @@ class HeadSubnet(nn.Module):
         )
         self.outputs = nn.ModuleDict({name: nn.Linear(config.feature_dim, n) for name, n in outputs.items()})
 
-    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        hidden = self.fc_feature(self.conv(features))
-        return {name: layer(hidden) for name, layer in self.outputs.items()}
+    def forward(self, features: torch.Tensor, return_embedding: bool = False):
+        """Outputs per group; with `return_embedding`, also the fc_feature vector before dropout,
+        which the feature-space losses (center, contrastive-center) act on."""
+        flatten, linear, relu, dropout = self.fc_feature  # kept one Sequential: checkpoint keys unchanged
+        embedding = relu(linear(flatten(self.conv(features))))
+        hidden = dropout(embedding)
+        outputs = {name: layer(hidden) for name, layer in self.outputs.items()}
+        return (outputs, embedding) if return_embedding else outputs
 
 
 def _binary_logits(group: TaskGroup, out: torch.Tensor) -> torch.Tensor:

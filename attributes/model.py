@@ -37,6 +37,7 @@ class AttributeModel(nn.Module):
         self.input_size = input_size
         self.groups = groups
         self.schemas = schemas
+        self.head_config = head
         channels, height, width = feature_shape(trunk, input_size)
         outputs: dict[str, dict[str, int]] = {}
         for dataset, dataset_groups in groups.items():
@@ -53,25 +54,43 @@ class AttributeModel(nn.Module):
         self.log_vars = nn.Parameter(torch.zeros(len(self.loss_terms)))
 
     def forward(self, images: torch.Tensor, layout: list[tuple[str, int]], unlabelled: int = 0,
-                return_features: bool = False):
+                return_features: bool = False, return_embeddings: bool = False):
         """`layout` lists (dataset, count) in the order the images are concatenated; the last
         `unlabelled` images go through the trunk only (domain-adversarial training uses their
-        features). Returns (outputs, log_vars), plus the trunk's feature map when asked."""
+        features). Returns (outputs, log_vars), then the trunk's feature map if
+        `return_features`, then if `return_embeddings` each dataset's fc_feature vectors per
+        sub-network, {dataset: {subnet: (count, feature_dim)}}, for the feature-space losses."""
         features = self.trunk(images)
         outputs: dict[str, dict[str, torch.Tensor]] = {}
+        embeddings: dict[str, dict[str, torch.Tensor]] = {}
         start = 0
         for dataset, count in layout:
             part = features[start:start + count]
             start += count
             needed = {g.subnet for g in self.groups[dataset]}
-            computed = {subnet: self.heads[_module_key(subnet)](part) for subnet in needed}
+            computed, embeddings[dataset] = {}, {}
+            for subnet in needed:
+                computed[subnet], embeddings[dataset][subnet] = self.heads[_module_key(subnet)](part, return_embedding=True)
             outputs[dataset] = {g.name: computed[g.subnet][g.name] for g in self.groups[dataset]}
         if start + unlabelled != images.shape[0]:
             raise ValueError(f"layout covers {start} images and {unlabelled} unlabelled ones, but the batch has "
                              f"{images.shape[0]}")
+        result = (outputs, self.log_vars * 1.0)
         if return_features:
-            return outputs, self.log_vars * 1.0, features
-        return outputs, self.log_vars * 1.0
+            result += (features,)
+        if return_embeddings:
+            result += (embeddings,)
+        return result
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of every head's fc_feature embedding."""
+        return self.head_config.feature_dim
+
+    def classifier_weight(self, group: TaskGroup) -> torch.Tensor:
+        """The output layer's weight rows of `group`'s real classes (not SA's "unrecognizable")."""
+        weight = self.heads[_module_key(group.subnet)].outputs[group.name].weight
+        return weight[:group.num_classes]
 
     def describe(self) -> dict:
         """What the checkpoint needs to rebuild this model without the datasets."""

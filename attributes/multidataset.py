@@ -10,7 +10,9 @@ item `i` reads position `i mod n` of a permutation of that dataset, drawn afresh
 `seed`, the dataset's name and the cycle number `i // n`) for every cycle, so within an epoch
 a smaller dataset is seen about (largest / n) times, each time in a different order, and
 every sample of it once per cycle. Everything is a pure function of `i`, so resuming the
-Trainer's sampler resumes these cycles exactly.
+Trainer's sampler resumes these cycles exactly. With balanced sampling (`SamplerConfig`), a
+dataset's cycle is instead n faces drawn with replacement by `balancing_weights`, still seeded by
+the cycle number.
 
 Loss weighting: `combine_losses` adds the per-(dataset, task-group) losses with fixed weights
 or with learned homoscedastic uncertainty weights (Kendall, Gal & Cipolla, CVPR 2018):
@@ -19,6 +21,7 @@ no label for it in a batch is simply absent from that step's sum.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -27,19 +30,59 @@ from torch.utils.data import Dataset
 
 from engine.reproducibility import derive_seed
 
-__all__ = ["ParallelDatasets", "combine_losses", "augment_batch"]
+__all__ = ["SamplerConfig", "balancing_weights", "ParallelDatasets", "combine_losses", "augment_batch"]
+
+
+@dataclass
+class SamplerConfig:
+    # none: every face once per cycle | inverse_frequency: faces drawn with replacement, weighted
+    # so that rare label values (a 2%-positive attribute, a small class) come up more often
+    balance: str = "none"
+    power: float = 0.5  # weight = (1 / frequency) ** power per label; 1 evens out a single task fully, 0.5 is milder
+
+
+def balancing_weights(targets: torch.Tensor, mask: torch.Tensor, columns: list[int], power: float) -> np.ndarray:
+    """Per-face sampling weights from label frequencies, summing to 1.
+
+    For every labelled entry of `columns` (binary or categorical tasks), the weight of its value
+    is (1 / frequency of that value in the column) ** power; a face's weight is the mean over its
+    labelled entries, so for one categorical task and power 1 every class is drawn equally often,
+    and for many binary attributes a face with rare values is drawn more often. Faces without
+    any labelled entry keep the mean weight.
+    """
+    if not columns:
+        raise ValueError("balanced sampling needs a binary or categorical task")
+    values = targets[:, columns].round().long().numpy()
+    labelled = mask[:, columns].numpy().astype(bool)
+    weights = np.zeros(values.shape, dtype=np.float64)
+    for j in range(values.shape[1]):
+        present = labelled[:, j]
+        if not present.any():
+            continue
+        classes, counts = np.unique(values[present, j], return_counts=True)
+        frequency = dict(zip(classes.tolist(), (counts / present.sum()).tolist()))
+        weights[present, j] = [(1.0 / frequency[v]) ** power for v in values[present, j].tolist()]
+    n_labelled = labelled.sum(1)
+    per_face = np.where(n_labelled > 0, weights.sum(1) / np.maximum(n_labelled, 1), 0.0)
+    if (n_labelled == 0).any():
+        per_face[n_labelled == 0] = per_face[n_labelled > 0].mean() if (n_labelled > 0).any() else 1.0
+    return per_face / per_face.sum()
 
 
 class ParallelDatasets(Dataset):
     """One item = one sample from every dataset; see the module docstring."""
 
-    def __init__(self, datasets: Mapping[str, Dataset], seed: int = 0):
+    def __init__(self, datasets: Mapping[str, Dataset], seed: int = 0, weights: Mapping[str, np.ndarray] | None = None):
         if not datasets:
             raise ValueError("ParallelDatasets needs at least one dataset")
         self.datasets = dict(datasets)
         for name, dataset in self.datasets.items():
             if len(dataset) == 0:
                 raise ValueError(f"dataset {name!r} is empty")
+        self.weights = dict(weights or {})
+        for name, w in self.weights.items():
+            if len(w) != len(self.datasets[name]):
+                raise ValueError(f"dataset {name!r}: {len(w)} sampling weights for {len(self.datasets[name])} faces")
         self.seed = seed
         self.length = max(len(d) for d in self.datasets.values())
         self._perms: dict[tuple[str, int], np.ndarray] = {}
@@ -50,14 +93,16 @@ class ParallelDatasets(Dataset):
     def position(self, name: str, i: int) -> int:
         """Which sample of dataset `name` item `i` holds."""
         n = len(self.datasets[name])
-        if n == self.length:
+        weights = self.weights.get(name)
+        if n == self.length and weights is None:
             return i
         cycle = i // n
         key = (name, cycle)
         perm = self._perms.get(key)
         if perm is None:
             rng = np.random.default_rng(derive_seed(self.seed, "parallel", name, cycle))
-            perm = rng.permutation(n)
+            # a weighted cycle: n faces drawn with replacement (the Trainer's sampler shuffles i)
+            perm = rng.permutation(n) if weights is None else rng.choice(n, size=n, replace=True, p=weights)
             if len(self._perms) > 256:
                 self._perms.clear()
             self._perms[key] = perm

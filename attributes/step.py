@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 
 from attributes.heads import TaskGroup, decode_group, group_loss
 from attributes.inference import best_thresholds, predict_cache, threshold_key, to_model_input
+from attributes.losses import F_MEASURE_VARIANTS, FeatureCenters, exclusive_regularization, f_measure_loss
 from attributes.model import AttributeModel
 from attributes.multidataset import augment_batch, combine_losses
 from data_prep.datasets.schema import TaskKind
@@ -41,6 +42,16 @@ class OptimConfig:
 class LossConfig:
     weighting: str = "fixed"  # fixed | uncertainty (Kendall et al.: learned log-variances)
     weights: dict[str, float] = field(default_factory=dict)  # "dataset" or "dataset/group" -> weight (default 1)
+    # Joint supervision (SPEC §7, attributes/losses.py): each term is added to the total loss with
+    # its weight (0: off), outside the fixed or uncertainty weighting of the heads' own losses.
+    center: float = 0.0  # center loss on the embeddings of single-label heads (identity, categorical)
+    center_alpha: float = 0.5  # the centres' own update rate (Wen et al.'s alpha); the optimizer does not move them
+    contrastive_center: float = 0.0  # contrastive-center loss on single-label heads; centres train with the network
+    contrastive_delta: float = 1.0  # delta in its denominator
+    exclusive: float = 0.0  # exclusive regularisation of single-label heads' classifier weights
+    f_measure: float = 0.0  # relaxed F-measure loss on binary attributes (heads without SA-softmax)
+    f_measure_beta2: float = 0.3  # beta^2 of the F-measure (< 1 favours precision)
+    f_measure_variant: str = "floss"  # floss (1 - F) | logfloss (-log F)
 
 
 @dataclass
@@ -79,7 +90,22 @@ class AttributeStep:
         self.eval_batch_size = eval_batch_size
         if loss.weighting not in ("fixed", "uncertainty"):
             raise ValueError(f"loss weighting must be 'fixed' or 'uncertainty', not {loss.weighting!r}")
+        if loss.f_measure_variant not in F_MEASURE_VARIANTS:
+            raise ValueError(f"loss.f_measure_variant must be one of {F_MEASURE_VARIANTS}, not {loss.f_measure_variant!r}")
+        # Single-label heads, keyed by sub-network and group, so a shared head has one set of centres.
+        self.single_label_heads = {
+            f"{group.subnet}/{group.name}": group for name in self.names for group in model.groups[name]
+            if group.kind in (TaskKind.CATEGORICAL, TaskKind.ORDINAL)
+        }
+        self.centers = None
+        if (loss.center or loss.contrastive_center) and self.single_label_heads:
+            dim = model.feature_dim
+            self.centers = FeatureCenters({key: (group.num_classes, dim) for key, group in self.single_label_heads.items()},
+                                          center=loss.center > 0, contrastive=loss.contrastive_center > 0,
+                                          delta=loss.contrastive_delta)
         self.optimizer = self._build_optimizer()
+        if self.centers is not None and self.centers.contrastive is not None:
+            self.optimizer.add_param_group({"params": list(self.centers.parameters()), "weight_decay": 0.0})
         self.sa_states: dict[str, Any] = self._build_sa_states()
         from attributes.sa_softmax import SASchedule
 
@@ -89,6 +115,8 @@ class AttributeStep:
 
     # -- Step protocol -----------------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
+        if self.centers is not None:
+            return {"model": self.model, "centers": self.centers}
         return {"model": self.model}
 
     def optimizers(self) -> dict[str, Optimizer]:
@@ -176,8 +204,10 @@ class AttributeStep:
         images = augment_batch(images, self.augment.flip, self.augment.max_shift, grayscale=self.augment.grayscale)
         self.model.train()
         with ctx.autocast():
-            outputs, log_vars, features = ctx.models["model"](images, layout, extra, return_features=True)
+            outputs, log_vars, features, embeddings = ctx.models["model"](images, layout, extra, return_features=True,
+                                                                          return_embeddings=True)
         losses: dict[str, torch.Tensor] = {}
+        joint: dict[str, torch.Tensor] = {}  # weighted joint-supervision terms
         metrics: dict[str, float] = {}
         for name in self.names:
             targets, mask, index = batch[name]["targets"], batch[name]["mask"], batch[name]["index"]
@@ -193,6 +223,10 @@ class AttributeStep:
                     metrics[f"loss/{key}"] = float(loss.detach())
                 if sa_state is not None and active:
                     sa_state.record(index.cpu(), _sa_predictions(group, out.detach()).cpu())
+                if group.kind is TaskKind.BINARY and not group.sa and self.loss_config.f_measure > 0:
+                    f_loss = f_measure_loss(out, targets[:, group.columns], mask[:, group.columns],
+                                            self.loss_config.f_measure_beta2, self.loss_config.f_measure_variant)
+                    joint[f"{key}/f_measure"] = self.loss_config.f_measure * f_loss
                 if group.kind is TaskKind.BINARY:
                     decoded = decode_group(group, out.detach())
                     m = mask[:, group.columns]
@@ -200,10 +234,14 @@ class AttributeStep:
                         metrics[f"train_acc/{name}"] = float((decoded["pred"] == targets[:, group.columns].long())[m].float().mean())
         use_uncertainty = self.loss_config.weighting == "uncertainty"
         total = combine_losses(losses, self.model.loss_terms, self.loss_config.weights, log_vars.float() if use_uncertainty else None)
-        for key, loss in self.auxiliary_losses(features, layout, extra, step).items():
+        head_embeddings, head_labels = self._single_label_batch(embeddings, batch)
+        joint.update(self._feature_losses(head_embeddings, head_labels))
+        for key, loss in {**joint, **self.auxiliary_losses(features, layout, extra, step)}.items():
             total = total + loss
             metrics[f"loss/{key}"] = float(loss.detach())
         metrics["grad_norm"] = ctx.optimize("model", total)
+        if self.centers is not None:
+            self.centers.update(head_embeddings, head_labels, self.loss_config.center_alpha, _all_reduce_of(ctx))
         metrics = {"loss": float(total.detach()), "lr": lr, **metrics}
         for key, sa_state in self.sa_states.items():
             if self.sa_active(key.split("/")[0], step):  # logged every step, so any log interval shows the tags
@@ -218,6 +256,40 @@ class AttributeStep:
                             if isinstance(value, (int, float)):
                                 metrics[f"sa/{key}/{stat}"] = float(value)
         return metrics
+
+    def _single_label_batch(self, embeddings, batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The labelled embeddings and labels of each single-label head (datasets sharing a head pooled)."""
+        if not (self.loss_config.center or self.loss_config.contrastive_center):
+            return {}, {}
+        parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for name in self.names:
+            targets, mask = batch[name]["targets"], batch[name]["mask"]
+            for group in self.model.groups[name]:
+                key = f"{group.subnet}/{group.name}"
+                if key not in self.single_label_heads:
+                    continue
+                embedding = embeddings[name][group.subnet].float()
+                valid = mask[:, group.columns[0]].to(embedding.device)
+                x = embedding[valid]
+                y = targets.to(embedding.device)[valid, group.columns[0]].round().long()
+                parts.setdefault(key, []).append((x, y))
+        return ({key: torch.cat([x for x, _ in p]) for key, p in parts.items()},
+                {key: torch.cat([y for _, y in p]) for key, p in parts.items()})
+
+    def _feature_losses(self, head_embeddings, head_labels) -> dict[str, torch.Tensor]:
+        """Weighted center, contrastive-center and exclusive terms of the single-label heads."""
+        cfg = self.loss_config
+        terms: dict[str, torch.Tensor] = {}
+        if self.centers is not None:
+            for key, loss in self.ctx.models["centers"](head_embeddings, head_labels).items():
+                weight = cfg.center if key.endswith("/center") else cfg.contrastive_center
+                terms[key] = weight * loss
+        if cfg.exclusive > 0:
+            for key, group in self.single_label_heads.items():
+                if group.num_classes >= 2:
+                    terms[f"{key}/exclusive"] = cfg.exclusive * exclusive_regularization(
+                        self.model.classifier_weight(group).float())
+        return terms
 
     def auxiliary_losses(self, features: torch.Tensor, layout: list[tuple[str, int]], unlabelled: int,
                          step: int) -> dict[str, torch.Tensor]:
@@ -274,6 +346,15 @@ def _sa_predictions(group: TaskGroup, out: torch.Tensor) -> torch.Tensor:
     if group.kind is TaskKind.BINARY:
         return out.view(out.shape[0], len(group.tasks), 3).argmax(-1)
     return out.argmax(-1, keepdim=True)
+
+
+def _all_reduce_of(ctx):
+    """torch.distributed's all_reduce when the run is distributed, else None."""
+    if ctx is None or not ctx.dist.enabled:
+        return None
+    import torch.distributed as dist
+
+    return dist.all_reduce
 
 
 def _all_reduce_counts(sa_state, ctx) -> None:

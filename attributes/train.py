@@ -10,9 +10,9 @@ import torch
 
 from attributes.config import AttributeRunConfig, DatasetEntry
 from attributes.model import AttributeModel, ModelConfig, build_attribute_model
-from attributes.multidataset import ParallelDatasets
+from attributes.multidataset import ParallelDatasets, SamplerConfig, balancing_weights
 from attributes.step import AttributeStep
-from data_prep.datasets.schema import LabelSchema
+from data_prep.datasets.schema import LabelSchema, TaskKind
 from data_prep.sources import aligned_cache, open_source
 from engine.checkpoint import load_checkpoint
 from engine.config import from_dict, to_dict
@@ -84,12 +84,27 @@ def train(config: AttributeRunConfig, progress: bool = True) -> dict:
     )
     if config.model.head.pos_weight:
         step.set_pos_weights()
-    parallel = ParallelDatasets({n: d.train for n, d in data.items()}, seed=trainer_config.seed)
+    parallel = ParallelDatasets({n: d.train for n, d in data.items()}, seed=trainer_config.seed,
+                                weights=sampling_weights(config.sampler, model, {n: d.train for n, d in data.items()}))
     trainer = Trainer(step, parallel, trainer_config, run_config=_run_config_dict(config, schemas))
     result = trainer.fit()
     result["out_dir"] = str(out_dir)
     result["datasets"] = {n: {"train": len(d.train), "val": len(d.val), "test": len(d.test)} for n, d in data.items()}
     return result
+
+
+def sampling_weights(sampler: SamplerConfig, model: AttributeModel, train_sets: dict) -> dict:
+    """Each dataset's balanced-sampling weights over its binary and categorical tasks (none: {})."""
+    if sampler.balance == "none":
+        return {}
+    if sampler.balance != "inverse_frequency":
+        raise FaceganError(f"sampler.balance must be 'none' or 'inverse_frequency', not {sampler.balance!r}")
+    weights = {}
+    for name, cache in train_sets.items():
+        columns = [c for g in model.groups[name] if g.kind is not TaskKind.REGRESSION for c in g.columns]
+        if columns:
+            weights[name] = balancing_weights(cache.targets, cache.mask, columns, sampler.power)
+    return weights
 
 
 @dataclass

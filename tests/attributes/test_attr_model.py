@@ -1,6 +1,7 @@
 """Trunks, heads, the multi-dataset model and dataset-parallel batching."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -138,6 +139,37 @@ def test_parallel_datasets_cycle_smaller_sets_as_fresh_permutations():
     assert picks[0:4] != picks[4:8] or picks[4:8] != picks[8:] + picks[:2]  # cycles are reshuffled
     again = ParallelDatasets({"big": _Items(10, "big"), "small": _Items(4, "small")}, seed=3)
     assert [again[i]["small"][1] for i in range(10)] == picks
+
+
+def test_balancing_weights_by_hand():
+    from attributes.multidataset import balancing_weights
+
+    # column 0 binary: 1 positive in 4 (freq 1/4 vs 3/4); column 1 a 3-class task with one face unlabelled
+    targets = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
+    mask = torch.tensor([[True, True], [True, True], [True, True], [True, False]])
+    w = balancing_weights(targets, mask, [0], power=1.0)
+    # 1/(1/4) = 4 for the positive, 1/(3/4) = 4/3 for the negatives: 4 : 4/3 : 4/3 : 4/3
+    assert np.allclose(w, np.array([4, 4 / 3, 4 / 3, 4 / 3]) / 8)
+    w = balancing_weights(targets, mask, [0, 1], power=1.0)
+    # column 1 among the 3 labelled faces: class 0 twice (3/2 each), class 1 once (3); face 3 only has column 0
+    raw = np.array([(4 + 1.5) / 2, (4 / 3 + 1.5) / 2, (4 / 3 + 3) / 2, 4 / 3])
+    assert np.allclose(w, raw / raw.sum())
+    assert np.allclose(balancing_weights(targets, mask, [0], power=0.0), 0.25)  # power 0: uniform
+
+
+def test_balanced_cycles_draw_rare_classes_as_often_and_reproducibly():
+    from attributes.multidataset import balancing_weights
+
+    labels = torch.tensor([0.0] * 90 + [1.0] * 10).view(-1, 1)
+    weights = balancing_weights(labels, torch.ones_like(labels, dtype=torch.bool), [0], power=1.0)
+    parallel = ParallelDatasets({"a": _Items(100, "a")}, seed=1, weights={"a": weights})
+    picks = [parallel[i]["a"][1] for i in range(2000)]
+    rare = sum(p >= 90 for p in picks) / len(picks)
+    assert 0.45 < rare < 0.55  # 10% of the faces, about half of the draws
+    again = ParallelDatasets({"a": _Items(100, "a")}, seed=1, weights={"a": weights})
+    assert [again[i]["a"][1] for i in range(1500, 2000)] == picks[1500:]  # a pure function of i: resumable
+    with pytest.raises(ValueError, match="sampling weights"):
+        ParallelDatasets({"a": _Items(100, "a")}, weights={"a": weights[:50]})
 
 
 def test_combine_losses_fixed_and_uncertainty():

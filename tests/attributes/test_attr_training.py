@@ -10,27 +10,9 @@ from PIL import Image
 
 from transfer.cli import main
 
-TINY = [
-    "--set", "datasets.synthetic.synthetic_identities=40",
-    "--set", "model.trunk.width=0.125", "--set", "model.head.conv_channels=16", "--set", "model.head.reduce_channels=8",
-    "--set", "model.head.feature_dim=32", "--set", "trainer.eval_every=10", "--set", "trainer.checkpoint_every=10",
-    "--set", "trainer.progress=false", "--set", "trainer.tensorboard=false", "--set", "trainer.ema_decay=0.9",
-]
-
-
-def _train(tmp_path, name, steps, *extra):
-    out = tmp_path / name
-    data = tmp_path / "synthetic"
-    argv = ["attributes", "train", "--dataset", "synthetic", "--out", str(out), "--steps", str(steps), "--batch-size", "16",
-            "--threads", "1", "--set", f"datasets.synthetic.root={data}", "--set", f"datasets.synthetic.cache_dir={tmp_path / 'cache'}",
-            *TINY, *extra]
-    assert main(argv) == 0
-    return out
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return _train(tmp_path_factory.mktemp("attr"), "run", 20)
+def trained(tmp_path_factory, train_attributes):
+    return train_attributes(tmp_path_factory.mktemp("attr"), "run", 20)
 
 
 def test_training_writes_checkpoints_metrics_and_thresholds(trained):
@@ -68,12 +50,12 @@ def test_predict_aligns_photos_and_reports_bad_inputs(trained, tmp_path):
     assert result["counts"] == {"aligned": 1, "center_crop": 0, "no_face": 1, "unreadable": 1}
 
 
-def test_resumed_attribute_run_equals_uninterrupted(tmp_path):
+def test_resumed_attribute_run_equals_uninterrupted(tmp_path, train_attributes):
     common = ["--set", "trainer.deterministic=true", "--set", "optim.warmup_steps=3", "--set", "optim.schedule_steps=20"]
-    full = _train(tmp_path, "full", 20, *common)
-    part = _train(tmp_path, "part", 10, *common)
+    full = train_attributes(tmp_path, "full", 20, *common)
+    part = train_attributes(tmp_path, "part", 10, *common)
     # The same run continued: max_steps is not part of the maths (the LR schedule length is fixed above).
-    _train(tmp_path, "part", 20, *common, "--resume")
+    train_attributes(tmp_path, "part", 20, *common, "--resume")
     a = torch.load(full / "checkpoints" / "latest.pt", weights_only=True)
     b = torch.load(part / "checkpoints" / "latest.pt", weights_only=True)
     for key, value in a["modules"]["model"].items():
@@ -82,8 +64,8 @@ def test_resumed_attribute_run_equals_uninterrupted(tmp_path):
         assert torch.equal(value, b["ema"]["model"][key]), key
 
 
-def test_sa_softmax_run_keeps_tags_and_eval_compares_confidences(trained, tmp_path):
-    sa_run = _train(tmp_path, "sa", 30, "--sa-softmax", "--set", "sa.plain_epochs=1", "--set", "sa.window_epochs=1")
+def test_sa_softmax_run_keeps_tags_and_eval_compares_confidences(trained, tmp_path, train_attributes):
+    sa_run = train_attributes(tmp_path, "sa", 30, "--sa-softmax", "--set", "sa.plain_epochs=1", "--set", "sa.window_epochs=1")
     state = torch.load(sa_run / "checkpoints" / "latest.pt", weights_only=True)
     tags = state["step_state"]["sa"]["synthetic/binary"]
     assert tags["windows_completed"] >= 2  # 128 training faces, 16 per step: windows end at steps 16 and 24
@@ -102,10 +84,10 @@ def test_sa_softmax_run_keeps_tags_and_eval_compares_confidences(trained, tmp_pa
     assert "AURC" in report and (out / section["selective"]["binary"]["curve_png"]).is_file()
 
 
-def test_shared_binary_task_keeps_its_own_thresholds_and_accuracy(tmp_path):
+def test_shared_binary_task_keeps_its_own_thresholds_and_accuracy(tmp_path, train_attributes):
     # With Male shared, the synthetic set has two binary groups: its own attributes and Male.
     # Each keeps its thresholds and its validation accuracy; eval and predict use the right ones.
-    run = _train(tmp_path, "shared", 10, "--set", "model.head.share_tasks=[Male]")
+    run = train_attributes(tmp_path, "shared", 10, "--set", "model.head.share_tasks=[Male]")
     state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     thresholds = state["step_state"]["thresholds"]
     assert thresholds["synthetic"].shape == (4,) and thresholds["synthetic/Male"].shape == (1,)
