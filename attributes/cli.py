@@ -44,8 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "celeba=/data/celeba; 'synthetic' needs no folder")
     p.add_argument("--out", help="run folder (trainer.out_dir; default runs/attributes)")
     p.add_argument("--trunk", help="alexnet_bn, resnet18, resnet34 or resnet50 (model.trunk.name)")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start the trunk from this checkpoint's trunk: a facegan run (an identity model trained with "
+                   "--identity, say; EMA weights when present), a trunk state_dict or torchvision ResNet weights "
+                   "(model.trunk.checkpoint); the heads start fresh")
     p.add_argument("--input-size", type=int, choices=(64, 128, 224), help="face size in pixels (model.trunk.input_size)")
     p.add_argument("--sa-softmax", action="store_true", help="SA-softmax heads with dynamic tags (model.head.sa_softmax)")
+    p.add_argument("--identity", action="store_true",
+                   help="also learn each dataset's face identity: a categorical task 'Identity' with one class per person "
+                   "of its training split (datasets.NAME.identity); evaluate it with `attributes verify`")
     p.add_argument("--pos-weight", action="store_true",
                    help="class-balanced BCE: positives of a binary attribute weighted (1-p)/p (model.head.pos_weight)")
     p.add_argument("--balanced-sampling", action="store_true",
@@ -78,9 +85,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     from attributes.evaluation import register_cli as register_eval
     from attributes.predict import register_cli as register_predict
+    from attributes.verification import register_cli as register_verify
 
     register_eval(sub)
     register_predict(sub)
+    register_verify(sub)
 
 
 def build_config(args: argparse.Namespace):
@@ -93,7 +102,7 @@ def build_config(args: argparse.Namespace):
         "trainer.seed": args.seed, "trainer.device": args.device, "trainer.threads": args.threads,
         "trainer.amp": True if args.amp else None, "trainer.resume": True if args.resume else None,
         "trainer.force_resume": True if args.force else None,
-        "model.head.pos_weight": True if args.pos_weight else None,
+        "model.head.pos_weight": True if args.pos_weight else None, "model.trunk.checkpoint": args.init_from,
         "sampler.balance": "inverse_frequency" if args.balanced_sampling else None,
         "loss.f_measure": args.f_measure, "loss.f_measure_variant": args.f_measure_variant,
         "loss.center": args.center_loss, "loss.contrastive_center": args.contrastive_center_loss,
@@ -111,6 +120,11 @@ def build_config(args: argparse.Namespace):
         if root:
             entry.root = root
         config.datasets[name] = entry
+    if args.identity:
+        if not config.datasets:
+            config.datasets["synthetic"] = DatasetEntry()
+        for entry in config.datasets.values():
+            entry.identity = True
     if dataset_overrides:
         from engine.config import apply_overrides, from_dict, to_dict
 

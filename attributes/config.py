@@ -19,6 +19,15 @@ class DatasetEntry(SourceConfig):
     tasks: list[str] = field(default_factory=list)  # task names to learn (empty: every task of its schema)
     train_split: str = "train"  # the split trained on; validation uses "val", evaluation "test"
     dedupe: bool = True  # drop exact-duplicate images (UTKFace has byte-identical copies with conflicting ages)
+    identity: bool = False  # add a face-identity task ("Identity"): one class per person of the training split
+
+    def learned_tasks(self) -> list[str]:
+        """`tasks` as the model plans them (empty: every task), with the identity task when asked."""
+        from data_prep.cache import IDENTITY_TASK
+
+        if self.identity and self.tasks and IDENTITY_TASK not in self.tasks:
+            return [*self.tasks, IDENTITY_TASK]
+        return list(self.tasks)
 
 
 @dataclass

@@ -82,6 +82,11 @@ class AttributeModel(nn.Module):
             result += (embeddings,)
         return result
 
+    def embed(self, images: torch.Tensor, subnet: str) -> torch.Tensor:
+        """The fc_feature embedding (before dropout) of sub-network `subnet` for a batch of faces:
+        what face verification compares and the feature-space losses shape."""
+        return self.heads[_module_key(subnet)](self.trunk(images), return_embedding=True)[1]
+
     @property
     def feature_dim(self) -> int:
         """Size of every head's fc_feature embedding."""

@@ -20,7 +20,9 @@ from attributes.heads import TaskGroup, decode_group, group_loss
 from attributes.inference import best_thresholds, predict_cache, threshold_key, to_model_input
 from attributes.losses import F_MEASURE_VARIANTS, FeatureCenters, exclusive_regularization, f_measure_loss
 from attributes.model import AttributeModel
+from attributes.verification import embed_faces, pairwise_auc
 from attributes.multidataset import augment_batch, combine_losses
+from data_prep.cache import IDENTITY_TASK
 from data_prep.datasets.schema import TaskKind
 
 __all__ = ["OptimConfig", "LossConfig", "SAConfig", "AugmentConfig", "AttributeStep"]
@@ -314,6 +316,12 @@ class AttributeStep:
             for group in model.groups[name]:
                 decoded = predictions[group.name]
                 t, m = targets[:, group.columns], mask[:, group.columns]
+                if group.name == IDENTITY_TASK:  # held-out people: how well the embedding tells them apart
+                    auc = pairwise_auc(embed_faces(model, cache, group.subnet, self.eval_batch_size, device),
+                                       [r.identity for r in cache.records])
+                    if auc is not None:
+                        results[f"{name}/{group.name}_verification_auc"] = auc
+                        scores.append(auc)
                 if not m.any():
                     continue
                 if group.kind is TaskKind.BINARY:

@@ -52,6 +52,13 @@ def prepare_datasets(datasets: dict[str, DatasetEntry], size: int, out_dir: str 
         train_view = cache.subset(split=entry.train_split)
         if len(train_view) == 0:
             raise FaceganError(f"dataset {name!r} ({entry.source}) has no faces in split {entry.train_split!r}")
+        if entry.identity:
+            people = sorted(train_view.identities())
+            if len(people) < 2:
+                raise FaceganError(f"dataset {name!r}: an identity task needs at least 2 people in split "
+                                   f"{entry.train_split!r}, found {len(people)} (does {entry.source} have identities?)")
+            cache = cache.with_identity_task(people)
+            train_view = cache.subset(split=entry.train_split)
         prepared[name] = DatasetSplits(name, train_view, cache.subset(split="val"), cache.subset(split="test"), cache.schema)
         log.info("%s: train %d, val %d, test %d faces", name, len(train_view), len(prepared[name].val), len(prepared[name].test))
     return prepared
@@ -73,7 +80,7 @@ def train(config: AttributeRunConfig, progress: bool = True) -> dict:
     size = config.model.trunk.input_size
     data = prepare_datasets(config.datasets, size, out_dir, progress=progress)
     schemas = {name: splits.schema for name, splits in data.items()}
-    tasks = {name: entry.tasks for name, entry in config.datasets.items()}
+    tasks = {name: entry.learned_tasks() for name, entry in config.datasets.items()}
     torch.manual_seed(trainer_config.seed)  # the model's initial weights
     model = build_attribute_model(config.model, schemas, tasks)
     step = AttributeStep(
@@ -127,7 +134,7 @@ def load_attribute_model(checkpoint: str | Path, use_ema: bool = True, device: s
     config = from_dict(AttributeRunConfig, run)
     model_config = config.model
     model_config.trunk.checkpoint = ""  # the weights come from this checkpoint, not the starting point
-    tasks = {name: entry.tasks for name, entry in config.datasets.items()}
+    tasks = {name: entry.learned_tasks() for name, entry in config.datasets.items()}
     model = build_attribute_model(model_config, schemas, tasks)
     weights = state["ema"].get("model") if use_ema and state.get("ema") else None
     model.load_state_dict(weights if weights is not None else state["modules"]["model"])

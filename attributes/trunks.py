@@ -38,7 +38,7 @@ class TrunkConfig:
     name: str = "alexnet_bn"  # alexnet_bn | resnet18 | resnet34 | resnet50
     input_size: int = 64  # 64, 128 or 224 (any size >= 32 works)
     width: float = 0.5  # AlexNet-BN channel multiplier (1.0 = the thesis's 96-256-384-384-256)
-    checkpoint: str = ""  # local weights to start from (torchvision ResNet file or a facegan trunk state_dict)
+    checkpoint: str = ""  # local weights to start from (torchvision ResNet file, a trunk state_dict, or a facegan checkpoint)
 
 
 class ConvUnit(nn.Sequential):
@@ -141,6 +141,10 @@ def _load_checkpoint(trunk: nn.Module, path: str) -> None:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a corrupt file
         raise TrunkError(f"cannot read trunk checkpoint {file}: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("modules"), dict) and "model" in state["modules"]:
+        # a facegan training checkpoint (an identity model, say): its EMA model's trunk, else the raw one
+        ema = state.get("ema") or {}
+        state = ema.get("model") or state["modules"]["model"]
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

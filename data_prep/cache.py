@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from data_prep.datasets.base import FaceDataset
 from data_prep.datasets.record import SPLITS, SampleRecord, SkippedSample
-from data_prep.datasets.schema import LabelSchema, TaskKind
+from data_prep.datasets.schema import LabelSchema, Task, TaskKind
 from data_prep.images import ImageLoadError, load_rgb
 from engine.checkpoint import atomic_write_bytes, atomic_write_text
 from engine.errors import FaceganError
@@ -49,6 +49,7 @@ __all__ = [
     "AlignedFaceCache",
     "BatchAligner",
     "CacheError",
+    "IDENTITY_TASK",
     "StaleCacheError",
     "build_cache",
     "source_fingerprint",
@@ -59,6 +60,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+IDENTITY_TASK = "Identity"  # the task `with_identity_task` adds
 CACHE_FORMAT = "facegan.aligned_face_cache"
 INDEX_FILE = "index.json"
 LABELS_FILE = "labels.npz"
@@ -543,6 +545,29 @@ class AlignedFaceCache(Dataset):
         view.__dict__.update(self.__getstate__())
         view._rows = rows
         view._maps, view._pid = {}, os.getpid()
+        return view
+
+    def with_identity_task(self, people: Sequence[str], name: str = IDENTITY_TASK) -> "AlignedFaceCache":
+        """This view with one more categorical task, `name`, whose classes are `people`: a face
+        of one of them is labelled with that person's index, any other face is unlabelled for it.
+        Nothing is re-aligned: the identities are those the cache stored with each face.
+        Trains a face-identity head; an identity-disjoint split leaves val/test people unlabelled."""
+        people = list(people)
+        if len(people) < 2:
+            raise CacheError(f"an identity task needs at least 2 people, got {len(people)}")
+        if name in self.schema:
+            raise CacheError(f"the cache already has a task named {name!r}")
+        position = {person: i for i, person in enumerate(people)}
+        identity = self.index["samples"]["identity"]
+        values = np.array([position.get(p, 0) for p in identity], dtype=np.float64)
+        known = np.array([p in position for p in identity], dtype=bool)
+        view = self._view(self._rows)
+        view.schema = LabelSchema(self.schema.tasks + (Task(name, TaskKind.CATEGORICAL, tuple(people),
+                                                            description="face identity (a person of the training split)"),))
+        view._values = np.concatenate([self._values, values[:, None]], 1)
+        view._targets = torch.from_numpy(view._values.astype(np.float32))
+        view._mask = torch.cat([self._mask, torch.from_numpy(known)[:, None]], 1)
+        view._records = None
         return view
 
     def split_counts(self) -> dict[str, int]:
