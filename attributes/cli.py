@@ -84,12 +84,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train)
 
     from attributes.evaluation import register_cli as register_eval
+    from attributes.explain import register_cli as register_explain
     from attributes.predict import register_cli as register_predict
     from attributes.verification import register_cli as register_verify
 
     register_eval(sub)
     register_predict(sub)
     register_verify(sub)
+    register_explain(sub)
 
 
 def build_config(args: argparse.Namespace):

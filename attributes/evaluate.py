@@ -538,5 +538,12 @@ def write_evaluation_report(results: Mapping[str, Any], out_dir: str | Path) -> 
         lines += _categorical_lines(section.get("categorical", {}))
         lines += _age_lines(section.get("age", {}))
         lines += _selective_lines(section.get("selective", {}))
+        if section.get("gradcam"):
+            cam = section["gradcam"]
+            lines += ["### Where the head looks (Grad-CAM)", "",
+                      f"Layer `{cam['layer']}`, {cam['faces']} test faces. Sanity check (Adebayo et al.): with the head's "
+                      f"weights re-drawn at random, the maps' mean Spearman rank correlation with these is "
+                      f"{cam['mean_rank_correlation']:.2f} (1 would mean the maps ignore the head; second row of each face).",
+                      "", f"![Grad-CAM]({cam['png']})", ""]
     atomic_write_text(md_path, "\n".join(lines).rstrip() + "\n")
     return {"json": json_path, "markdown": md_path}

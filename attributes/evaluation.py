@@ -72,9 +72,23 @@ def _selective(methods_in: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Pa
     return {"methods": methods, "curve_png": png.name}
 
 
+def _gradcam_section(model, cache, head: str, count: int, tasks: list[str] | None, png: Path) -> dict[str, Any]:
+    """Grad-CAM overlays of `count` faces spread over the split, with the randomised-head check."""
+    from attributes.explain import explain_faces, save_overlays, targets_for
+
+    rows = np.unique(np.linspace(0, len(cache) - 1, min(count, len(cache))).round().astype(int))
+    faces = cache.get_batch(rows)
+    explained = explain_faces(model, faces, head, targets_for(model, head, tasks))
+    save_overlays(png, faces, explained, [f"test face {r}" for r in rows])
+    correlations = [c for values in explained["rank_correlation"].values() for c in values]
+    return {"png": png.name, "faces": len(rows), "layer": getattr(model.trunk, "cam_layer", "trunk"),
+            "tasks": list(explained["maps"]), "mean_rank_correlation": float(np.mean(correlations))}
+
+
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str = "test", compare: str | Path | None = None,
                         dataset: str | None = None, head: str | None = None, device: str = "cpu", batch_size: int = 256,
-                        use_ema: bool = True, work_dir: str | Path | None = None) -> dict[str, Any]:
+                        use_ema: bool = True, work_dir: str | Path | None = None, explain: int = 0,
+                        explain_tasks: list[str] | None = None) -> dict[str, Any]:
     from attributes.config import DatasetEntry
     from attributes.evaluate import (age_metrics, binary_attribute_metrics, categorical_metrics, plot_confusion_matrix,
                                      plot_per_attribute, write_evaluation_report)
@@ -166,6 +180,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
                     base_correct = (base["pred"][valid] == targets[valid, 0].long()).numpy()
                     methods["plain_softmax_model"] = (base["max_softmax"][valid].numpy(), base_correct)
                 section["selective"][group.name] = _selective(methods, out_dir, f"{stem}_{group.name}", f"{label}: {task.name}")
+        if explain > 0:
+            section["gradcam"] = _gradcam_section(model, cache, head_name, explain, explain_tasks, out_dir / f"gradcam_{stem}.png")
         results["datasets"][label] = section
     if not results["datasets"]:
         raise FaceganError(f"nothing to evaluate: no faces in split {split!r} of any dataset")
@@ -193,12 +209,18 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass (default 256)")
     p.add_argument("--device", default="cpu", help="device (default cpu)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA copy")
+    p.add_argument("--explain", type=int, default=0, metavar="N",
+                   help="add Grad-CAM overlays of N test faces per dataset to the report, with the randomised-head "
+                   "sanity check (default 0: none)")
+    p.add_argument("--explain-tasks", help="comma-separated tasks for --explain (default: each head's first six)")
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    tasks = [t.strip() for t in args.explain_tasks.split(",") if t.strip()] if args.explain_tasks else None
     results = evaluate_checkpoint(args.checkpoint, args.out, args.split, args.compare, args.dataset, args.head,
-                                  args.device, args.batch_size, use_ema=not args.raw, work_dir=args.work_dir)
+                                  args.device, args.batch_size, use_ema=not args.raw, work_dir=args.work_dir,
+                                  explain=args.explain, explain_tasks=tasks)
     for label, section in results["datasets"].items():
         parts = [f"{label}: {section['faces']} faces"]
         binary = section.get("binary", {})

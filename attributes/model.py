@@ -82,10 +82,14 @@ class AttributeModel(nn.Module):
             result += (embeddings,)
         return result
 
+    def head_module(self, subnet: str) -> HeadSubnet:
+        """The sub-network named `subnet` (a dataset's name, or "shared:<task>")."""
+        return self.heads[_module_key(subnet)]
+
     def embed(self, images: torch.Tensor, subnet: str) -> torch.Tensor:
         """The fc_feature embedding (before dropout) of sub-network `subnet` for a batch of faces:
         what face verification compares and the feature-space losses shape."""
-        return self.heads[_module_key(subnet)](self.trunk(images), return_embedding=True)[1]
+        return self.head_module(subnet)(self.trunk(images), return_embedding=True)[1]
 
     @property
     def feature_dim(self) -> int:
@@ -94,7 +98,7 @@ class AttributeModel(nn.Module):
 
     def classifier_weight(self, group: TaskGroup) -> torch.Tensor:
         """The output layer's weight rows of `group`'s real classes (not SA's "unrecognizable")."""
-        weight = self.heads[_module_key(group.subnet)].outputs[group.name].weight
+        weight = self.head_module(group.subnet).outputs[group.name].weight
         return weight[:group.num_classes]
 
     def describe(self) -> dict:

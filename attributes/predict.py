@@ -21,7 +21,7 @@ import torch
 from engine.checkpoint import atomic_write_text
 from engine.errors import FaceganError
 
-__all__ = ["predict_paths", "register_cli", "grade_of"]
+__all__ = ["predict_paths", "aligned_photo_batches", "register_cli", "grade_of"]
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,42 @@ def _task_entries(group, decoded: dict[str, torch.Tensor], row: int, thresholds:
     return entries
 
 
+def aligned_photo_batches(inputs: list[Path], size: int, template: str, device: str = "cpu", batch_size: int = 32):
+    """Align the image files in `inputs` (files or folders) in batches, as training faces were.
+    Yields (uint8 faces (B, 3, S, S), [(path, alignment result)], [failure records]); a batch in
+    which nothing aligned yields an empty tensor, so failures are never lost."""
+    from data_prep.align.aligner import AlignConfig, FaceAligner
+    from data_prep.images import ImageLoadError, load_rgb
+
+    aligner = FaceAligner(AlignConfig(template=template, output_size=size, device=device))
+    paths = _collect_paths(inputs)
+    for start in range(0, len(paths), batch_size):
+        failures: list[dict[str, Any]] = []
+        images, kept = [], []
+        for path in paths[start:start + batch_size]:
+            try:
+                images.append(load_rgb(path))
+                kept.append(path)
+            except ImageLoadError as exc:
+                failures.append({"path": str(path), "status": "unreadable", "reason": exc.reason, "detail": str(exc)})
+        faces, face_paths = [], []
+        for path, result in zip(kept, aligner.align_batch(images) if images else []):
+            if result.face is None:
+                failures.append({"path": str(path), "status": "no_face", "reason": result.reason})
+            else:
+                faces.append(result.face)
+                face_paths.append((path, result))
+        batch = (torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).contiguous() if faces
+                 else torch.zeros(0, 3, size, size, dtype=torch.uint8))
+        yield batch, face_paths, failures
+
+
 def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None = None, device: str = "cpu",
                   batch_size: int = 32, use_ema: bool = True) -> dict[str, Any]:
     """Predictions for every image file in `inputs` (files or folders)."""
     from attributes.heads import decode_group
     from attributes.inference import calibrated_thresholds, raw_outputs
     from attributes.train import load_attribute_model
-    from data_prep.align.aligner import AlignConfig, FaceAligner
-    from data_prep.images import ImageLoadError, load_rgb
 
     loaded = load_attribute_model(checkpoint, use_ema=use_ema, device=device)
     model = loaded.model
@@ -92,34 +120,15 @@ def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None =
         raise FaceganError(f"no head {head!r} in {checkpoint}; it has {heads}")
     entry = loaded.config.datasets.get(head)
     template = entry.template if entry is not None else "thesis"
-    aligner = FaceAligner(AlignConfig(template=template, output_size=model.input_size, device=device))
     paths = _collect_paths(inputs)
     if not paths:
         raise FaceganError("no image files given")
     results: list[dict[str, Any]] = []
     flip_tta = loaded.config.eval.flip_tta
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        images, kept = [], []
-        for path in chunk:
-            try:
-                images.append(load_rgb(path))
-                kept.append(path)
-            except ImageLoadError as exc:
-                results.append({"path": str(path), "status": "unreadable", "reason": exc.reason, "detail": str(exc)})
-        if not images:
+    for batch, face_paths, failures in aligned_photo_batches(paths, model.input_size, template, device, batch_size):
+        results += failures
+        if not face_paths:
             continue
-        aligned = aligner.align_batch(images)
-        faces, face_paths = [], []
-        for path, result in zip(kept, aligned):
-            if result.face is None:
-                results.append({"path": str(path), "status": "no_face", "reason": result.reason})
-            else:
-                faces.append(result.face)
-                face_paths.append((path, result))
-        if not faces:
-            continue
-        batch = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).contiguous()
         outputs = raw_outputs(model, batch.to(device), head, flip_tta)
         for row, (path, result) in enumerate(face_paths):
             tasks: dict[str, dict] = {}

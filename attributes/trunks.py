@@ -88,6 +88,7 @@ class AlexNetBN(nn.Module):
         )
         self.out_channels = c5
         self.input_size = input_size
+        self.cam_layer = "features.6"  # the last conv unit, before the final pooling: where Grad-CAM looks
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -114,6 +115,7 @@ class ResNetTrunk(nn.Module):
         self.out_channels = 512 if depth < 50 else 2048
         self.input_size = input_size
         self.small_stem = input_size < 128
+        self.cam_layer = "body.7"  # layer4, the last convolutional stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
