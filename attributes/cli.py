@@ -72,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exclusive", type=float, metavar="WEIGHT",
                    help="add exclusive regularisation of the classifier weights of single-label heads only (identity and "
                    "categorical tasks), with this weight (loss.exclusive)")
+    p.add_argument("--slim", type=float, metavar="RATIO",
+                   help="L1 on the trunk's BatchNorm scales whose coefficient adapts itself (seed 000) until this share "
+                   "of channels is sparse, ready for `attributes prune` (slim.target; alexnet_bn trunk only)")
     p.add_argument("--steps", type=int, help="optimiser steps (trainer.max_steps)")
     p.add_argument("--minutes", type=float, help="wall-clock budget; stops, evaluates and saves when spent (trainer.max_seconds)")
     p.add_argument("--batch-size", type=int, help="faces per dataset per step (trainer.batch_size)")
@@ -86,12 +89,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from attributes.evaluation import register_cli as register_eval
     from attributes.explain import register_cli as register_explain
     from attributes.predict import register_cli as register_predict
+    from attributes.slimming import register_cli as register_prune
     from attributes.verification import register_cli as register_verify
 
     register_eval(sub)
     register_predict(sub)
     register_verify(sub)
     register_explain(sub)
+    register_prune(sub)
 
 
 def build_config(args: argparse.Namespace):
@@ -108,7 +113,7 @@ def build_config(args: argparse.Namespace):
         "sampler.balance": "inverse_frequency" if args.balanced_sampling else None,
         "loss.f_measure": args.f_measure, "loss.f_measure_variant": args.f_measure_variant,
         "loss.center": args.center_loss, "loss.contrastive_center": args.contrastive_center_loss,
-        "loss.exclusive": args.exclusive,
+        "loss.exclusive": args.exclusive, "slim.target": args.slim,
     }
     overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     dataset_overrides = [o for o in args.overrides if o.startswith("datasets.")]

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from attributes.model import ModelConfig
 from attributes.multidataset import SamplerConfig
+from attributes.slimming import SlimConfig
 from attributes.step import AugmentConfig, LossConfig, OptimConfig, SAConfig
 from data_prep.sources import SourceConfig
 from engine.trainer import TrainerConfig
@@ -53,5 +54,7 @@ class AttributeRunConfig:
     sa: SAConfig = field(default_factory=SAConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    slim: SlimConfig = field(default_factory=SlimConfig)  # L1 on the trunk's BN scales, for `attributes prune`
+    init_weights: str = ""  # a checkpoint whose whole model (EMA weights when present) starts this run; same architecture
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=default_trainer)  # batch_size = images per dataset per step

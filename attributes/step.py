@@ -20,6 +20,7 @@ from attributes.heads import TaskGroup, decode_group, group_loss
 from attributes.inference import best_thresholds, predict_cache, threshold_key, to_model_input
 from attributes.losses import F_MEASURE_VARIANTS, FeatureCenters, exclusive_regularization, f_measure_loss
 from attributes.model import AttributeModel
+from attributes.slimming import AdaptiveL1, SlimConfig, l1_of_scales, slimmable_units, sparsity
 from attributes.verification import embed_faces, pairwise_auc
 from attributes.multidataset import augment_batch, combine_losses
 from data_prep.cache import IDENTITY_TASK
@@ -73,7 +74,8 @@ class AugmentConfig:
 class AttributeStep:
     def __init__(self, model: AttributeModel, train_sets: dict[str, Any], val_sets: dict[str, Any], batch_size: int,
                  max_steps: int, optim: OptimConfig, loss: LossConfig, sa: SAConfig, augment: AugmentConfig,
-                 flip_tta: bool = True, calibrate_thresholds: bool = True, eval_batch_size: int = 256):
+                 flip_tta: bool = True, calibrate_thresholds: bool = True, eval_batch_size: int = 256,
+                 slim: SlimConfig | None = None):
         self.model = model
         self.train_sets = train_sets
         self.val_sets = val_sets
@@ -105,6 +107,11 @@ class AttributeStep:
             self.centers = FeatureCenters({key: (group.num_classes, dim) for key, group in self.single_label_heads.items()},
                                           center=loss.center > 0, contrastive=loss.contrastive_center > 0,
                                           delta=loss.contrastive_delta)
+        self.slim_config = slim
+        self.slim = None  # the adaptive lambda; a fixed one is slim.l1
+        if slim is not None and (slim.target > 0 or slim.l1 > 0):
+            slimmable_units(model)  # refuses a trunk it cannot slim, before any training
+            self.slim = AdaptiveL1(slim, max_steps) if slim.target > 0 else None
         self.optimizer = self._build_optimizer()
         if self.centers is not None and self.centers.contrastive is not None:
             self.optimizer.add_param_group({"params": list(self.centers.parameters()), "weight_decay": 0.0})
@@ -128,15 +135,26 @@ class AttributeStep:
         self.ctx = ctx
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "sa": {key: state.state_dict() for key, state in self.sa_states.items()},
             "thresholds": {k: v.clone() for k, v in self.thresholds.items()},
         }
+        if self.slim is not None:
+            state["slim"] = self.slim.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, sa_state in state.get("sa", {}).items():
             self.sa_states[key].load_state_dict(sa_state)
         self.thresholds = {k: v.clone() for k, v in state.get("thresholds", {}).items()}
+        if self.slim is not None and "slim" in state:
+            self.slim.load_state_dict(state["slim"])
+
+    def l1_coefficient(self) -> float:
+        """The current lambda of the L1 on the trunk's BN scales (0: no slimming)."""
+        if self.slim is not None:
+            return self.slim.lam
+        return self.slim_config.l1 if self.slim_config is not None else 0.0
 
     # -- set-up --------------------------------------------------------------------------------
     def _build_optimizer(self) -> Optimizer:
@@ -238,12 +256,22 @@ class AttributeStep:
         total = combine_losses(losses, self.model.loss_terms, self.loss_config.weights, log_vars.float() if use_uncertainty else None)
         head_embeddings, head_labels = self._single_label_batch(embeddings, batch)
         joint.update(self._feature_losses(head_embeddings, head_labels))
+        lam = self.l1_coefficient()
+        if lam > 0:
+            joint["slim_l1"] = lam * l1_of_scales(self.model)
         for key, loss in {**joint, **self.auxiliary_losses(features, layout, extra, step)}.items():
             total = total + loss
             metrics[f"loss/{key}"] = float(loss.detach())
         metrics["grad_norm"] = ctx.optimize("model", total)
         if self.centers is not None:
             self.centers.update(head_embeddings, head_labels, self.loss_config.center_alpha, _all_reduce_of(ctx))
+        if self.slim is not None or lam > 0:  # the adaptive lambda starts at 0 and is watched from the start
+            metrics["slim/lambda"] = lam
+            if (step + 1) % self.slim_config.adjust_every == 0:
+                current = sparsity(self.model, self.slim_config.tau, self.slim_config.scope)
+                metrics["slim/sparsity"] = current
+                if self.slim is not None:
+                    self.slim.observe(current)
         metrics = {"loss": float(total.detach()), "lr": lr, **metrics}
         for key, sa_state in self.sa_states.items():
             if self.sa_active(key.split("/")[0], step):  # logged every step, so any log interval shows the tags

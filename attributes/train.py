@@ -83,11 +83,14 @@ def train(config: AttributeRunConfig, progress: bool = True) -> dict:
     tasks = {name: entry.learned_tasks() for name, entry in config.datasets.items()}
     torch.manual_seed(trainer_config.seed)  # the model's initial weights
     model = build_attribute_model(config.model, schemas, tasks)
+    if config.init_weights:
+        _load_initial_weights(model, config.init_weights)
     step = AttributeStep(
         model, {n: d.train for n, d in data.items()}, {n: d.val for n, d in data.items()},
         batch_size=trainer_config.batch_size, max_steps=trainer_config.max_steps, optim=config.optim,
         loss=config.loss, sa=config.sa, augment=config.augment, flip_tta=config.eval.flip_tta,
         calibrate_thresholds=config.eval.calibrate_thresholds, eval_batch_size=config.eval.batch_size,
+        slim=config.slim,
     )
     if config.model.head.pos_weight:
         step.set_pos_weights()
@@ -98,6 +101,21 @@ def train(config: AttributeRunConfig, progress: bool = True) -> dict:
     result["out_dir"] = str(out_dir)
     result["datasets"] = {n: {"train": len(d.train), "val": len(d.val), "test": len(d.test)} for n, d in data.items()}
     return result
+
+
+def _load_initial_weights(model: AttributeModel, path: str) -> None:
+    """Start from a checkpoint's whole model (a pruned model before fine-tuning, say)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FaceganError(f"init_weights: no checkpoint at {file}")
+    state = load_checkpoint(file, map_location="cpu")
+    weights = (state.get("ema") or {}).get("model") or (state.get("modules") or {}).get("model")
+    if weights is None:
+        raise FaceganError(f"init_weights: {file} holds no attribute model")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise FaceganError(f"init_weights: {file} does not fit this model's architecture ({str(exc).splitlines()[0]})") from None
 
 
 def sampling_weights(sampler: SamplerConfig, model: AttributeModel, train_sets: dict) -> dict:

@@ -18,8 +18,9 @@ a torchvision ImageNet file, or a trunk saved by this package.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -39,6 +40,7 @@ class TrunkConfig:
     input_size: int = 64  # 64, 128 or 224 (any size >= 32 works)
     width: float = 0.5  # AlexNet-BN channel multiplier (1.0 = the thesis's 96-256-384-384-256)
     checkpoint: str = ""  # local weights to start from (torchvision ResNet file, a trunk state_dict, or a facegan checkpoint)
+    channels: list[int] = field(default_factory=list)  # AlexNet-BN: explicit channels of its 5 convs (a pruned model); overrides width
 
 
 class ConvUnit(nn.Sequential):
@@ -68,13 +70,15 @@ def _stem_for(input_size: int) -> tuple[int, int, int]:
 class AlexNetBN(nn.Module):
     """The thesis's AlexNet with BatchNorm after every conv; see the module docstring."""
 
-    def __init__(self, input_size: int = 64, width: float = 0.5, in_channels: int = 3):
+    def __init__(self, input_size: int = 64, width: float = 0.5, in_channels: int = 3, channels: Sequence[int] = ()):
         super().__init__()
         if input_size < 32:
             raise TrunkError(f"AlexNet-BN needs inputs of at least 32 px, got {input_size}")
         if width <= 0:
             raise TrunkError(f"width must be positive, got {width}")
-        c1, c2, c3, c4, c5 = (max(8, int(round(c * width))) for c in (96, 256, 384, 384, 256))
+        if channels and (len(channels) != 5 or min(channels) < 1):
+            raise TrunkError(f"AlexNet-BN channels must be 5 positive counts, got {list(channels)}")
+        c1, c2, c3, c4, c5 = channels or (max(8, int(round(c * width))) for c in (96, 256, 384, 384, 256))
         kernel, stride, padding = _stem_for(input_size)
         self.features = nn.Sequential(
             ConvUnit(in_channels, c1, kernel, stride, padding),
@@ -172,8 +176,10 @@ def build_trunk(config: TrunkConfig) -> nn.Module:
     """The trunk named by `config`; `.out_channels` and `.input_size` describe its output."""
     name = config.name.lower()
     if name in ("alexnet_bn", "alexnet"):
-        trunk: nn.Module = AlexNetBN(config.input_size, config.width)
+        trunk: nn.Module = AlexNetBN(config.input_size, config.width, channels=config.channels)
     elif name.startswith("resnet") and name[6:].isdigit():
+        if config.channels:
+            raise TrunkError("explicit channels (a pruned trunk) are only supported for alexnet_bn")
         trunk = ResNetTrunk(int(name[6:]), config.input_size)
     else:
         raise TrunkError(f"unknown trunk {config.name!r}; choose alexnet_bn, resnet18, resnet34 or resnet50")

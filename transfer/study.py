@@ -190,8 +190,11 @@ def _cell_fingerprint(recipe: Recipe, seed: int, config: StudyConfig, sr_checkpo
         path = sr_checkpoints[domain]
         stat = path.stat()
         sr[domain] = [str(path), stat.st_size, int(stat.st_mtime)]
+    model = to_dict(config.model)
+    if not model["trunk"].get("channels"):  # added later, empty by default: keeps the cells cached before it valid
+        model["trunk"].pop("channels", None)
     return config_fingerprint({
-        "recipe": recipe.key(), "seed": seed, "model": to_dict(config.model), "optim": to_dict(config.optim),
+        "recipe": recipe.key(), "seed": seed, "model": model, "optim": to_dict(config.optim),
         "budget": {k: v for k, v in to_dict(config.budget).items() if k not in ("threads", "device")},
         "tasks": config.tasks, "domains": {d: to_dict(e) for d, e in config.domains.items()},
         "options": to_dict(config.options), "sr": sr,
