@@ -75,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slim", type=float, metavar="RATIO",
                    help="L1 on the trunk's BatchNorm scales whose coefficient adapts itself (seed 000) until this share "
                    "of channels is sparse, ready for `attributes prune` (slim.target; alexnet_bn trunk only)")
+    p.add_argument("--teacher", metavar="CKPT",
+                   help="also learn from this trained model's outputs on every head (knowledge distillation, "
+                   "distill.teacher; distill.temperature, distill.weight); `attributes distill` adds the baseline")
     p.add_argument("--steps", type=int, help="optimiser steps (trainer.max_steps)")
     p.add_argument("--minutes", type=float, help="wall-clock budget; stops, evaluates and saves when spent (trainer.max_seconds)")
     p.add_argument("--batch-size", type=int, help="faces per dataset per step (trainer.batch_size)")
@@ -86,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="with --resume: allow a changed configuration")
     p.set_defaults(func=_run_train)
 
+    from attributes.distill import register_cli as register_distill
     from attributes.evaluation import register_cli as register_eval
     from attributes.explain import register_cli as register_explain
     from attributes.predict import register_cli as register_predict
@@ -97,6 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     register_verify(sub)
     register_explain(sub)
     register_prune(sub)
+    register_distill(sub)
 
 
 def build_config(args: argparse.Namespace):
@@ -113,7 +118,7 @@ def build_config(args: argparse.Namespace):
         "sampler.balance": "inverse_frequency" if args.balanced_sampling else None,
         "loss.f_measure": args.f_measure, "loss.f_measure_variant": args.f_measure_variant,
         "loss.center": args.center_loss, "loss.contrastive_center": args.contrastive_center_loss,
-        "loss.exclusive": args.exclusive, "slim.target": args.slim,
+        "loss.exclusive": args.exclusive, "slim.target": args.slim, "distill.teacher": args.teacher,
     }
     overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     dataset_overrides = [o for o in args.overrides if o.startswith("datasets.")]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from attributes.distill import DistillConfig
 from attributes.model import ModelConfig
 from attributes.multidataset import SamplerConfig
 from attributes.slimming import SlimConfig
@@ -56,5 +57,6 @@ class AttributeRunConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     slim: SlimConfig = field(default_factory=SlimConfig)  # L1 on the trunk's BN scales, for `attributes prune`
     init_weights: str = ""  # a checkpoint whose whole model (EMA weights when present) starts this run; same architecture
+    distill: DistillConfig = field(default_factory=DistillConfig)  # learn from a teacher's outputs too (`attributes distill`)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=default_trainer)  # batch_size = images per dataset per step

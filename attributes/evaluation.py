@@ -27,7 +27,7 @@ import torch
 
 from engine.errors import FaceganError
 
-__all__ = ["evaluate_checkpoint", "register_cli"]
+__all__ = ["evaluate_checkpoint", "headline_accuracy", "register_cli"]
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,20 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
         raise FaceganError(f"nothing to evaluate: no faces in split {split!r} of any dataset")
     results["files"] = {k: str(v) for k, v in write_evaluation_report(results, out_dir).items()}
     return results
+
+
+def headline_accuracy(results: dict) -> dict[str, float]:
+    """The headline accuracy of each evaluated dataset: mean binary accuracy at 0.5, else the
+    mean of its categorical accuracies."""
+    summary = {}
+    for label, section in results["datasets"].items():
+        binary = section.get("binary", {}).get("threshold_0.5")
+        if binary:
+            summary[label] = float(binary["mean_accuracy"])
+        elif section.get("categorical"):
+            values = [float(m["accuracy"]) for m in section["categorical"].values()]
+            summary[label] = sum(values) / len(values)
+    return summary
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:

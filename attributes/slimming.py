@@ -205,20 +205,6 @@ def _images_per_second(models: dict[str, nn.Module], dataset: str, input_size: i
     return {name: batch / sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def _mean_accuracy(results: dict) -> dict[str, float]:
-    """The headline accuracy of each evaluated dataset: mean binary accuracy at 0.5, else the
-    mean of its categorical accuracies."""
-    summary = {}
-    for label, section in results["datasets"].items():
-        binary = section.get("binary", {}).get("threshold_0.5")
-        if binary:
-            summary[label] = float(binary["mean_accuracy"])
-        elif section.get("categorical"):
-            values = [float(m["accuracy"]) for m in section["categorical"].values()]
-            summary[label] = sum(values) / len(values)
-    return summary
-
-
 def prune_checkpoint(checkpoint, out_dir, ratio: float = 0.5, min_keep: float = 0.1, finetune_steps: int = 500,
                      split: str = "test", threads: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Prune a slimmed checkpoint, fine-tune the smaller model, and measure both: parameters, FLOPs,
@@ -227,7 +213,7 @@ def prune_checkpoint(checkpoint, out_dir, ratio: float = 0.5, min_keep: float = 
     from dataclasses import replace
     from pathlib import Path
 
-    from attributes.evaluation import evaluate_checkpoint
+    from attributes.evaluation import evaluate_checkpoint, headline_accuracy
     from attributes.train import load_attribute_model, train
     from engine.checkpoint import atomic_save, atomic_write_text, load_checkpoint
     from engine.config import to_dict
@@ -270,7 +256,7 @@ def prune_checkpoint(checkpoint, out_dir, ratio: float = 0.5, min_keep: float = 
         if name == "finetuned" and finetune_steps == 0:
             continue
         evaluated = evaluate_checkpoint(path, out / f"eval-{name}", split=split, work_dir=work, use_ema=name != "pruned")
-        accuracy[name] = _mean_accuracy(evaluated)
+        accuracy[name] = headline_accuracy(evaluated)
     final = load_attribute_model(finetuned_path, use_ema=finetune_steps > 0).model
     dataset = next(iter(original.groups))
     speed = _images_per_second({"original": original.eval(), "pruned": final.eval(),

@@ -259,7 +259,8 @@ class AttributeStep:
         lam = self.l1_coefficient()
         if lam > 0:
             joint["slim_l1"] = lam * l1_of_scales(self.model)
-        for key, loss in {**joint, **self.auxiliary_losses(features, layout, extra, step)}.items():
+        auxiliary = self.auxiliary_losses(features, layout, extra, step, images=images, outputs=outputs)
+        for key, loss in {**joint, **auxiliary}.items():
             total = total + loss
             metrics[f"loss/{key}"] = float(loss.detach())
         metrics["grad_norm"] = ctx.optimize("model", total)
@@ -322,9 +323,11 @@ class AttributeStep:
         return terms
 
     def auxiliary_losses(self, features: torch.Tensor, layout: list[tuple[str, int]], unlabelled: int,
-                         step: int) -> dict[str, torch.Tensor]:
-        """Extra weighted loss terms from the trunk's features of the whole batch (labelled
-        slices in `layout` order, then `unlabelled` faces); none here, subclasses add theirs."""
+                         step: int, images: torch.Tensor | None = None,
+                         outputs: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+        """Extra weighted loss terms from the step's trunk features of the whole batch (labelled
+        slices in `layout` order, then `unlabelled` faces), its augmented input `images` and the
+        heads' `outputs`; none here, subclasses (domain-adversarial, distillation) add theirs."""
         return {}
 
     # -- evaluation -------------------------------------------------------------------------

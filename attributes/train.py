@@ -85,12 +85,18 @@ def train(config: AttributeRunConfig, progress: bool = True) -> dict:
     model = build_attribute_model(config.model, schemas, tasks)
     if config.init_weights:
         _load_initial_weights(model, config.init_weights)
-    step = AttributeStep(
+    step_class, extra = AttributeStep, {}
+    if config.distill.teacher:
+        from attributes.distill import DistillStep
+
+        step_class = DistillStep
+        extra = {"teacher": load_attribute_model(config.distill.teacher).model, "distill": config.distill}
+    step = step_class(
         model, {n: d.train for n, d in data.items()}, {n: d.val for n, d in data.items()},
         batch_size=trainer_config.batch_size, max_steps=trainer_config.max_steps, optim=config.optim,
         loss=config.loss, sa=config.sa, augment=config.augment, flip_tta=config.eval.flip_tta,
         calibrate_thresholds=config.eval.calibrate_thresholds, eval_batch_size=config.eval.batch_size,
-        slim=config.slim,
+        slim=config.slim, **extra,
     )
     if config.model.head.pos_weight:
         step.set_pos_weights()

@@ -65,7 +65,7 @@ class DANNStep(AttributeStep):
         progress = min(1.0, step / max(1, self.max_steps))
         return self.weight * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)
 
-    def auxiliary_losses(self, features, layout, unlabelled, step):
+    def auxiliary_losses(self, features, layout, unlabelled, step, **_):
         labelled = sum(count for _, count in layout)
         logits = self.ctx.models["domain"](grad_reverse(features.float(), self.reversal_weight(step)))
         labels = torch.cat([torch.zeros(labelled), torch.ones(unlabelled)]).to(logits.device)
