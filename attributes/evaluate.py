@@ -89,7 +89,8 @@ def _mean(values: list[float | None]) -> float | None:
 # -- classification ---------------------------------------------------------------------------
 def binary_attribute_metrics(probs, targets, mask, names: Sequence[str], threshold: float | Any = 0.5) -> dict[str, Any]:
     """Per-attribute accuracy, balanced accuracy (mean of the recalls of the classes present),
-    positive rate (prevalence among the labelled), predicted positive rate and count, for
+    F1 of the positive class (None without labelled positives), positive rate (prevalence among
+    the labelled), the number of positives, predicted positive rate and count, for
     `probs` P(yes) `[N, T]`, targets `[N, T]` in {0, 1} and `mask` `[N, T]` (labelled entries).
     `threshold` is a float or one per attribute; P >= threshold predicts yes. Means over the
     attributes with at least one label: `mean_accuracy`, `mean_balanced_accuracy`."""
@@ -108,10 +109,13 @@ def binary_attribute_metrics(probs, targets, mask, names: Sequence[str], thresho
         entry: dict[str, Any] = {"count": count, "threshold": float(thresholds[k])}
         if count:
             recalls = [float((pred[y == c] == c).mean()) for c in (False, True) if (y == c).any()]
+            tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
             entry.update(accuracy=float((pred == y).mean()), balanced_accuracy=float(np.mean(recalls)),
-                         positive_rate=float(y.mean()), predicted_positive_rate=float(pred.mean()))
+                         positive_rate=float(y.mean()), predicted_positive_rate=float(pred.mean()),
+                         positives=int(y.sum()), f1=(2 * tp / (2 * tp + fp + fn)) if y.any() else None)
         else:
-            entry.update(accuracy=None, balanced_accuracy=None, positive_rate=None, predicted_positive_rate=None)
+            entry.update(accuracy=None, balanced_accuracy=None, positive_rate=None, predicted_positive_rate=None,
+                         positives=0, f1=None)
         per[name] = entry
     return {
         "per_attribute": per,

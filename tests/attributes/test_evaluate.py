@@ -80,11 +80,15 @@ def test_binary_metrics_constant_predictor_has_balanced_accuracy_half():
     assert a["accuracy"] == pytest.approx(0.8) and a["balanced_accuracy"] == pytest.approx(0.5)
     assert a["positive_rate"] == pytest.approx(0.8) and a["predicted_positive_rate"] == 1.0 and a["count"] == 100
     assert b["count"] == 50 and b["accuracy"] == pytest.approx(0.2)
+    # always "yes": TP 80, FP 20, FN 0 -> F1 = 160 / 180; Bald: TP 10, FP 40 -> 20 / 60
+    assert a["f1"] == pytest.approx(160 / 180) and a["positives"] == 80
+    assert b["f1"] == pytest.approx(20 / 60) and b["positives"] == 10
     assert m["mean_accuracy"] == pytest.approx(0.5) and m["mean_balanced_accuracy"] == pytest.approx(0.5)
     # per-attribute thresholds: 0.95 turns attribute 0 into "always no"
     t = binary_attribute_metrics(probs, targets, mask, ["Smiling", "Bald"], threshold=torch.tensor([0.95, 0.5]))
     assert t["per_attribute"]["Smiling"]["accuracy"] == pytest.approx(0.2)
     assert t["per_attribute"]["Bald"]["accuracy"] == pytest.approx(0.2)
+    assert t["per_attribute"]["Smiling"]["f1"] == 0.0  # no positive predicted
 
 
 def test_binary_metrics_unlabelled_attribute_is_left_out_of_means():
