@@ -126,16 +126,19 @@ def _landmarks_of(record: SampleRecord) -> np.ndarray | None:
         raise CacheError(f"{record.path}: meta['landmarks'] must be 5 (x, y) points, got {points!r}") from None
 
 
-def source_fingerprint(dataset: FaceDataset, size: int, aligner: BatchAligner | None = None) -> str:
+def source_fingerprint(dataset: FaceDataset, size: int, aligner: BatchAligner | None = None, splits: bool = True) -> str:
     """A short hash of everything the cache content depends on: the records (paths, labels,
     identities, splits; landmarks when aligning), the schema, the size and the aligner settings.
-    Image bytes are not read: replacing an image file in place is not detected."""
+    With `splits=False`, everything but the splits: two datasets that differ only in how their
+    people are split have the same aligned faces. Image bytes are not read: replacing an image
+    file in place is not detected."""
     digest = hashlib.sha256()
     head = {"version": CACHE_VERSION, "size": int(size), "schema": dataset.schema.to_dict(),
             "aligner": _describe_aligner(aligner)}
     digest.update(json.dumps(head, sort_keys=True, default=str).encode())
     for record in dataset.records:
-        row = [str(record.path), record.identity, record.split, sorted((k, float(v)) for k, v in record.labels.items())]
+        row = [str(record.path), record.identity, record.split if splits else None,
+               sorted((k, float(v)) for k, v in record.labels.items())]
         if aligner is not None:
             points = _landmarks_of(record)
             row.append(None if points is None else np.round(points, 3).tolist())
@@ -200,16 +203,25 @@ def build_cache(
         raise CacheError(f"{out_dir} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = source_fingerprint(dataset, size, aligner)
+    content = source_fingerprint(dataset, size, aligner, splits=False)
 
     index = _read_json(out_dir / INDEX_FILE)
-    if index is not None:
-        if index.get("fingerprint") == fingerprint and index.get("version") == CACHE_VERSION:
+    if index is not None and index.get("version") == CACHE_VERSION:
+        same = index.get("fingerprint") == fingerprint
+        if not same and index.get("content_fingerprint") == content:
+            # The same faces split another way: rewrite the split column, align nothing again.
+            _resplit_index(out_dir, index, dataset, fingerprint)
+            same = True
+        if same:
             try:
                 cache = AlignedFaceCache(out_dir)
             except CacheError as exc:
                 log.warning("%s; building it again", exc)
                 _clear(out_dir)
             else:
+                if index.get("content_fingerprint") != content:  # an index written before it was recorded
+                    index["content_fingerprint"] = content
+                    atomic_write_text(out_dir / INDEX_FILE, json.dumps(index))
                 log.info("cache %s is up to date (fingerprint %s); reusing it", out_dir, fingerprint)
                 return cache
             index = None
@@ -259,7 +271,7 @@ def build_cache(
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True)
-    _write_index(dataset, out_dir, size, aligner, fingerprint, state, num_shards)
+    _write_index(dataset, out_dir, size, aligner, fingerprint, state, num_shards, content)
     (out_dir / PROGRESS_FILE).unlink(missing_ok=True)
     return AlignedFaceCache(out_dir)
 
@@ -336,8 +348,21 @@ def _align(aligner: BatchAligner, images: list[np.ndarray], landmarks: list[np.n
     return out
 
 
+def _resplit_index(out_dir: Path, index: dict, dataset: FaceDataset, fingerprint: str) -> None:
+    """Give a finished cache the splits of `dataset`, whose faces it already holds."""
+    records = dataset.records
+    samples = index["samples"]
+    samples["split"] = [records[i].split for i in samples["source_index"]]
+    index["fingerprint"] = fingerprint
+    atomic_write_text(out_dir / INDEX_FILE, json.dumps(index))
+    counts: dict[str, int] = {}
+    for split in samples["split"]:
+        counts[str(split)] = counts.get(str(split), 0) + 1
+    log.info("cache %s: same faces, new splits %s; re-split without aligning again", out_dir, counts)
+
+
 def _write_index(dataset: FaceDataset, out_dir: Path, size: int, aligner: BatchAligner | None,
-                 fingerprint: str, state: dict, num_shards: int) -> None:
+                 fingerprint: str, state: dict, num_shards: int, content_fingerprint: str = "") -> None:
     records = dataset.records
     schema = dataset.schema
     rows: list[int] = []
@@ -372,6 +397,7 @@ def _write_index(dataset: FaceDataset, out_dir: Path, size: int, aligner: BatchA
         "layout": "NHWC uint8 RGB",
         "schema": schema.to_dict(),
         "fingerprint": fingerprint,
+        "content_fingerprint": content_fingerprint,  # the fingerprint without splits: a re-split reuses the faces
         "build": {"aligner": _describe_aligner(aligner), "shard_size": state["shard_size"],
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
         "shards": shards,

@@ -191,6 +191,38 @@ def test_stale_cache_is_detected(tmp_path, synth):
     assert len(smaller) == 5 and len(list(out.glob("images-*.u8"))) == 1
 
 
+def test_resplit_reuses_the_aligned_faces(tmp_path, synth):
+    from data_prep.datasets.splits import resplit_by_identity
+
+    out = tmp_path / "c"
+    aligner = CountingAligner()
+    first = build_cache(synth, out, SIZE, aligner=aligner, progress=False)
+    seen = aligner.images_seen
+    resplit = resplit_by_identity(synth, test_fraction=0.5, val_fraction=0.0, seed=3)
+    assert [r.split for r in resplit.records] != [r.split for r in synth.records]
+    again = build_cache(resplit, out, SIZE, aligner=aligner, on_stale="error", progress=False)
+    assert aligner.images_seen == seen  # nothing aligned again
+    assert again.fingerprint != first.fingerprint
+    assert [r.split for r in again.records] == [r.split for r in resplit.records]
+    assert torch.equal(again.get_batch(range(len(again))), first.get_batch(range(len(first))))
+    assert build_cache(resplit, out, SIZE, aligner=aligner, progress=False).fingerprint == again.fingerprint
+    # back to the first split, and an index from before content fingerprints existed is upgraded on reuse
+    index = json.loads((out / "index.json").read_text())
+    back = build_cache(synth, out, SIZE, aligner=aligner, progress=False)
+    assert aligner.images_seen == seen and back.fingerprint == first.fingerprint
+    index = json.loads((out / "index.json").read_text())
+    index.pop("content_fingerprint")
+    (out / "index.json").write_text(json.dumps(index))
+    build_cache(synth, out, SIZE, aligner=aligner, progress=False)
+    assert "content_fingerprint" in json.loads((out / "index.json").read_text())
+    # other labels are other content: a full rebuild
+    records = list(synth.records)
+    changed = SampleRecord(records[0].path, {**records[0].labels, "Smiling": 1 - records[0].labels["Smiling"]},
+                           records[0].identity, "test", records[0].meta)
+    build_cache(synth.with_records([changed] + records[1:]), out, SIZE, aligner=aligner, progress=False)
+    assert aligner.images_seen > seen
+
+
 def test_missing_or_corrupt_cache_is_a_clear_error(tmp_path, synth):
     with pytest.raises(CacheError, match="no aligned-face cache"):
         AlignedFaceCache(tmp_path / "nowhere")
