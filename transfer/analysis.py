@@ -138,7 +138,8 @@ def _gap(matrix: dict[str, dict[str, Any]], target: str, arms: list[str]) -> dic
     result["closed"] = {}
     for arm in arms:
         if arm in LABEL_FREE_ARMS and arm != "colour_match":
-            result["closed"][arm] = (ba(arm) - colour) / residual if abs(residual) > 1e-9 else None
+            # A share of a gap that is not there (colour-match at or above the oracle) means nothing.
+            result["closed"][arm] = (ba(arm) - colour) / residual if residual > 1e-9 else None
     return result
 
 
@@ -151,9 +152,12 @@ def sentences(direction: dict[str, Any], task: str) -> list[str]:
         return [f"{task}, {source} -> {target}: {target}'s test split has no labelled {task} face; nothing to compare."]
     if "target_only" in m:
         drop = m["target_only"][target]["balanced_accuracy"]["mean"] - m["source_only"][target]["balanced_accuracy"]["mean"]
-        out.append(f"{task}, {source} -> {target}: trained on {source} alone, balanced accuracy on {target} is "
-                   f"{100 * m['source_only'][target]['balanced_accuracy']['mean']:.1f}%, "
-                   f"{100 * drop:.1f} points {'below' if drop > 0 else 'above'} the oracle trained on {target}'s own labels.")
+        text = (f"{task}, {source} -> {target}: trained on {source} alone, balanced accuracy on {target} is "
+                f"{100 * m['source_only'][target]['balanced_accuracy']['mean']:.1f}%, "
+                f"{100 * abs(drop):.1f} points {'below' if drop > 0 else 'above'} the oracle trained on {target}'s own labels.")
+        if drop <= 0:
+            text += " The oracle is no better here, so this test split shows no domain drop to close."
+        out.append(text)
     better = [a for a, v in direction["verdicts"].items() if v["verdict"] == "better"]
     worse = [a for a, v in direction["verdicts"].items() if v["verdict"] == "worse"]
     neutral = [a for a, v in direction["verdicts"].items() if v["verdict"] == "no significant difference"]
@@ -167,7 +171,11 @@ def sentences(direction: dict[str, Any], task: str) -> list[str]:
     if neutral:
         out.append(f"No significant difference from source-only: {', '.join(neutral)}.")
     gap = direction["gap"]
-    if "residual_gap" in gap:
+    if "residual_gap" in gap and gap["residual_gap"] <= 1e-9:
+        out.append(f"Colour alone (colour-match minus source-only) moves balanced accuracy by {100 * gap['colour_gain']:+.1f} "
+                   f"points, which already reaches the oracle ({100 * -gap['residual_gap']:.1f} points above it): no "
+                   "residual gap is left for another arm to close.")
+    elif "residual_gap" in gap:
         out.append(f"Colour alone (colour-match minus source-only) moves balanced accuracy by {100 * gap['colour_gain']:+.1f} "
                    f"points; the residual gap to the oracle after colour-matching is {100 * gap['residual_gap']:.1f} points.")
         halves = [a for a, c in gap["closed"].items() if c is not None and c >= 0.5]

@@ -83,3 +83,18 @@ def test_gap_sentence_does_not_claim_an_unsupported_gain():
     text = " ".join(sentences(direction, "Male"))
     assert "By point estimate, closing at least half of the residual gap without target labels: sr_mix, dann." in text
     assert "sr_mix does not beat source-only by the rule above" in text and "dann does not" not in text
+
+
+def test_no_drop_and_no_residual_gap_are_said_as_such():
+    from transfer.analysis import _gap
+
+    # the oracle below source-only, and colour-match above the oracle (a weak oracle: few target labels)
+    matrix = {arm: {"b": {"balanced_accuracy": {"mean": value}}}
+              for arm, value in {"source_only": 0.74, "target_only": 0.72, "colour_match": 0.85, "sr_mix": 0.80}.items()}
+    gap = _gap(matrix, "b", ["source_only", "target_only", "colour_match", "sr_mix"])
+    assert gap["residual_gap"] < 0 and gap["closed"] == {"sr_mix": None}  # no share of a gap that is not there
+    direction = {"source": "a", "target": "b", "matrix": matrix,
+                 "verdicts": {"sr_mix": {"verdict": "better"}, "colour_match": {"verdict": "better"}}, "gap": gap}
+    text = " ".join(sentences(direction, "Male"))
+    assert "2.0 points above the oracle" in text and "no domain drop" in text
+    assert "no residual gap is left" in text and "closing at least half" not in text and "closes half" not in text
