@@ -184,19 +184,29 @@ def prepare_sr_stage(domain: str, config: StudyConfig, out_dir: Path, progress: 
 # ------------------------------------------------------------------------------------------
 # Cells
 # ------------------------------------------------------------------------------------------
+# Fields that shared configs gained after studies had cached cells, with their defaults. Left
+# out of a cell's fingerprint while at the default, so that those cells stay valid.
+_LATER_DEFAULTS = {"channels": [], "identity": False}
+
+
+def _without_later_defaults(data):
+    if isinstance(data, dict):
+        return {k: _without_later_defaults(v) for k, v in data.items()
+                if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
+    return data
+
+
 def _cell_fingerprint(recipe: Recipe, seed: int, config: StudyConfig, sr_checkpoints: dict[str, Path]) -> str:
     sr = {}
     for domain in recipe.needs_sr:
         path = sr_checkpoints[domain]
         stat = path.stat()
         sr[domain] = [str(path), stat.st_size, int(stat.st_mtime)]
-    model = to_dict(config.model)
-    if not model["trunk"].get("channels"):  # added later, empty by default: keeps the cells cached before it valid
-        model["trunk"].pop("channels", None)
     return config_fingerprint({
-        "recipe": recipe.key(), "seed": seed, "model": model, "optim": to_dict(config.optim),
+        "recipe": recipe.key(), "seed": seed, "model": _without_later_defaults(to_dict(config.model)),
+        "optim": to_dict(config.optim),
         "budget": {k: v for k, v in to_dict(config.budget).items() if k not in ("threads", "device")},
-        "tasks": config.tasks, "domains": {d: to_dict(e) for d, e in config.domains.items()},
+        "tasks": config.tasks, "domains": {d: _without_later_defaults(to_dict(e)) for d, e in config.domains.items()},
         "options": to_dict(config.options), "sr": sr,
     })
 

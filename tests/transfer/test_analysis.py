@@ -98,3 +98,13 @@ def test_no_drop_and_no_residual_gap_are_said_as_such():
     text = " ".join(sentences(direction, "Male"))
     assert "2.0 points above the oracle" in text and "no domain drop" in text
     assert "no residual gap is left" in text and "closing at least half" not in text and "closes half" not in text
+
+
+def test_cell_fingerprints_ignore_config_fields_added_later_at_their_defaults():
+    from attributes.config import DatasetEntry
+    from transfer.study import _without_later_defaults
+
+    entry = {"source": "lfw", "identity": False, "tasks": [], "trunk": {"channels": [], "width": 0.25}}
+    assert _without_later_defaults(entry) == {"source": "lfw", "tasks": [], "trunk": {"width": 0.25}}
+    assert _without_later_defaults({"identity": True, "channels": [8]}) == {"identity": True, "channels": [8]}
+    assert "identity" in vars(DatasetEntry())  # the field exists, so the rule above is what keeps old caches valid
