@@ -16,6 +16,7 @@ batch, labelled or not.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -105,23 +106,22 @@ class DistillStep(AttributeStep):
 
 
 # -- the command: student with the teacher, and the same student alone ------------------------------
-def _student_config(teacher_checkpoint: Path, overrides: list[str], out_dir: Path, steps: int | None,
-                    threads: int | None, progress: bool):
+def _student_config(teacher_checkpoint: Path, overrides: list[str], steps: int | None, threads: int | None,
+                    progress: bool):
     from attributes.config import AttributeRunConfig
     from attributes.train import load_attribute_model
     from engine.config import apply_overrides, from_dict, to_dict
 
-    teacher = load_attribute_model(teacher_checkpoint)
-    config = teacher.config
+    config = load_attribute_model(teacher_checkpoint).config
     # the default student: the teacher's trunk at half width
     config.model = replace(config.model, trunk=replace(config.model.trunk, width=config.model.trunk.width / 2,
                                                        checkpoint="", channels=[]))
     config.slim = type(config.slim)()
     config.init_weights = ""
     config = from_dict(AttributeRunConfig, apply_overrides(to_dict(config), overrides))
-    config.trainer = replace(config.trainer, out_dir=str(out_dir), resume=False, progress=progress,
+    config.trainer = replace(config.trainer, resume=False, progress=progress,
                              max_steps=steps or config.trainer.max_steps, threads=threads or config.trainer.threads)
-    return teacher, config
+    return config
 
 
 def distill(teacher_checkpoint: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
@@ -139,17 +139,18 @@ def distill(teacher_checkpoint: str | Path, out_dir: str | Path, overrides: list
     out.mkdir(parents=True, exist_ok=True)
     runs = {"student": out / "student"} | ({"alone": out / "alone"} if baseline else {})
     checkpoints: dict[str, Path] = {"teacher": Path(teacher_checkpoint)}
-    config = None
+    student = _student_config(Path(teacher_checkpoint), overrides or [], steps, threads, progress)
     for name, folder in runs.items():
-        _, config = _student_config(Path(teacher_checkpoint), overrides or [], folder, steps, threads, progress)
+        config = copy.deepcopy(student)  # one config for both runs; only the folder and the teacher differ
+        config.trainer.out_dir = str(folder)
         config.distill = DistillConfig(str(teacher_checkpoint), temperature, weight) if name == "student" else DistillConfig()
         result = train(config, progress=progress)
         best = folder / "checkpoints" / "best.pt"
         checkpoints[name] = best if best.is_file() else Path(result["checkpoint"])
     work = Path(teacher_checkpoint).resolve().parent.parent
     summary: dict[str, Any] = {"teacher": str(teacher_checkpoint), "temperature": temperature, "weight": weight,
-                               "steps": config.trainer.max_steps, "seed": config.trainer.seed, "split": split,
-                               "student_trunk": {"name": config.model.trunk.name, "width": config.model.trunk.width},
+                               "steps": student.trainer.max_steps, "seed": student.trainer.seed, "split": split,
+                               "student_trunk": {"name": student.model.trunk.name, "width": student.model.trunk.width},
                                "models": {}}
     for name, path in checkpoints.items():
         evaluated = evaluate_checkpoint(path, out / f"eval-{name}", split=split, work_dir=work)

@@ -20,9 +20,9 @@ from attributes.heads import TaskGroup, decode_group, group_loss
 from attributes.inference import best_thresholds, predict_cache, threshold_key, to_model_input
 from attributes.losses import F_MEASURE_VARIANTS, FeatureCenters, exclusive_regularization, f_measure_loss
 from attributes.model import AttributeModel
+from attributes.multidataset import augment_batch, combine_losses
 from attributes.slimming import AdaptiveL1, SlimConfig, l1_of_scales, slimmable_units, sparsity
 from attributes.verification import embed_faces, pairwise_auc
-from attributes.multidataset import augment_batch, combine_losses
 from data_prep.cache import IDENTITY_TASK
 from data_prep.datasets.schema import TaskKind
 
@@ -398,9 +398,8 @@ def _all_reduce_of(ctx):
 
 def _all_reduce_counts(sa_state, ctx) -> None:
     """Sum each rank's window counts so every replica flips the same tags."""
-    if ctx is None or not ctx.dist.enabled:
+    all_reduce = _all_reduce_of(ctx)
+    if all_reduce is None:
         return
-    import torch.distributed as dist
-
     for tensor in sa_state.counters():
-        dist.all_reduce(tensor)
+        all_reduce(tensor)
