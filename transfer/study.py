@@ -235,6 +235,10 @@ def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool)
                         weight=config.options.dann_weight, **step_args)
     else:
         step = AttributeStep(model, train_sets, val_sets, **step_args)
+    if model_config.head.pos_weight:
+        # balanced accuracy is the headline, and the domains' priors differ (LFW-a is 75% male):
+        # each cell weights positives by its own labelled training faces' prevalence
+        step.set_pos_weights()
     budget = config.budget
     trainer_config = TrainerConfig(
         out_dir=str(cell.folder), max_steps=budget.steps, batch_size=recipe.batch_size, seed=cell.seed,

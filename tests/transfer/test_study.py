@@ -163,3 +163,42 @@ def test_cli_dry_run_and_bad_config_errors(tmp_path, capsys):
     assert "unknown arm" in capsys.readouterr().err
     assert main(["transfer", "run", preset, "--dry-run", "--set", "directions=[lfw->nowhere]"]) == 2
     assert "unknown domain" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arm", ["source_only", "joint", "dann"])
+def test_class_balanced_cells_weight_positives_by_their_own_training_prior(study, monkeypatch, arm):
+    import transfer.study as study_module
+    from dataclasses import replace
+    from transfer.facesets import FaceSets
+
+    out, _ = study
+    config = _tiny_config(out)
+    study_module._settle_locations(config, out)
+    sets = FaceSets(config, out, progress=False)
+    recipe = recipe_for(arm, "studio", "wild", config)
+    balanced = replace(config, model=replace(config.model, head=replace(config.model.head, pos_weight=True)))
+    assert (study_module._cell_fingerprint(recipe, 0, balanced, {}) != study_module._cell_fingerprint(recipe, 0, config, {}))
+    captured = {}
+
+    class NoTraining:
+        def __init__(self, step, *args, **kwargs):
+            captured["step"] = step
+
+        def fit(self):
+            pass
+
+    monkeypatch.setattr(study_module, "Trainer", NoTraining)
+    cell = study_module.Cell(recipe, 0, "x", out / "unused-cell")
+    for cfg, weighted in ((config, False), (balanced, True)):
+        study_module._train_cell(cell, cfg, sets, progress=False)
+        step = captured["step"]
+        for name, faces in recipe.train:
+            group = step.model.groups[name][0]
+            if not weighted:
+                assert group.pos_weight is None
+                continue
+            cache = sets.get(faces)
+            labels = cache.targets[:, group.columns][:, 0]
+            p = labels[cache.mask[:, group.columns][:, 0]].float().mean()
+            assert 0 < p < 1
+            assert torch.allclose(group.pos_weight, ((1 - p) / p).reshape(1)), (arm, name)
