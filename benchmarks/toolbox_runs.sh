@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Issue 8's measurements on ../shared/data, one after another (each training is ~15 minutes on an
+# idle 2-core CPU; run nothing else beside it). Every step is skipped when its output exists, so an
+# interrupted sweep is simply started again. Results land under runs/toolbox/; the summaries are
+# printed at the end and written to runs/toolbox/summary.md.
+#
+#   bash benchmarks/toolbox_runs.sh [STEP ...]      # STEP: fmeasure identity init slim distill (default: all)
+#   DEVICE=cuda bash benchmarks/toolbox_runs.sh     # the trainings on a GPU (prune timings stay on the CPU)
+#
+# THREADS (default 2) and DEVICE (default auto) go to every training.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FG="${FACEGAN:-.venv/bin/facegan}"
+PY="${PYTHON:-.venv/bin/python}"
+OUT="${OUT:-runs/toolbox}"
+THREADS="${THREADS:-2}"
+DEVICE="${DEVICE:-auto}"
+STEPS=("$@")
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(fmeasure identity init slim distill)
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.md"
+
+log() { echo "[toolbox $(date +%H:%M:%S)] $*" | tee -a "$OUT/toolbox.log"; }
+
+train() {  # train NAME ARGS...: one attribute training, skipped when it finished before
+    local name=$1; shift
+    if [ -f "$OUT/$name/checkpoints/best.pt" ] && [ -f "$OUT/$name/done" ]; then log "$name: done before"; return; fi
+    local resume=()
+    [ -f "$OUT/$name/checkpoints/latest.pt" ] && resume=(--resume)
+    log "$name: training $*"
+    /usr/bin/time -f "$name: %e s wall" -a -o "$OUT/times.txt" \
+        "$FG" attributes train "$@" --out "$OUT/$name" --threads "$THREADS" --device "$DEVICE" "${resume[@]}"
+    touch "$OUT/$name/done"
+}
+
+evaluate() {  # evaluate NAME: its test-split evaluation (results.json)
+    local name=$1
+    [ -f "$OUT/$name/eval/results.json" ] && return
+    "$FG" attributes eval "$OUT/$name/checkpoints/best.pt" --out "$OUT/$name/eval"
+}
+
+verify() {  # verify NAME: LFW-a verification on the identity preset's unseen half, shared pairs
+    local name=$1
+    [ -f "$OUT/$name/verify/results.json" ] && return
+    local pairs=()
+    [ -f "$OUT/pairs.txt" ] && pairs=(--pairs-file "$OUT/pairs.txt")
+    "$FG" attributes verify "$OUT/$name/checkpoints/best.pt" --on lfw --out "$OUT/$name/verify" "${pairs[@]}"
+    [ -f "$OUT/pairs.txt" ] || cp "$OUT/$name/verify/pairs.txt" "$OUT/pairs.txt"
+}
+
+for step in "${STEPS[@]}"; do
+    case "$step" in
+    fmeasure)  # the 10 rarest CelebA attributes (>= 20 test positives), 30% of the people held out
+        train t30-bce --config configs/attributes/celeba64-t30.yaml
+        train t30-posw --config configs/attributes/celeba64-t30.yaml --pos-weight
+        train t30-floss --config configs/attributes/celeba64-t30.yaml --f-measure 1
+        for n in t30-bce t30-posw t30-floss; do evaluate $n; done
+        { echo "## F-measure"; echo '```'
+          "$PY" benchmarks/rare_attributes.py bce="$OUT/t30-bce/eval/results.json" \
+              pos_weight="$OUT/t30-posw/eval/results.json" floss="$OUT/t30-floss/eval/results.json"
+          echo '```'; } | tee -a "$SUMMARY"
+        ;;
+    identity)  # softmax alone against softmax plus each feature loss, verified on unseen LFW-a people
+        train id-softmax --config configs/attributes/identity64.yaml
+        train id-center --config configs/attributes/identity64.yaml --center-loss 0.01
+        train id-contrastive --config configs/attributes/identity64.yaml --contrastive-center-loss 0.1
+        train id-exclusive --config configs/attributes/identity64.yaml --exclusive 0.1
+        for n in id-softmax id-center id-contrastive id-exclusive; do verify $n; done
+        { echo "## Identity (LFW-a verification, 10 person-disjoint folds)"; echo
+          echo "| model | accuracy | sd | AUC |"; echo "|---|---|---|---|"
+          for n in id-softmax id-center id-contrastive id-exclusive; do
+              "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print(f'| {sys.argv[2]} | {100*r[\"accuracy_mean\"]:.2f} | {100*r[\"accuracy_sd\"]:.2f} | {r[\"auc\"]:.4f} |')" \
+                  "$OUT/$n/verify/results.json" "$n"
+          done; echo; } | tee -a "$SUMMARY"
+        ;;
+    init)  # CelebA attributes from the face-identity trunk against the same model from scratch
+        train celeba-scratch --config configs/attributes/celeba64.yaml
+        train celeba-faceinit --config configs/attributes/celeba64.yaml --init-from "$OUT/id-softmax/checkpoints/best.pt"
+        for n in celeba-scratch celeba-faceinit; do evaluate $n; done
+        { echo "## Face-pretrained trunk (CelebA test, mean accuracy at 0.5)"; echo
+          for n in celeba-scratch celeba-faceinit; do
+              "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); d=next(iter(r['datasets'].values())); print(f'- {sys.argv[2]}: {100*d[\"binary\"][\"threshold_0.5\"][\"mean_accuracy\"]:.2f}%')" \
+                  "$OUT/$n/eval/results.json" "$n"
+          done; echo; } | tee -a "$SUMMARY"
+        ;;
+    slim)  # adaptive L1 against network slimming's fixed L1, both pruned at 50% and fine-tuned
+        train slim-adaptive --config configs/attributes/celeba64.yaml --slim 0.5
+        train slim-fixed --config configs/attributes/celeba64.yaml --slim 0.5 --set slim.adaptive=false --set slim.l1=1e-4
+        for n in slim-adaptive slim-fixed; do
+            [ -f "$OUT/$n/pruned/prune.json" ] || "$FG" attributes prune "$OUT/$n/checkpoints/best.pt" --ratio 0.5 \
+                --out "$OUT/$n/pruned" --threads "$THREADS" --no-progress
+        done
+        { echo "## Slimming"; for n in slim-adaptive slim-fixed; do echo "### $n"; cat "$OUT/$n/pruned/prune.md"; echo; done; } | tee -a "$SUMMARY"
+        ;;
+    distill)  # a half-width student from the CelebA model, against the same student alone
+        [ -f "$OUT/distill/distill.md" ] || "$FG" attributes distill "$OUT/celeba-scratch/checkpoints/best.pt" \
+            --out "$OUT/distill" --threads "$THREADS" --no-progress
+        { echo "## Distillation"; cat "$OUT/distill/distill.md"; echo; } | tee -a "$SUMMARY"
+        ;;
+    *) echo "unknown step $step (fmeasure identity init slim distill)" >&2; exit 2 ;;
+    esac
+done
+log "summary: $SUMMARY"
