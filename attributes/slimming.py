@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from engine.errors import FaceganError
+from engine.modes import eval_mode
 
 __all__ = ["SlimConfig", "AdaptiveL1", "slimmable_units", "bn_scales", "l1_of_scales", "sparsity", "prune_model",
            "count_parameters", "count_flops"]
@@ -174,12 +175,9 @@ def count_flops(model, dataset: str) -> int:
     """FLOPs of one face through the trunk and `dataset`'s heads (torch.utils.flop_counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
     x = torch.zeros(1, 3, model.input_size, model.input_size, device=next(model.parameters()).device)
-    with FlopCounterMode(display=False) as counter:
+    with eval_mode(model), FlopCounterMode(display=False) as counter:
         model(x, [(dataset, 1)])
-    model.train(was_training)
     return int(counter.get_total_flops())
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from engine.errors import FaceganError
+from engine.modes import eval_mode
 
 __all__ = ["TrunkConfig", "ConvUnit", "AlexNetBN", "ResNetTrunk", "build_trunk", "TrunkError"]
 
@@ -190,9 +191,6 @@ def build_trunk(config: TrunkConfig) -> nn.Module:
 
 def feature_shape(trunk: nn.Module, input_size: int) -> tuple[int, int, int]:
     """(C, H, W) of the trunk's output for one input_size x input_size face."""
-    was_training = trunk.training
-    trunk.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(trunk):
         out = trunk(torch.zeros(1, 3, input_size, input_size))
-    trunk.train(was_training)
     return tuple(out.shape[1:])

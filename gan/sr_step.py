@@ -23,11 +23,10 @@ WGAN-GP. `evaluate` reports PSNR / SSIM of the EMA generator on held-out faces b
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,6 +34,7 @@ from torch.optim import Adam, Optimizer
 
 from engine.config import ConfigError, from_dict
 from engine.errors import FaceganError
+from engine.modes import eval_mode
 from engine.reproducibility import derive_seed
 from gan.degrade import Degradation, bicubic_upsample, eval_seeds, to_unit_range
 from gan.losses import get_gan_loss, lpips_loss, pixel_loss
@@ -51,22 +51,13 @@ class SRInputError(FaceganError, ValueError):
     """A training batch is not a batch of HR faces of the configured size."""
 
 
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    # Evaluation must not update BatchNorm running statistics: they are training state.
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 @torch.no_grad()
 def super_resolve(generator: nn.Module, lr: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """SR images in [-1, 1] (clamped) of LR images in [-1, 1], in eval mode, batch by batch."""
     device = next(generator.parameters()).device
-    with _eval_mode(generator):
+    with eval_mode(generator):
         return torch.cat([generator(chunk.to(device)).float().clamp(-1.0, 1.0) for chunk in lr.split(batch_size)])
 
 

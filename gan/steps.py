@@ -13,8 +13,7 @@ tuple/list whose first item is the images (a TensorDataset). Images are (B, C, H
 """
 from __future__ import annotations
 
-import contextlib
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,6 +22,7 @@ from torch.optim import Adam, Optimizer
 from engine.config import ConfigError
 from engine.distributed import all_reduce_mean
 from engine.errors import FaceganError
+from engine.modes import eval_mode
 from engine.reproducibility import derive_seed
 from gan.config import GANConfig
 from gan.losses import BEGANLoss, get_gan_loss
@@ -38,16 +38,6 @@ class GANInputError(FaceganError, ValueError):
     """A training batch is not a batch of images of the configured size."""
 
 
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    # Sampling must not touch BatchNorm running statistics: they are training state that goes
-    # into checkpoints, and a resumed run must not depend on when grids were drawn.
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 class GANStep:
@@ -154,7 +144,7 @@ class GANStep:
 
     @staticmethod
     def _generate(net: nn.Module, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        with torch.no_grad(), _eval_mode(net):
+        with torch.no_grad(), eval_mode(net):
             # BEGAN's decoder has no tanh: clamp so every consumer gets valid images.
             return torch.cat([net(chunk).float().clamp(-1.0, 1.0) for chunk in z.split(batch_size)])
 
