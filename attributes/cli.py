@@ -89,12 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="with --resume: allow a changed configuration")
     p.set_defaults(func=_run_train)
 
-    from attributes.distill import register_cli as register_distill
+    from attributes.distill_cli import register_cli as register_distill
     from attributes.evaluation import register_cli as register_eval
     from attributes.explain import register_cli as register_explain
     from attributes.predict import register_cli as register_predict
-    from attributes.slimming import register_cli as register_prune
-    from attributes.verification import register_cli as register_verify
+    from attributes.prune_cli import register_cli as register_prune
+    from attributes.verify_cli import register_cli as register_verify
 
     register_eval(sub)
     register_predict(sub)
