@@ -126,14 +126,17 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
         f"difference (same resamples for both, averaged over seeds) excludes 0 after a Holm correction across the arms "
         f"(family-wise alpha {config.stats.alpha}). Whatever sees target faces without labels (the SR model, DANN, the "
         f"colour statistics) sees only the target's train split.")
-    def split_rule(domain: str) -> str:
+    def split_rule(domain: str, info: dict) -> str:
         entry = config.domains[domain]
         if not entry.test_fraction:
             return "the dataset's own split"
-        return (f"people (files without identities): {100 * entry.test_fraction:.0f}% test, "
+        unit = "people" if info["test_people"] else (
+            "files (no identities" + ("; byte-identical duplicates dropped first" if entry.dedupe
+                                      else "") + ")")
+        return (f"{unit}: {100 * entry.test_fraction:.0f}% test, "
                 f"{100 * entry.val_fraction:.0f}% val, seed {entry.split_seed}")
 
-    rows = [[d, info["source"], split_rule(d), info["train"], info["val"], info["test"], info["test_people"],
+    rows = [[d, info["source"], split_rule(d, info), info["train"], info["val"], info["test"], info["test_people"],
              info["detection_failures"]] for d, info in results["domains"].items()]
     report.table(["domain", "dataset", "split by", "train faces", "val faces", "test faces", "test people",
                   "left out by the aligner"],
