@@ -140,6 +140,9 @@ def _gap(matrix: dict[str, dict[str, Any]], target: str, arms: list[str]) -> dic
         if arm in LABEL_FREE_ARMS and arm != "colour_match":
             # A share of a gap that is not there (colour-match at or above the oracle) means nothing.
             result["closed"][arm] = (ba(arm) - colour) / residual if residual > 1e-9 else None
+    # source-only's own share: when colour-matching costs accuracy it is above 0, and an arm's share
+    # says nothing about a gain over source-only unless it exceeds this one
+    result["source_only_share"] = (source - colour) / residual if residual > 1e-9 and source is not None else None
     return result
 
 
@@ -178,6 +181,10 @@ def sentences(direction: dict[str, Any], task: str) -> list[str]:
     elif "residual_gap" in gap:
         out.append(f"Colour alone (colour-match minus source-only) moves balanced accuracy by {100 * gap['colour_gain']:+.1f} "
                    f"points; the residual gap to the oracle after colour-matching is {100 * gap['residual_gap']:.1f} points.")
+        if gap.get("source_only_share") is not None and gap["colour_gain"] < 0:
+            out.append(f"Colour-matching costs accuracy here, so the residual gap is measured from below source-only, "
+                       f"which itself sits at {100 * gap['source_only_share']:.0f}% of it: an arm's share shows a gain "
+                       "only where it exceeds that.")
         halves = [a for a, c in gap["closed"].items() if c is not None and c >= 0.5]
         if halves:
             # A point estimate is not a finding: say which of them the comparison rule supports.

@@ -177,6 +177,9 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
             gap = direction["gap"]
             if "residual_gap" in gap:
                 gap_rows = [[ARM_TITLES.get(a, a), "n/a" if c is None else f"{100 * c:.0f}%"] for a, c in gap["closed"].items()]
+                if gap.get("source_only_share") is not None:
+                    gap_rows.append([f"{ARM_TITLES.get('source_only', 'source only')} (reference)",
+                                     f"{100 * gap['source_only_share']:.0f}%"])
                 report.table(["arm (no target labels)", "share of the residual gap closed"], gap_rows,
                              caption=f"Residual gap = oracle − colour-match = {100 * gap['residual_gap']:.1f} points "
                                      f"(colour alone: {100 * gap['colour_gain']:+.1f})")

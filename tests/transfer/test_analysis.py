@@ -3,6 +3,7 @@ that one domain's test split does not label."""
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from data_prep.datasets.schema import LabelSchema
@@ -98,6 +99,23 @@ def test_no_drop_and_no_residual_gap_are_said_as_such():
     text = " ".join(sentences(direction, "Male"))
     assert "2.0 points above the oracle" in text and "no domain drop" in text
     assert "no residual gap is left" in text and "closing at least half" not in text and "closes half" not in text
+
+
+def test_a_costly_colour_match_puts_source_only_inside_the_residual_gap():
+    from transfer.analysis import _gap
+
+    # two colour domains: grayscale costs accuracy, so every arm near source-only 'closes' a share
+    matrix = {arm: {"b": {"balanced_accuracy": {"mean": value}}}
+              for arm, value in {"source_only": 0.874, "target_only": 0.929, "colour_match": 0.825, "dann": 0.863}.items()}
+    gap = _gap(matrix, "b", ["source_only", "target_only", "colour_match", "dann"])
+    assert gap["source_only_share"] == pytest.approx((0.874 - 0.825) / (0.929 - 0.825))
+    assert gap["closed"]["dann"] == pytest.approx((0.863 - 0.825) / (0.929 - 0.825))
+    direction = {"source": "a", "target": "b", "matrix": matrix, "verdicts": {"dann": {"verdict": "worse"}}, "gap": gap}
+    text = " ".join(sentences(direction, "Male"))
+    assert "source-only, which itself sits at 47% of it" in text
+    matrix["colour_match"]["b"]["balanced_accuracy"]["mean"] = 0.90  # colour helps: no such caveat
+    direction["gap"] = _gap(matrix, "b", ["source_only", "target_only", "colour_match", "dann"])
+    assert "itself sits at" not in " ".join(sentences(direction, "Male"))
 
 
 def test_cell_fingerprints_ignore_config_fields_added_later_at_their_defaults():
