@@ -51,11 +51,15 @@ def _bar_chart(direction: dict[str, Any], task: str, path: Path) -> Path:
     x = np.arange(len(arms))
     ax.bar(x, means, color=colours, yerr=[np.subtract(means, lows), np.subtract(highs, means)], capsize=4)
     majority = 100 * direction["majority"][target]["balanced_accuracy"]
-    ax.axhline(majority, color="k", linestyle=":", linewidth=1, label=f"majority class ({majority:.0f})")
+    # The axis starts near the lowest bar so that arms a few points apart stay distinguishable; a
+    # majority line below it is named in the legend rather than stretching the axis down to it.
+    bottom = max(0.0, min(lows) - 10)
+    where = ", below the axis" if majority < bottom else ""
+    ax.axhline(majority, color="k", linestyle=":", linewidth=1, label=f"majority class ({majority:.0f}{where})")
     ax.set_xticks(x)
     ax.set_xticklabels([ARM_TITLES.get(a, a) for a in arms], rotation=30, ha="right")
     ax.set_ylabel(f"balanced accuracy on {target} (%)")
-    ax.set_ylim(max(0.0, min(lows) - 10), min(100.0, max(highs) + 5))
+    ax.set_ylim(bottom, min(100.0, max(highs) + 5))
     ax.set_title(f"{task}: {direction['source']} -> {target} (green: beats source-only after Holm)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
