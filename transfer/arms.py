@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from transfer.config import ARM_NAMES, StudyConfig
+from transfer.config import ARM_NAMES, ArmOptions, StudyConfig
 
 __all__ = ["Recipe", "ARMS", "recipe_for", "faces_for_testing"]
 
@@ -46,6 +46,19 @@ class Recipe:
         return {"train": [list(t) for t in self.train], "unlabelled": list(self.unlabelled),
                 "batch_size": self.batch_size, "test_colour": self.test_colour,
                 "domain_adversarial": self.domain_adversarial}
+
+    def options_used(self, options: ArmOptions) -> dict:
+        """The study options this recipe's training reads: its face sets' transforms, and DANN's
+        settings when it is adversarial. A cell is fingerprinted with these alone, so changing,
+        say, the colour-match mode retrains only the colour-match cells."""
+        used: dict = {}
+        for _, faces in self.train:
+            for part in (p.strip() for p in faces.split("+")):
+                if "|" in part:
+                    used.update(options.used_by_transform(part.split("|", 1)[1].partition(":")[0]))
+        if self.domain_adversarial:
+            used.update(options.used_by_dann())
+        return used
 
 
 def _source_only(s: str, t: str, config: StudyConfig) -> Recipe:

@@ -12,6 +12,7 @@ from attributes.config import DatasetEntry
 from attributes.model import ModelConfig
 from attributes.step import OptimConfig
 from attributes.trunks import TrunkConfig
+from engine.config import to_dict
 
 __all__ = [
     "ARM_NAMES", "SRStageConfig", "AugmentMixConfig", "ArmOptions", "BudgetConfig", "StatsConfig", "StudyConfig",
@@ -51,6 +52,19 @@ class ArmOptions:
     dann_weight: float = 0.3  # largest weight of the domain loss; it ramps up as 2/(1+exp(-10p))-1 over training
     dann_hidden: int = 128  # width of the domain classifier's hidden layer
     degradation_seed: int = 0  # seeds the degradation of the source faces (SR-mix and bicubic-mix share it)
+
+    def used_by_transform(self, kind: str) -> dict:
+        """The options a face-set transform (`sr`, `bicubic`, `augment`, `gray`, `stats`) reads.
+        Caches key on these alone, so changing an option re-runs only what reads it. The colour
+        mode is not here: it chooses which transform a recipe uses, and the face-set name says so."""
+        if kind in ("sr", "bicubic"):
+            return {"degradation_seed": self.degradation_seed}
+        if kind == "augment":
+            return {"augment": to_dict(self.augment), "degradation_seed": self.degradation_seed}
+        return {}
+
+    def used_by_dann(self) -> dict:
+        return {"dann_weight": self.dann_weight, "dann_hidden": self.dann_hidden}
 
 
 @dataclass

@@ -167,14 +167,12 @@ class FaceSets:
                 raise StudyDataError(f"face set {name!r} needs the SR model of domain {argument!r}, which the study has not "
                                      "prepared (is that domain a target with an SR stage?)")
             stat = Path(checkpoint).stat()
-            depends.update(checkpoint=str(checkpoint), bytes=stat.st_size, mtime=int(stat.st_mtime),
-                           degradation_seed=options.degradation_seed)
-        elif kind == "augment":
-            depends.update(augment=to_dict(options.augment), seed=options.degradation_seed)
+            depends.update(checkpoint=str(checkpoint), bytes=stat.st_size, mtime=int(stat.st_mtime))
         elif kind == "stats":
             depends.update(target=argument, target_faces=len(self.get(f"{argument}/train")))
-        elif kind != "gray":
+        elif kind not in ("gray", "augment"):
             raise StudyDataError(f"unknown face transform {transform!r} in {name!r}")
+        depends.update(options.used_by_transform(kind))
         path = self.out_dir / "facesets" / f"{_slug(name)}-{config_fingerprint(depends)}.npz"
         if path.is_file():
             try:

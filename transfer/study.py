@@ -196,7 +196,10 @@ def _without_later_defaults(data):
     return data
 
 
-def _cell_fingerprint(recipe: Recipe, seed: int, config: StudyConfig, sr_checkpoints: dict[str, Path]) -> str:
+def _cell_fingerprint(recipe: Recipe, seed: int, config: StudyConfig, sr_checkpoints: dict[str, Path],
+                      legacy: bool = False) -> str:
+    """Everything the cell's model depends on. `legacy`: the scheme before 2026-11-25, which
+    took every study option, so that a change of, say, the colour mode retrained every arm."""
     sr = {}
     for domain in recipe.needs_sr:
         path = sr_checkpoints[domain]
@@ -207,8 +210,25 @@ def _cell_fingerprint(recipe: Recipe, seed: int, config: StudyConfig, sr_checkpo
         "optim": to_dict(config.optim),
         "budget": {k: v for k, v in to_dict(config.budget).items() if k not in ("threads", "device")},
         "tasks": config.tasks, "domains": {d: _without_later_defaults(to_dict(e)) for d, e in config.domains.items()},
-        "options": to_dict(config.options), "sr": sr,
+        "options": to_dict(config.options) if legacy else recipe.options_used(config.options), "sr": sr,
     })
+
+
+def _cell_folder(recipe: Recipe, seed: int, fingerprint: str, out_dir: Path) -> Path:
+    return out_dir / "cells" / f"{recipe.arm}-s{seed}-{fingerprint}"
+
+
+def _adopt_legacy_cell(recipe: Recipe, seed: int, config: StudyConfig, sr_checkpoints: dict[str, Path],
+                       folder: Path) -> None:
+    """A cell cached under the legacy fingerprint of this same config is this cell: rename it,
+    so that studies run before the change keep their trainings."""
+    if folder.exists():
+        return
+    legacy = _cell_folder(recipe, seed, _cell_fingerprint(recipe, seed, config, sr_checkpoints, legacy=True),
+                          folder.parent.parent)
+    if legacy.is_dir() and legacy != folder:
+        log.info("cell %s: adopting %s (cached under the fingerprint of every study option)", folder.name, legacy.name)
+        legacy.rename(folder)
 
 
 def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool) -> None:
@@ -340,7 +360,10 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
     for key, recipe in recipes.items():
         for seed in config.seeds:
             fingerprint = _cell_fingerprint(recipe, seed, config, sets.sr_checkpoints)
-            cells.setdefault(fingerprint, Cell(recipe, seed, fingerprint, out_dir / "cells" / f"{recipe.arm}-s{seed}-{fingerprint}"))
+            if fingerprint not in cells:
+                folder = _cell_folder(recipe, seed, fingerprint, out_dir)
+                _adopt_legacy_cell(recipe, seed, config, sets.sr_checkpoints, folder)
+                cells[fingerprint] = Cell(recipe, seed, fingerprint, folder)
             assignment.setdefault(key, []).append(fingerprint)
     log.info("%d arm x direction x seed combinations need %d distinct trainings", sum(map(len, assignment.values())), len(cells))
 

@@ -30,6 +30,59 @@ def test_equal_recipes_share_one_training_and_mixes_keep_the_budget():
     assert faces_for_testing("a", "gray") == "a/test|gray" and faces_for_testing("a", "") == "a/test"
 
 
+def test_a_cell_fingerprint_changes_only_with_the_options_its_recipe_reads(tmp_path):
+    from dataclasses import replace
+
+    import transfer.study as study_module
+    from transfer.config import ArmOptions
+
+    config = StudyConfig()
+    checkpoint = tmp_path / "sr.pt"
+    checkpoint.write_bytes(b"x")
+    sr = {"b": checkpoint}
+
+    def fingerprints(options: ArmOptions) -> dict[str, str]:
+        changed = replace(config, options=options)
+        return {arm: study_module._cell_fingerprint(recipe_for(arm, "a", "b", changed), 0, changed, sr) for arm in ARMS}
+
+    base = fingerprints(config.options)
+    changes = {
+        "colour_match": (replace(config.options, colour_match="target_stats"), {"colour_match"}),
+        "dann_weight": (replace(config.options, dann_weight=1.0), {"dann"}),
+        "dann_hidden": (replace(config.options, dann_hidden=7), {"dann"}),
+        "augment": (replace(config.options, augment=replace(config.options.augment, blur_prob=0.0)), {"augment_mix"}),
+        "degradation_seed": (replace(config.options, degradation_seed=3), {"sr_mix", "bicubic_mix", "augment_mix"}),
+    }
+    for name, (options, expected) in changes.items():
+        after = fingerprints(options)
+        assert {arm for arm in ARMS if after[arm] != base[arm]} == expected, name
+
+
+def test_a_cell_cached_under_the_legacy_fingerprint_is_adopted_not_retrained(tmp_path):
+    import transfer.study as study_module
+
+    config = StudyConfig()
+    recipe = recipe_for("source_only", "a", "b", config)
+    legacy = study_module._cell_fingerprint(recipe, 0, config, {}, legacy=True)
+    current = study_module._cell_fingerprint(recipe, 0, config, {})
+    assert legacy != current
+    old = study_module._cell_folder(recipe, 0, legacy, tmp_path)
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "predictions.npz").write_bytes(b"cached")
+    folder = study_module._cell_folder(recipe, 0, current, tmp_path)
+    study_module._adopt_legacy_cell(recipe, 0, config, {}, folder)
+    assert not old.exists() and (folder / "predictions.npz").read_bytes() == b"cached"
+    # a legacy cell of another config (here another colour mode) is not this cell
+    from dataclasses import replace
+
+    other = replace(config, options=replace(config.options, colour_match="target_stats"))
+    (old / "predictions.npz").parent.mkdir(parents=True)
+    (old / "predictions.npz").write_bytes(b"grayscale run")
+    elsewhere = tmp_path / "cells" / "fresh"
+    study_module._adopt_legacy_cell(recipe, 0, other, {}, elsewhere)
+    assert old.exists() and not elsewhere.exists()
+
+
 # -- transforms ---------------------------------------------------------------------------------
 def test_grayscale_and_colour_statistics():
     faces = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
