@@ -45,6 +45,10 @@ class OptimConfig:
 class LossConfig:
     weighting: str = "fixed"  # fixed | uncertainty (Kendall et al.: learned log-variances)
     weights: dict[str, float] = field(default_factory=dict)  # "dataset" or "dataset/group" -> weight (default 1)
+    # per_task: each head's loss is its mean over the faces labelled for it, so a head labelled on
+    # 5 faces of a batch of 64 weighs as much as one labelled on all 64 (each of its labels ~13x).
+    # by_coverage: that mean times the labelled share of the batch, so every label weighs the same.
+    sparse_labels: str = "per_task"  # per_task | by_coverage
     # Joint supervision (SPEC §7, attributes/losses.py): each term is added to the total loss with
     # its weight (0: off), outside the fixed or uncertainty weighting of the heads' own losses.
     center: float = 0.0  # center loss on the embeddings of single-label heads (identity, categorical)
@@ -94,6 +98,8 @@ class AttributeStep:
         self.eval_batch_size = eval_batch_size
         if loss.weighting not in ("fixed", "uncertainty"):
             raise ValueError(f"loss weighting must be 'fixed' or 'uncertainty', not {loss.weighting!r}")
+        if loss.sparse_labels not in ("per_task", "by_coverage"):
+            raise ValueError(f"loss.sparse_labels must be 'per_task' or 'by_coverage', not {loss.sparse_labels!r}")
         if loss.f_measure_variant not in F_MEASURE_VARIANTS:
             raise ValueError(f"loss.f_measure_variant must be one of {F_MEASURE_VARIANTS}, not {loss.f_measure_variant!r}")
         # Single-label heads, keyed by sub-network and group, so a shared head has one set of centres.
@@ -239,8 +245,10 @@ class AttributeStep:
                 sa_targets = sa_state.current_labels(index.cpu()).to(out.device) if sa_state is not None and active else None
                 loss = group_loss(group, out, targets[:, group.columns], mask[:, group.columns], sa_targets, active)
                 if loss is not None:
-                    losses[key] = loss
                     metrics[f"loss/{key}"] = float(loss.detach())
+                    if self.loss_config.sparse_labels == "by_coverage":
+                        loss = loss * mask[:, group.columns].float().mean()
+                    losses[key] = loss
                 if sa_state is not None and active:
                     sa_state.record(index.cpu(), _sa_predictions(group, out.detach()).cpu())
                 if group.kind is TaskKind.BINARY and not group.sa and self.loss_config.f_measure > 0:

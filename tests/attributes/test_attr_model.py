@@ -203,3 +203,44 @@ def test_augmentation_is_reproducible_and_flips_exactly():
     flipped = augment_batch(x, True, 0, torch.Generator().manual_seed(0))
     for k in range(2):
         assert torch.equal(flipped[k], x[k]) or torch.equal(flipped[k], x[k].flip(-1))
+
+
+class _CapturingContext:
+    """Just enough of engine.trainer.StepContext to run one AttributeStep.train_step on the CPU."""
+
+    def __init__(self, model):
+        import contextlib
+
+        self.models = {"model": model}
+        self.autocast = contextlib.nullcontext
+        self.dist = None
+        self.total = None
+
+    def optimize(self, name, loss, retain_graph=False):
+        self.total = loss.detach()
+        return 0.0
+
+
+@pytest.mark.parametrize("mode", ["per_task", "by_coverage"])
+def test_sparse_labels_by_coverage_weighs_a_head_by_its_labelled_share_of_the_batch(mode):
+    from attributes.step import AttributeStep, AugmentConfig, LossConfig, OptimConfig, SAConfig
+
+    schema = LabelSchema((Task("Male", TaskKind.BINARY), Task("Age", TaskKind.REGRESSION, value_range=(0.0, 20.0))))
+    torch.manual_seed(0)
+    model = build_attribute_model(ModelConfig(TrunkConfig("alexnet_bn", 64, 0.125),
+                                              HeadConfig(conv_channels=8, reduce_channels=8, feature_dim=8)), {"d": schema})
+    step = AttributeStep(model, {"d": list(range(40))}, {}, batch_size=8, max_steps=10, optim=OptimConfig(),
+                         loss=LossConfig(sparse_labels=mode), sa=SAConfig(), augment=AugmentConfig(flip=False, max_shift=0))
+    step.ctx = _CapturingContext(model)
+    targets = torch.tensor([[1.0, 3.0], [0, 0], [1, 0], [0, 0], [1, 0], [0, 7.0], [1, 0], [0, 0]])
+    mask = torch.ones(8, 2, dtype=torch.bool)
+    mask[:, 1] = torch.tensor([True, False, False, False, False, True, False, False])  # age on 2 of 8 faces
+    batch = {"d": {"image": torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8), "targets": targets,
+                   "mask": mask, "index": torch.arange(8)}}
+    metrics = step.train_step(batch, 0)
+    male, age = metrics["loss/d/binary"], metrics["loss/d/Age"]  # each head's mean over its own labels
+    expected = male + (age if mode == "per_task" else age * 2 / 8)
+    assert float(step.ctx.total) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="sparse_labels"):
+        AttributeStep(model, {"d": list(range(40))}, {}, batch_size=8, max_steps=10, optim=OptimConfig(),
+                      loss=LossConfig(sparse_labels="sometimes"), sa=SAConfig(), augment=AugmentConfig())
