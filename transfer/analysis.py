@@ -43,6 +43,19 @@ def _test_labels(sets, domain: str, task: str) -> tuple[np.ndarray, np.ndarray, 
     return y, known, _groups(faces.identity)
 
 
+def _test_counts(labels: dict[str, tuple], domains: list[str]) -> dict[str, Any]:
+    """What one task is scored on in each domain: labelled test faces, their people and positives.
+    A secondary task labelled on a few people has wide intervals, and the report says why."""
+    counts: dict[str, Any] = {"test_faces": {}, "test_groups": {}, "test_people": {}, "test_positives": {}}
+    for d in domains:
+        y, known, groups = labels[d]
+        counts["test_faces"][d] = int(known.sum())
+        counts["test_groups"][d] = "identities" if groups is not None else "files"
+        counts["test_people"][d] = int(len(np.unique(groups[known]))) if groups is not None else None
+        counts["test_positives"][d] = int((y[known] == 1).sum())
+    return counts
+
+
 def analyse(config: StudyConfig, directions: list[tuple[str, str]], recipes: dict[tuple[str, str, str], Recipe],
             assignment: dict[tuple[str, str, str], list[str]], outputs: dict[str, dict[str, Any]], sets) -> dict[str, Any]:
     st = config.stats
@@ -92,9 +105,7 @@ def analyse(config: StudyConfig, directions: list[tuple[str, str]], recipes: dic
             if not scorable:
                 per_direction[f"{source}->{target}"] = {
                     "source": source, "target": target, "matrix": matrix, "majority": majority, "verdicts": {},
-                    "gap": {"note": f"no labelled {task} faces in {target}'s test split"},
-                    "test_faces": {d: int(labels[d][1].sum()) for d in domains},
-                    "test_groups": {d: ("identities" if labels[d][2] is not None else "files") for d in domains},
+                    "gap": {"note": f"no labelled {task} faces in {target}'s test split"}, **_test_counts(labels, domains),
                 }
                 continue
             for arm, result in paired.items():
@@ -104,9 +115,7 @@ def analyse(config: StudyConfig, directions: list[tuple[str, str]], recipes: dic
                 entry.update(result.to_dict())
             per_direction[f"{source}->{target}"] = {
                 "source": source, "target": target, "matrix": matrix, "majority": majority,
-                "verdicts": verdicts, "gap": _gap(matrix, target, config.arms),
-                "test_faces": {d: int(labels[d][1].sum()) for d in domains},
-                "test_groups": {d: ("identities" if labels[d][2] is not None else "files") for d in domains},
+                "verdicts": verdicts, "gap": _gap(matrix, target, config.arms), **_test_counts(labels, domains),
             }
         results["tasks"][task] = per_direction
     return results

@@ -113,6 +113,21 @@ def gap_sentence(gaps: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _scored_on(direction: dict[str, Any], task: str) -> str:
+    """The labelled test faces behind a task's columns (older results lack the people and positives)."""
+    parts = []
+    for domain, faces in direction.get("test_faces", {}).items():
+        people = direction.get("test_people", {}).get(domain)
+        positives = direction.get("test_positives", {}).get(domain)
+        text = f"{domain} {faces} faces"
+        if people is not None:
+            text += f" of {people} people"
+        if positives is not None:
+            text += f", {positives} of them positive"
+        parts.append(text)
+    return f"Scored on the test faces labelled for {task}: " + "; ".join(parts) + "."
+
+
 def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     report = Report(f"Cross-domain study: {config.name}", out_dir)
@@ -154,6 +169,7 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
             report.heading(f"{task}: {source} -> {target}")
             for line in sentences(direction, task):
                 report.text(line)
+            report.text(_scored_on(direction, task))
             header = ["trained as"] + [f"{d} test{' (target)' if d == target else ' (source)' if d == source else ''}"
                                        for d in domains]
             def metric(arm: str, domain: str, name: str) -> str:

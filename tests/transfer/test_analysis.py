@@ -71,6 +71,15 @@ def test_matrix_verdicts_and_an_unlabelled_secondary_task():
     assert smiling["matrix"]["source_only"]["b"] is None and smiling["verdicts"] == {}
     assert smiling["matrix"]["source_only"]["a"]["accuracy"]["mean"] == 1.0
     assert "no labelled Smiling face" in sentences(smiling, "Smiling")[0]
+    # what each column is scored on: labelled faces, their people, their positives
+    assert male["test_faces"] == {"a": 45, "b": 45} and male["test_people"] == {"a": 15, "b": 15}
+    assert male["test_positives"] == {d: int(truth[d][:, 0].sum()) for d in ("a", "b")}
+    assert smiling["test_faces"]["b"] == 0 and smiling["test_positives"]["b"] == 0 and smiling["test_people"]["b"] == 0
+    from transfer.study_report import _scored_on
+
+    assert _scored_on(male, "Male") == (f"Scored on the test faces labelled for Male: a 45 faces of 15 people, "
+                                        f"{male['test_positives']['a']} of them positive; b 45 faces of 15 people, "
+                                        f"{male['test_positives']['b']} of them positive.")
 
 
 def test_gap_sentence_does_not_claim_an_unsupported_gain():

@@ -165,6 +165,7 @@ def test_study_writes_matrix_verdicts_and_report(study):
             assert verdict["holm_low"] > 0 or verdict["holm_high"] < 0
     html = (out / "report.html").read_text()
     assert "Holm" in html and "SR-mix" in html
+    assert f"Scored on the test faces labelled for Male: studio {direction['test_faces']['studio']} faces of" in html
     assert "people: 30% test" in html and "files (no identities" not in html  # the synthetic people split
     for image in __import__("re").findall(r"<img src='([^']+)'", html):
         assert (out / image).is_file(), image  # relative paths: the folder can be zipped as is
