@@ -32,13 +32,20 @@ def _model(seed=0):
 
 
 def test_adaptive_rule_by_hand():
-    rule = AdaptiveL1(SlimConfig(target=0.5, l1=0.0, delta=1.0, adjust_every=50), max_steps=200)  # N = 4 checks
-    lambdas = []
+    rule = AdaptiveL1(SlimConfig(target=0.5, l1=0.0, step="additive", delta=1.0, adjust_every=50), max_steps=200)  # N = 4
+    geometric = AdaptiveL1(SlimConfig(target=0.5, l1=0.0, delta=1.0, growth=1.0, adjust_every=50), max_steps=200)
+    lambdas, multiplied = [], []
     for p in (0.0, 0.3, 0.35, 0.6):
         rule.observe(p)
+        geometric.observe(p)
         lambdas.append(rule.lam)
+        multiplied.append(geometric.lam)
     # t=1: 0 - 0 < 0.5/4 -> +1; t=2: 0.3 >= 0.5/3, not past -> 1; t=3: 0.05 < 0.2/2 -> +1; t=4: 0.25 >= 0.15/1, 0.6 > 0.5 -> -1
     assert lambdas == [1.0, 1.0, 2.0, 1.0]
+    # the same decisions, as a doubling from delta and a halving: 0 -> delta = 1, hold, x2, /2
+    assert multiplied == [1.0, 1.0, 2.0, 1.0]
+    geometric.observe(0.6)  # t=5 past N, still past r: /2 again; it never reaches 0, so it can rise again
+    assert geometric.lam == 0.5
     fixed = AdaptiveL1(SlimConfig(target=0.5, adaptive=False, l1=3.0), max_steps=200)
     fixed.observe(0.0)
     assert fixed.lam == 3.0
@@ -47,6 +54,10 @@ def test_adaptive_rule_by_hand():
     assert restored.state_dict() == rule.state_dict()
     with pytest.raises(ValueError):
         AdaptiveL1(SlimConfig(target=1.5), max_steps=10)
+    with pytest.raises(ValueError):
+        AdaptiveL1(SlimConfig(target=0.5, step="exponential"), max_steps=10)
+    with pytest.raises(ValueError):
+        AdaptiveL1(SlimConfig(target=0.5, delta=0.0), max_steps=10)
 
 
 def test_sparsity_global_and_per_layer_by_hand():
