@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from transfer.config import ARM_NAMES, ArmOptions, StudyConfig
+from transfer.config import ARM_NAMES, ArmOptions, StudyConfig, faceset_parts, faceset_transform
 
 __all__ = ["Recipe", "ARMS", "recipe_for", "faces_for_testing"]
 
@@ -53,9 +53,10 @@ class Recipe:
         say, the colour-match mode retrains only the colour-match cells."""
         used: dict = {}
         for _, faces in self.train:
-            for part in (p.strip() for p in faces.split("+")):
-                if "|" in part:
-                    used.update(options.used_by_transform(part.split("|", 1)[1].partition(":")[0]))
+            for part in faceset_parts(faces):
+                transform = faceset_transform(part)
+                if transform is not None:
+                    used.update(options.used_by_transform(transform[1]))
         if self.domain_adversarial:
             used.update(options.used_by_dann())
         return used

@@ -15,11 +15,26 @@ from attributes.trunks import TrunkConfig
 from engine.config import to_dict
 
 __all__ = [
-    "ARM_NAMES", "SRStageConfig", "AugmentMixConfig", "ArmOptions", "BudgetConfig", "StatsConfig", "StudyConfig",
+    "ARM_NAMES", "faceset_parts", "faceset_transform", "SRStageConfig", "AugmentMixConfig", "ArmOptions", "BudgetConfig", "StatsConfig", "StudyConfig",
 ]
 
 # Every arm, in report order; `transfer.arms` defines each recipe.
 ARM_NAMES = ("source_only", "target_only", "sr_mix", "bicubic_mix", "augment_mix", "colour_match", "dann", "joint")
+
+
+def faceset_parts(name: str) -> list[str]:
+    """The concatenated parts of a face-set name, `"D/split + D/split|kind:arg"` -> its two parts."""
+    return [part.strip() for part in name.split("+")]
+
+
+def faceset_transform(part: str) -> tuple[str, str, str] | None:
+    """One part's (base face set, transform kind, argument): `"D/train|sr:T"` -> ("D/train", "sr", "T");
+    None for an untransformed part."""
+    if "|" not in part:
+        return None
+    base, transform = part.split("|", 1)
+    kind, _, argument = transform.partition(":")
+    return base, kind, argument
 
 
 @dataclass

@@ -22,7 +22,7 @@ from engine.checkpoint import config_fingerprint
 from engine.config import to_dict
 from engine.errors import FaceganError
 from engine.reproducibility import derive_seed
-from transfer.config import AugmentMixConfig, StudyConfig
+from transfer.config import AugmentMixConfig, StudyConfig, faceset_parts, faceset_transform
 
 __all__ = ["FaceSets", "to_grayscale", "match_channel_stats", "channel_stats", "augment_faces", "StudyDataError"]
 
@@ -140,12 +140,13 @@ class FaceSets:
 
     # -- lookup ---------------------------------------------------------------------------------
     def get(self, name: str) -> FaceArray:
-        name = " + ".join(part.strip() for part in name.split("+"))
+        parts = faceset_parts(name)
+        name = " + ".join(parts)
         if name in self._memory:
             return self._memory[name]
-        if " + " in name:
-            faces = FaceArray.concat([self.get(part) for part in name.split(" + ")], name=name)
-        elif "|" in name:
+        if len(parts) > 1:
+            faces = FaceArray.concat([self.get(part) for part in parts], name=name)
+        elif faceset_transform(name) is not None:
             faces = self._transformed(name)
         else:
             domain, _, split = name.partition("/")
@@ -154,10 +155,9 @@ class FaceSets:
         return faces
 
     def _transformed(self, name: str) -> FaceArray:
-        base_name, transform = name.split("|", 1)
+        base_name, kind, argument = faceset_transform(name)
         base = self.get(base_name)
         domain = base_name.split("/")[0]
-        kind, _, argument = transform.partition(":")
         options = self.config.options
         depends: dict = {"name": name, "base": [len(base), self.config.domains[domain].source, to_dict(self.config.domains[domain])],
                          "tasks": self.config.tasks, "size": self.config.model.trunk.input_size}
@@ -171,7 +171,7 @@ class FaceSets:
         elif kind == "stats":
             depends.update(target=argument, target_faces=len(self.get(f"{argument}/train")))
         elif kind not in ("gray", "augment"):
-            raise StudyDataError(f"unknown face transform {transform!r} in {name!r}")
+            raise StudyDataError(f"unknown face transform {kind!r} in {name!r}")
         depends.update(options.used_by_transform(kind))
         path = self.out_dir / "facesets" / f"{_slug(name)}-{config_fingerprint(depends)}.npz"
         if path.is_file():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from transfer.arms import ARMS, recipe_for, faces_for_testing
-from transfer.config import StudyConfig
+from transfer.config import StudyConfig, faceset_parts, faceset_transform
 from transfer.facesets import augment_faces, match_channel_stats, to_grayscale
 from transfer.config import AugmentMixConfig
 
@@ -28,6 +28,14 @@ def test_equal_recipes_share_one_training_and_mixes_keep_the_budget():
     assert recipe_for("dann", "a", "b", config).unlabelled == ("b/train",)
     assert faces_for_testing("b", "stats:b") == "b/test" and faces_for_testing("a", "stats:b") == "a/test|stats:b"
     assert faces_for_testing("a", "gray") == "a/test|gray" and faces_for_testing("a", "") == "a/test"
+
+
+def test_face_set_names_parse_into_parts_and_transforms():
+    assert faceset_parts("a/train +b/train|sr:b") == ["a/train", "b/train|sr:b"]
+    assert faceset_parts("a/test") == ["a/test"]
+    assert faceset_transform("a/train|sr:b") == ("a/train", "sr", "b")
+    assert faceset_transform("a/test|gray") == ("a/test", "gray", "")
+    assert faceset_transform("a/train") is None
 
 
 def test_a_cell_fingerprint_changes_only_with_the_options_its_recipe_reads(tmp_path):
