@@ -42,13 +42,21 @@ def _images_per_second(models: dict[str, nn.Module], dataset: str, input_size: i
 
 
 def prune_checkpoint(checkpoint, out_dir, ratio: float = 0.5, min_keep: float = 0.1, finetune_steps: int = 500,
-                     split: str = "test", threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+                     split: str = "test", threads: int | None = None, progress: bool = True,
+                     weights: str = "raw") -> dict[str, Any]:
     """Prune a slimmed checkpoint, fine-tune the smaller model, and measure both: parameters, FLOPs,
-    CPU images/s (same run) and accuracy. Writes OUT/pruned.pt, OUT/finetune/, OUT/prune.json, OUT/prune.md."""
+    CPU images/s (same run) and accuracy. Writes OUT/pruned.pt, OUT/finetune/, OUT/prune.json, OUT/prune.md.
+
+    `weights` "raw" prunes the trained weights, the ones the L1 and the adaptive rule acted on; "ema"
+    prunes their moving average, whose BN scales lag the L1 (measured: 49.1% of channels sparse in
+    the raw weights at the end of a slimmed run, 33.7% in its EMA)."""
+    if weights not in ("raw", "ema"):
+        raise FaceganError(f"weights must be 'raw' or 'ema', not {weights!r}")
+    use_ema = weights == "ema"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = load_checkpoint(checkpoint)
-    loaded = load_attribute_model(checkpoint)
+    loaded = load_attribute_model(checkpoint, use_ema=use_ema)
     original = loaded.model
     slim_settings = to_dict(loaded.config.slim)  # as trained, before the fine-tuning config below replaces it
     before_sparsity = {scope: sparsity(original, loaded.config.slim.tau, scope) for scope in ("global", "per_layer")}
@@ -81,7 +89,9 @@ def prune_checkpoint(checkpoint, out_dir, ratio: float = 0.5, min_keep: float = 
     for name, path in (("original", checkpoint), ("pruned", pruned_path), ("finetuned", finetuned_path)):
         if name == "finetuned" and finetune_steps == 0:
             continue
-        evaluated = evaluate_checkpoint(path, out / f"eval-{name}", split=split, work_dir=work, use_ema=name != "pruned")
+        # the original as pruned (raw or EMA); the pruned model has one set of weights; the fine-tuned one its EMA
+        ema = {"original": use_ema, "pruned": False, "finetuned": True}[name]
+        evaluated = evaluate_checkpoint(path, out / f"eval-{name}", split=split, work_dir=work, use_ema=ema)
         accuracy[name] = headline_accuracy(evaluated)
     final = load_attribute_model(finetuned_path, use_ema=finetune_steps > 0).model
     dataset = next(iter(original.groups))
@@ -89,7 +99,7 @@ def prune_checkpoint(checkpoint, out_dir, ratio: float = 0.5, min_keep: float = 
                                 "original_folded": optimize_for_inference(original),
                                 "pruned_folded": optimize_for_inference(final)}, dataset, original.input_size)
     report = {
-        "checkpoint": str(checkpoint), "ratio": ratio, "min_keep": min_keep, "split": split,
+        "checkpoint": str(checkpoint), "weights": weights, "ratio": ratio, "min_keep": min_keep, "split": split,
         "slim": slim_settings, "sparsity_before_pruning": before_sparsity,
         "channels": {"original": [int(w.numel()) for w in bn_scales(original)], "pruned": channels},
         "parameters": {"original": count_parameters(original), "pruned": count_parameters(final),
@@ -113,6 +123,7 @@ def _prune_report(r: dict) -> str:
     p, f, s = r["parameters"], r["flops"], r["images_per_second"]
     return "\n".join([
         f"# Pruning {r['checkpoint']}", "",
+        f"- weights pruned: {'the moving average (EMA)' if r.get('weights') == 'ema' else 'the trained (raw) weights, not their EMA'}",
         f"- global |gamma| threshold removing {100 * r['ratio']:.0f}% of the trunk's channels (each layer keeps at least "
         f"{100 * r['min_keep']:.0f}%); channels {r['channels']['original']} -> {r['channels']['pruned']}",
         f"- sparsity before pruning (|gamma| < tau * max): global {100 * r['sparsity_before_pruning']['global']:.1f}%, "
@@ -147,6 +158,9 @@ def register_cli(sub) -> None:
     p.add_argument("--min-keep", type=float, default=0.1, help="share of each layer's channels always kept (default 0.1)")
     p.add_argument("--finetune-steps", type=int, default=500, help="fine-tuning steps after pruning (default 500; 0: none)")
     p.add_argument("--split", default="test", choices=("val", "test"), help="split for the accuracies (default test)")
+    p.add_argument("--weights", default="raw", choices=("raw", "ema"),
+                   help="prune the trained weights (raw, default: the ones the L1 made sparse) or their moving average "
+                   "(ema, whose BN scales lag the L1); 'original' in the report is the same weights")
     p.add_argument("--threads", type=int, help="torch CPU threads for fine-tuning and timing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while fine-tuning")
     p.set_defaults(func=_run_prune)
@@ -156,7 +170,7 @@ def _run_prune(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = prune_checkpoint(args.checkpoint, args.out, args.ratio, args.min_keep, args.finetune_steps, args.split,
-                              args.threads, not args.no_progress)
+                              args.threads, not args.no_progress, args.weights)
     print(f"channels {report['channels']['original']} -> {report['channels']['pruned']}; parameters "
           f"{report['parameters']['pruned'] / report['parameters']['original']:.2f}x, FLOPs "
           f"{report['flops']['pruned'] / report['flops']['original']:.2f}x, CPU speed {report['speedup']:.2f}x")

@@ -131,3 +131,11 @@ def test_slimmed_training_then_prune_command(tmp_path, train_attributes):
     assert loaded.config.model.trunk.channels == pruned
     assert main(["attributes", "predict", str(out / "pruned.pt"), str(tmp_path / "synthetic"), "--out",
                  str(tmp_path / "p.json")]) == 0
+    # by default the trained (raw) weights are pruned, the ones the L1 acted on, not their lagging EMA
+    raw = load_attribute_model(run / "checkpoints" / "latest.pt", use_ema=False).model
+    ema = load_attribute_model(run / "checkpoints" / "latest.pt", use_ema=True).model
+    assert report["weights"] == "raw"
+    kept_scales = bn_scales(load_attribute_model(out / "pruned.pt").model)
+    for keep, raw_scale, ema_scale, got in zip(channels_to_keep(raw, 0.5), bn_scales(raw), bn_scales(ema), kept_scales):
+        assert torch.equal(got, raw_scale[keep])
+        assert not torch.equal(got, ema_scale[keep])
