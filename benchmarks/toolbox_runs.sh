@@ -89,17 +89,21 @@ for step in "${STEPS[@]}"; do
     slim)  # adaptive L1 against network slimming's fixed L1, both pruned at 50% and fine-tuned.
         # The sparsity stage keeps the learning rate constant, as seed 000 does ("sparsity barely
         # rises once the learning rate drops"): under the preset's cosine decay the adaptive lambda
-        # reached only 19.5% of channels sparse for a 50% target (2026-11-25).
+        # reached only 19.5% of channels sparse for a 50% target (2026-11-25). `attributes prune` cuts the
+        # trained weights, not their EMA (whose BN scales lag the L1).
         train slim-adaptive --config configs/attributes/celeba64.yaml --slim 0.5 --set optim.schedule=constant
         train slim-fixed --config configs/attributes/celeba64.yaml --slim 0.5 --set optim.schedule=constant \
             --set slim.adaptive=false --set slim.l1=1e-4
-        for n in slim-adaptive slim-fixed; do
+        # a hand-tuned fixed lambda: the adaptive run's final value (2026-11-25)
+        train slim-fixed-1.3e-2 --config configs/attributes/celeba64.yaml --slim 0.5 --set optim.schedule=constant \
+            --set slim.adaptive=false --set slim.l1=1.3e-2
+        for n in slim-adaptive slim-fixed slim-fixed-1.3e-2; do
             # latest.pt, not best.pt: best is chosen on validation accuracy, which peaks before the L1
             # has made anything sparse (the first run pruned the step-500 model, 0% sparse)
             [ -f "$OUT/$n/pruned/prune.json" ] || "$FG" attributes prune "$OUT/$n/checkpoints/latest.pt" --ratio 0.5 \
                 --out "$OUT/$n/pruned" --threads "$THREADS" --no-progress
         done
-        { echo "## Slimming"; for n in slim-adaptive slim-fixed; do echo "### $n"; cat "$OUT/$n/pruned/prune.md"; echo; done; } | tee -a "$SUMMARY"
+        { echo "## Slimming"; for n in slim-adaptive slim-fixed slim-fixed-1.3e-2; do echo "### $n"; cat "$OUT/$n/pruned/prune.md"; echo; done; } | tee -a "$SUMMARY"
         ;;
     distill)  # a half-width student from the CelebA model, against the same student alone
         [ -f "$OUT/distill/distill.md" ] || "$FG" attributes distill "$OUT/celeba-scratch/checkpoints/best.pt" \
