@@ -144,18 +144,18 @@ class FaceSets:
         name = " + ".join(parts)
         if name in self._memory:
             return self._memory[name]
+        transform = faceset_transform(name)
         if len(parts) > 1:
             faces = FaceArray.concat([self.get(part) for part in parts], name=name)
-        elif faceset_transform(name) is not None:
-            faces = self._transformed(name)
+        elif transform is not None:
+            faces = self._transformed(name, *transform)
         else:
             domain, _, split = name.partition("/")
             faces = self._base(domain, split)
         self._memory[name] = faces
         return faces
 
-    def _transformed(self, name: str) -> FaceArray:
-        base_name, kind, argument = faceset_transform(name)
+    def _transformed(self, name: str, base_name: str, kind: str, argument: str) -> FaceArray:
         base = self.get(base_name)
         domain = base_name.split("/")[0]
         options = self.config.options

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from transfer.arms import ARMS, recipe_for, faces_for_testing
-from transfer.config import StudyConfig, faceset_parts, faceset_transform
+from transfer.config import AugmentMixConfig, StudyConfig, faceset_parts, faceset_transform
 from transfer.facesets import augment_faces, match_channel_stats, to_grayscale
-from transfer.config import AugmentMixConfig
 
 
 # -- arms ---------------------------------------------------------------------------------------
