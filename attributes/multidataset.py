@@ -21,6 +21,7 @@ no label for it in a batch is simply absent from that step's sum.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -136,13 +137,18 @@ def combine_losses(
 
 
 def augment_batch(images: torch.Tensor, flip: bool = True, max_shift: int = 0, generator: torch.Generator | None = None,
-                  grayscale: float = 0.0) -> torch.Tensor:
-    """Random horizontal flips, integer translations (edge-replicated) and, with probability
-    `grayscale`, conversion to luma in all three channels, of a float batch. Grayscale copies
-    let colour datasets teach a head that is also used on grayscale ones (LFW-a).
+                  grayscale: float = 0.0, rotate: float = 0.0, scale: float = 0.0, erase: float = 0.0) -> torch.Tensor:
+    """Random horizontal flips, integer translations (edge-replicated), and on request random
+    rotations (uniform in +-`rotate` degrees) with zooms (uniform in 1 +- `scale`), grayscale
+    copies (probability `grayscale`, luma in all three channels) and random erasing (probability
+    `erase`: one rectangle of 2-20% of the face, aspect 1:3 to 3:1, set to 0, the mid-grey of
+    the [-1, 1] input). Grayscale copies let colour datasets teach a head that is also used on
+    grayscale ones (LFW-a); rotations, zooms and erasing fight the overfitting to the few
+    identities of a small training set.
 
     Draws from `generator` (or torch's global RNG, which the Trainer checkpoints), so a
-    resumed run augments exactly as an uninterrupted one. Flipping is only safe for tasks that
+    resumed run augments exactly as an uninterrupted one. The optional ones draw only when
+    asked, so runs without them keep their random stream. Flipping is only safe for tasks that
     are symmetric: no left/right attribute exists in CelebA, LFW, UTKFace or Adience.
     """
     b = images.shape[0]
@@ -154,8 +160,46 @@ def augment_batch(images: torch.Tensor, flip: bool = True, max_shift: int = 0, g
         padded = torch.nn.functional.pad(images, (max_shift,) * 4, mode="replicate")
         shifts = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=generator).tolist()
         images = torch.stack([padded[k, :, dy:dy + size_h, dx:dx + size_w] for k, (dy, dx) in enumerate(shifts)])
-    if grayscale > 0:  # drawn only when asked, so runs without it keep their random stream
+    if rotate > 0 or scale > 0:
+        images = _rotate_and_zoom(images, rotate, scale, generator)
+    if grayscale > 0:
         gray = torch.rand(b, generator=generator) < grayscale
         luma = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).unsqueeze(1).expand_as(images)
         images = torch.where(gray.view(b, 1, 1, 1).to(images.device), luma, images)
+    if erase > 0:
+        images = _erase_rectangles(images, erase, generator)
+    return images
+
+
+def _rotate_and_zoom(images: torch.Tensor, rotate: float, scale: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Each image turned by its own angle and zoomed by its own factor about the centre
+    (bilinear, edges replicated): a zoom above 1 shows a tighter crop."""
+    b = images.shape[0]
+    angles = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(rotate)
+    zooms = 1.0 + (torch.rand(b, generator=generator) * 2 - 1) * scale
+    cos, sin = torch.cos(angles) / zooms, torch.sin(angles) / zooms
+    # affine_grid maps output coordinates to input ones, so the inverse transform goes here.
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    theta = theta.to(device=images.device, dtype=images.dtype)
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _erase_rectangles(images: torch.Tensor, probability: float, generator: torch.Generator | None) -> torch.Tensor:
+    """With `probability` per image, one random rectangle (2-20% of the area, aspect 1:3 to 3:1) set to 0."""
+    b, _, height, width = images.shape
+    chosen = (torch.rand(b, generator=generator) < probability).tolist()
+    areas = (0.02 + torch.rand(b, generator=generator) * 0.18) * height * width
+    aspects = torch.exp((torch.rand(b, generator=generator) * 2 - 1) * math.log(3.0))
+    corners = torch.rand(b, 2, generator=generator)
+    images = images.clone()
+    for k in range(b):
+        if not chosen[k]:
+            continue
+        h = max(1, min(height, round(math.sqrt(float(areas[k] * aspects[k])))))
+        w = max(1, min(width, round(math.sqrt(float(areas[k] / aspects[k])))))
+        top = int(corners[k, 0] * (height - h + 1))
+        left = int(corners[k, 1] * (width - w + 1))
+        images[k, :, top:top + h, left:left + w] = 0.0
     return images

@@ -73,6 +73,17 @@ class AugmentConfig:
     flip: bool = True
     max_shift: int = 3  # pixels of random translation (edge-replicated)
     grayscale: float = 0.0  # probability of training on a face's grayscale version (helps heads also used on LFW-a)
+    rotate: float = 0.0  # degrees of random rotation, uniform in +-rotate (0: off)
+    scale: float = 0.0  # random zoom, uniform in 1 +- scale (0: off)
+    erase: float = 0.0  # probability of erasing one random rectangle of 2-20% of the face (0: off)
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("grayscale", 0.0, 1.0), ("erase", 0.0, 1.0), ("scale", 0.0, 0.5), ("rotate", 0.0, 180.0)):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"augment.{name} must be in [{low}, {high}], got {value}")
+        if self.max_shift < 0:
+            raise ValueError(f"augment.max_shift must be >= 0, got {self.max_shift}")
 
 
 class AttributeStep:
@@ -227,7 +238,8 @@ class AttributeStep:
         layout = [(name, batch[name]["image"].shape[0]) for name in self.names]
         extra = sum(batch[name]["image"].shape[0] for name in self.unlabelled)
         images = to_model_input(torch.cat([batch[name]["image"] for name in self.names + self.unlabelled]))
-        images = augment_batch(images, self.augment.flip, self.augment.max_shift, grayscale=self.augment.grayscale)
+        images = augment_batch(images, self.augment.flip, self.augment.max_shift, grayscale=self.augment.grayscale,
+                               rotate=self.augment.rotate, scale=self.augment.scale, erase=self.augment.erase)
         self.model.train()
         with ctx.autocast():
             outputs, log_vars, features, embeddings = ctx.models["model"](images, layout, extra, return_features=True,

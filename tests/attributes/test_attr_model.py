@@ -1,6 +1,8 @@
 """Trunks, heads, the multi-dataset model and dataset-parallel batching."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from attributes.heads import HeadConfig, decode_group, group_loss, plan_groups
 from attributes.model import ModelConfig, build_attribute_model
 from attributes.multidataset import ParallelDatasets, augment_batch, combine_losses
+from attributes.step import AugmentConfig
 from attributes.trunks import AlexNetBN, ResNetTrunk, TrunkConfig, TrunkError, build_trunk, feature_shape
 from data_prep.datasets.schema import LabelSchema, Task, TaskKind
 
@@ -203,6 +206,46 @@ def test_augmentation_is_reproducible_and_flips_exactly():
     flipped = augment_batch(x, True, 0, torch.Generator().manual_seed(0))
     for k in range(2):
         assert torch.equal(flipped[k], x[k]) or torch.equal(flipped[k], x[k].flip(-1))
+
+
+def test_rotation_and_zoom_move_pixels_as_asked():
+    x = torch.zeros(1, 3, 9, 9)
+    x[0, :, 4, 6] = 1.0  # a dot two pixels right of the centre
+    # Angles are drawn as (2u - 1) * 90; seed 5 gives u = 0.83, about 59 degrees.
+    out = augment_batch(x, False, 0, torch.Generator().manual_seed(5), rotate=90.0)
+    u = torch.rand(1, generator=torch.Generator().manual_seed(5)).item()
+    angle = math.radians((2 * u - 1) * 90.0)
+    peak = divmod(int(out[0, 0].argmax()), 9)
+    # theta maps output (x, y) to input by rotating by +angle, so the dot lands at R(-angle) of
+    # its place: x = 2 cos(angle), y = -2 sin(angle), with rows growing downwards.
+    expected = (round(4 - 2 * math.sin(angle)), round(4 + 2 * math.cos(angle)))
+    assert peak == expected and peak != (4, 6)
+    zoomed = augment_batch(x, False, 0, torch.Generator().manual_seed(3), scale=0.45)
+    zoom = 1.0 + (2 * torch.rand(1, generator=torch.Generator().manual_seed(3)).item() - 1) * 0.45
+    row, col = divmod(int(zoomed[0, 0].argmax()), 9)
+    assert row == 4 and col == round(4 + 2 * zoom) != 6  # seed 3 zooms out to 0.55
+    assert torch.equal(augment_batch(x, False, 0, torch.Generator().manual_seed(0)), x)  # off by default
+
+
+def test_erasing_blanks_one_rectangle_in_some_faces():
+    x = torch.rand(200, 3, 20, 20) + 0.5  # no zeros anywhere
+    out = augment_batch(x, False, 0, torch.Generator().manual_seed(2), erase=0.5)
+    erased = [(o == 0).all(dim=0) for o in out]
+    hit = [e for e in erased if e.any()]
+    assert 70 < len(hit) < 130
+    for e in hit:
+        rows, cols = e.any(dim=1).nonzero().squeeze(1), e.any(dim=0).nonzero().squeeze(1)
+        box = e[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all()  # one solid rectangle
+        assert 0.01 * 400 <= int(e.sum()) <= 0.25 * 400
+    for o, e, xi in zip(out, erased, x):
+        assert torch.equal(o[:, ~e], xi[:, ~e])
+
+
+def test_augment_config_refuses_out_of_range_values():
+    for bad in ({"erase": 1.5}, {"scale": -0.1}, {"rotate": -5.0}, {"grayscale": 2.0}, {"max_shift": -1}):
+        with pytest.raises(ValueError, match="augment"):
+            AugmentConfig(**bad)
 
 
 class _CapturingContext:
