@@ -106,6 +106,7 @@ class BEGANConfig:
     convs_per_scale: tuple[int, ...] | None = None  # 3x3 convs per block, 8x8 first; None: 2 each
     fast_elu: bool = False  # same ELU, computed from exp (faster on CPU)
     channels_last: bool = False  # NHWC convolution weights
+    skip: bool = False  # the paper's optional skip connections: upsampled h0 concatenated to every decoder block
 
     def __post_init__(self) -> None:
         if self.convs_per_scale is not None:

@@ -28,6 +28,10 @@ Options for a small CPU budget, all off by default (the defaults are the paper's
   max(x, 0) + exp(min(x, 0)) - 1 on CPU. PyTorch's CPU ELU evaluates expm1 element by element
   and takes about ten times as long as exp, which made the activations ~10% of a 64 px BEGAN
   step on one core; results agree with nn.ELU to within 1e-7. On other devices it is nn.ELU.
+- `skip`: the paper's optional skip connections (drawn dashed in its figure 1): the decoder's first
+  8x8 map h0 is upsampled (nearest) and concatenated to the input of every later block, so the
+  first convolution of each block reads 2n channels. It shortens the path from the code to
+  every scale, which helps early training; off by default, as in the paper's main runs.
 - `channels_last`: keep the convolution weights in the NHWC memory format, which oneDNN's CPU
   convolutions (their backward passes especially) run faster on; values are unchanged, and
   activations follow the weights' format.
@@ -121,6 +125,7 @@ class BEGANDecoder(nn.Module):
         convs_per_scale: 3x3 convolutions per block, 8x8 first (None: 2 each, the paper).
         fast_elu: compute ELU with `FastELU` (same function, faster on CPU).
         channels_last: NHWC convolution weights (faster CPU convolutions, same values).
+        skip: concatenate the upsampled h0 to every block's input (the paper's skip connections).
     """
 
     def __init__(
@@ -133,6 +138,7 @@ class BEGANDecoder(nn.Module):
         convs_per_scale: Sequence[int] | None = None,
         fast_elu: bool = False,
         channels_last: bool = False,
+        skip: bool = False,
     ):
         super().__init__()
         blocks = _num_blocks(image_size)
@@ -143,12 +149,15 @@ class BEGANDecoder(nn.Module):
             nn.Linear(latent_dim, hidden_channels * 8 * 8),
             nn.Unflatten(1, (hidden_channels, 8, 8)),
         )
+        self.skip = skip
         layers: list[nn.Module] = []
         for index, count in enumerate(counts):
-            for _ in range(count):
-                layers += _conv_elu(hidden_channels, hidden_channels, fast_elu=fast_elu)
+            for conv in range(count):
+                c_in = 2 * hidden_channels if skip and index > 0 and conv == 0 else hidden_channels
+                layers += _conv_elu(c_in, hidden_channels, fast_elu=fast_elu)
             if index < blocks - 1:
                 layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        # One Sequential either way, so checkpoints without skip connections keep their names.
         self.blocks = nn.Sequential(*layers)
         self.to_image = nn.Conv2d(hidden_channels, out_channels, kernel_size=3, padding=1)
         self.out = nn.Tanh() if tanh else nn.Identity()
@@ -156,7 +165,15 @@ class BEGANDecoder(nn.Module):
             _to_channels_last(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.out(self.to_image(self.blocks(self.project(z))))
+        h0 = self.project(z)
+        if not self.skip:
+            return self.out(self.to_image(self.blocks(h0)))
+        x = h0
+        for layer in self.blocks:
+            x = layer(x)
+            if isinstance(layer, nn.Upsample):
+                x = torch.cat([x, F.interpolate(h0, size=x.shape[-2:], mode="nearest")], dim=1)
+        return self.out(self.to_image(x))
 
 
 class BEGANEncoder(nn.Module):
@@ -221,6 +238,7 @@ class BEGANDiscriminator(nn.Module):
         channels: image channels.
         tanh: bound the reconstruction with tanh (keep equal to the generator's choice).
         convs_per_scale, fast_elu, channels_last: as for `BEGANDecoder`, applied to both halves.
+        skip: skip connections in the decoder half (see `BEGANDecoder`).
     """
 
     def __init__(
@@ -233,12 +251,13 @@ class BEGANDiscriminator(nn.Module):
         convs_per_scale: Sequence[int] | None = None,
         fast_elu: bool = False,
         channels_last: bool = False,
+        skip: bool = False,
     ):
         super().__init__()
         self.image_size = image_size
         speed = {"convs_per_scale": convs_per_scale, "fast_elu": fast_elu, "channels_last": channels_last}
         self.encoder = BEGANEncoder(image_size, hidden_channels, bottleneck_dim, channels, **speed)
-        self.decoder = BEGANDecoder(bottleneck_dim, image_size, hidden_channels, channels, tanh=tanh, **speed)
+        self.decoder = BEGANDecoder(bottleneck_dim, image_size, hidden_channels, channels, tanh=tanh, skip=skip, **speed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
@@ -248,8 +267,8 @@ def build_began(cfg: "GANConfig") -> tuple[BEGANGenerator, BEGANDiscriminator]:
     """The generator and autoencoder discriminator described by `cfg` (its `began` section)."""
     b = cfg.resolved().began
     speed = {"convs_per_scale": b.convs_per_scale, "fast_elu": b.fast_elu, "channels_last": b.channels_last}
-    generator = BEGANGenerator(b.latent_dim, cfg.image_size, b.hidden_channels, cfg.channels, tanh=b.tanh, **speed)
+    generator = BEGANGenerator(b.latent_dim, cfg.image_size, b.hidden_channels, cfg.channels, tanh=b.tanh, skip=b.skip, **speed)
     discriminator = BEGANDiscriminator(
-        cfg.image_size, b.hidden_channels, b.bottleneck_dim, cfg.channels, tanh=b.tanh, **speed
+        cfg.image_size, b.hidden_channels, b.bottleneck_dim, cfg.channels, tanh=b.tanh, skip=b.skip, **speed
     )
     return generator, discriminator

@@ -68,3 +68,33 @@ def test_fast_preset_builds_the_slim_networks():
     assert run.gan.began.convs_per_scale == (2, 2, 1, 1) and run.gan.began.fast_elu and run.gan.began.channels_last
     generator, _ = build_began(run.gan)
     assert len(_convs(generator)) == 7
+
+
+def test_skip_connections_feed_h0_to_every_later_block():
+    torch.manual_seed(0)
+    decoder = BEGANGenerator(latent_dim=8, image_size=32, hidden_channels=4, skip=True, fast_elu=True, channels_last=True)
+    in_channels = [c.in_channels for c in _convs(decoder)]
+    # 8x8: two convs on n; 16x16 and 32x32: the first conv reads n + the upsampled h0; then to_image.
+    assert in_channels == [4, 4, 8, 4, 8, 4, 4]
+    assert decoder(torch.randn(2, 8)).shape == (2, 3, 32, 32)
+    # Silence the 8x8 block: without skips nothing of z would get past it, with skips h0 still does.
+    with torch.no_grad():
+        for conv in _convs(decoder)[:2]:
+            conv.weight.zero_()
+            conv.bias.zero_()
+    z = torch.randn(2, 8)
+    assert not torch.allclose(decoder(z)[0], decoder(z)[1])
+    plain = BEGANGenerator(latent_dim=8, image_size=32, hidden_channels=4)
+    with torch.no_grad():
+        for conv in _convs(plain)[:2]:
+            conv.weight.zero_()
+            conv.bias.zero_()
+    assert torch.allclose(plain(z)[0], plain(z)[1])
+
+
+def test_skip_option_reaches_both_decoders_and_keeps_plain_checkpoint_names():
+    cfg = GANConfig(model="began", image_size=32, began=BEGANConfig(hidden_channels=4, skip=True))
+    generator, discriminator = build_began(cfg)
+    assert generator.skip and discriminator.decoder.skip
+    plain, _ = build_began(GANConfig(model="began", image_size=32, began=BEGANConfig(hidden_channels=4)))
+    assert set(plain.state_dict()) == set(generator.state_dict())
