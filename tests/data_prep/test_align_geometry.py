@@ -59,6 +59,21 @@ def test_arcface_template_values():
     np.testing.assert_allclose(t.scaled(112), t.points)
 
 
+def test_portrait_template_frames_a_larger_centred_face_than_the_thesis():
+    portrait, thesis = get_template("portrait"), get_template("thesis")
+    assert portrait.size == (100.0, 100.0)
+    np.testing.assert_allclose(portrait.points, [[37.5, 43], [62.5, 43], [50, 56.9], [39.25, 71], [60.75, 71]])
+
+    def frame(t):  # inter-ocular distance and eye height as fractions of the canvas
+        return (t.points[1, 0] - t.points[0, 0]) / t.size[0], t.points[0, 1] / t.size[1]
+
+    (p_eyes, p_height), (t_eyes, t_height) = frame(portrait), frame(thesis)
+    assert p_eyes == pytest.approx(0.25) and t_eyes == pytest.approx(88 / 450)
+    assert p_height < 0.5 < t_height  # eyes above the middle: room below the chin for the neck
+    # Symmetric about the vertical centre line.
+    np.testing.assert_allclose(portrait.points[[0, 3], 0] + portrait.points[[1, 4], 0], 100.0)
+
+
 def test_template_scaling_square_and_non_square():
     t = get_template("thesis")
     np.testing.assert_allclose(t.scaled(128), t.points * 128 / 450)

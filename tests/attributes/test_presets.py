@@ -1,0 +1,27 @@
+"""Every attribute preset under configs/attributes loads, and its templates exist."""
+from pathlib import Path
+
+import pytest
+
+from attributes.config import AttributeRunConfig
+from data_prep.align.templates import get_template
+from engine.config import load_config
+
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "attributes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_preset_loads_and_names_a_real_template(preset):
+    run = load_config(AttributeRunConfig, preset)
+    for entry in run.datasets.values():
+        get_template(entry.template)  # raises for an unknown name or a missing file
+
+
+def test_portrait_preset_differs_from_celeba64_only_in_alignment_and_folders():
+    base = load_config(AttributeRunConfig, PRESETS[0].parent / "celeba64.yaml")
+    portrait = load_config(AttributeRunConfig, PRESETS[0].parent / "celeba64-portrait.yaml")
+    assert portrait.datasets["celeba"].template == "portrait" and base.datasets["celeba"].template == "thesis"
+    assert portrait.datasets["celeba"].cache_dir != base.datasets["celeba"].cache_dir
+    for section in ("model", "optim", "augment", "eval"):
+        assert getattr(portrait, section) == getattr(base, section)
+    assert portrait.trainer.max_steps == base.trainer.max_steps and portrait.trainer.batch_size == base.trainer.batch_size
