@@ -638,7 +638,7 @@ def register_cli(data_sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-align", action="store_true",
                         help="do not detect or align: centre-crop and resize (for already-aligned images)")
     parser.add_argument("--template", default="thesis",
-                        help="alignment template: thesis, arcface or a template file (default thesis)")
+                        help="alignment template: thesis, portrait, arcface or a template file (default thesis)")
     parser.add_argument("--split", choices=SPLITS, default=None, help="cache only this split (default: all)")
     parser.add_argument("--shard-size", type=int, default=None,
                         help="faces per shard file (default: about 64 MiB per shard)")
