@@ -33,7 +33,7 @@ Built-in templates (`get_template(name)`):
     and the face is centred with its eyes above the middle, so a 64 px crop spends more pixels
     on eyes, brows and mouth and still keeps the hair and the neck, while the thesis crop puts
     empty frame above the head and cuts below the chin. On CelebA's held-out people it raised
-    the 40-attribute mean of `celeba64` from 88.36% to 88.62% (one seed; docs/results/README.md):
+    the 40-attribute mean of `celeba64` from 88.25% to 88.55% (two seeds each; docs/results/README.md):
     mouth, cheekbones, eyebrows and age gained, hair texture lost a little.
 
 ``"arcface"``
