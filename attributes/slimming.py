@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.config import ConfigError
 from engine.errors import FaceganError
 from engine.modes import eval_mode
 
@@ -84,7 +85,7 @@ def sparsity(model, tau: float = 0.05, scope: str = "global") -> float:
     elif scope == "per_layer":
         sparse = sum(int((s < tau * s.max()).sum()) for s in scales)
     else:
-        raise ValueError(f"slim.scope must be 'global' or 'per_layer', not {scope!r}")
+        raise ConfigError(f"slim.scope must be 'global' or 'per_layer', not {scope!r}")
     return sparse / sum(s.numel() for s in scales)
 
 
@@ -93,13 +94,13 @@ class AdaptiveL1:
 
     def __init__(self, config: SlimConfig, max_steps: int):
         if not 0.0 < config.target < 1.0:
-            raise ValueError(f"slim.target must be in (0, 1), got {config.target}")
+            raise ConfigError(f"slim.target must be in (0, 1), got {config.target}")
         if config.adjust_every < 1:
-            raise ValueError("slim.adjust_every must be at least 1")
+            raise ConfigError("slim.adjust_every must be at least 1")
         if config.step not in ("geometric", "additive"):
-            raise ValueError(f"slim.step must be 'geometric' or 'additive', not {config.step!r}")
+            raise ConfigError(f"slim.step must be 'geometric' or 'additive', not {config.step!r}")
         if config.step == "geometric" and not (config.growth > 0 and config.delta > 0):
-            raise ValueError("the geometric slim.step needs slim.growth > 0 and slim.delta > 0")
+            raise ConfigError("the geometric slim.step needs slim.growth > 0 and slim.delta > 0")
         self.config = config
         self.checks = max(1, max_steps // config.adjust_every)  # N
         self.lam = float(config.l1)

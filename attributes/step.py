@@ -25,6 +25,7 @@ from attributes.slimming import AdaptiveL1, SlimConfig, l1_of_scales, slimmable_
 from attributes.verification import embed_faces, pairwise_auc
 from data_prep.cache import IDENTITY_TASK
 from data_prep.datasets.schema import TaskKind
+from engine.config import ConfigError
 
 __all__ = ["OptimConfig", "LossConfig", "SAConfig", "AugmentConfig", "AttributeStep"]
 
@@ -81,9 +82,9 @@ class AugmentConfig:
         for name, low, high in (("grayscale", 0.0, 1.0), ("erase", 0.0, 1.0), ("scale", 0.0, 0.5), ("rotate", 0.0, 180.0)):
             value = getattr(self, name)
             if not low <= value <= high:
-                raise ValueError(f"augment.{name} must be in [{low}, {high}], got {value}")
+                raise ConfigError(f"augment.{name} must be in [{low}, {high}], got {value}")
         if self.max_shift < 0:
-            raise ValueError(f"augment.max_shift must be >= 0, got {self.max_shift}")
+            raise ConfigError(f"augment.max_shift must be >= 0, got {self.max_shift}")
 
 
 class AttributeStep:
@@ -108,11 +109,11 @@ class AttributeStep:
         self.calibrate_thresholds = calibrate_thresholds
         self.eval_batch_size = eval_batch_size
         if loss.weighting not in ("fixed", "uncertainty"):
-            raise ValueError(f"loss weighting must be 'fixed' or 'uncertainty', not {loss.weighting!r}")
+            raise ConfigError(f"loss weighting must be 'fixed' or 'uncertainty', not {loss.weighting!r}")
         if loss.sparse_labels not in ("per_task", "by_coverage"):
-            raise ValueError(f"loss.sparse_labels must be 'per_task' or 'by_coverage', not {loss.sparse_labels!r}")
+            raise ConfigError(f"loss.sparse_labels must be 'per_task' or 'by_coverage', not {loss.sparse_labels!r}")
         if loss.f_measure_variant not in F_MEASURE_VARIANTS:
-            raise ValueError(f"loss.f_measure_variant must be one of {F_MEASURE_VARIANTS}, not {loss.f_measure_variant!r}")
+            raise ConfigError(f"loss.f_measure_variant must be one of {F_MEASURE_VARIANTS}, not {loss.f_measure_variant!r}")
         # Single-label heads, keyed by sub-network and group, so a shared head has one set of centres.
         self.single_label_heads = {
             f"{group.subnet}/{group.name}": group for name in self.names for group in model.groups[name]
@@ -184,7 +185,7 @@ class AttributeStep:
             return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-        raise ValueError(f"optimizer must be 'adamw' or 'sgd', not {cfg.optimizer!r}")
+        raise ConfigError(f"optimizer must be 'adamw' or 'sgd', not {cfg.optimizer!r}")
 
     def _build_sa_states(self) -> dict[str, Any]:
         states = {}
