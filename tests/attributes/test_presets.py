@@ -7,7 +7,8 @@ from attributes.config import AttributeRunConfig
 from data_prep.align.templates import get_template
 from engine.config import load_config
 
-PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "attributes").glob("*.yaml"))
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "attributes"
+PRESETS = sorted(PRESET_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
@@ -18,8 +19,8 @@ def test_preset_loads_and_names_a_real_template(preset):
 
 
 def test_portrait_preset_differs_from_celeba64_only_in_alignment_and_folders():
-    base = load_config(AttributeRunConfig, PRESETS[0].parent / "celeba64.yaml")
-    portrait = load_config(AttributeRunConfig, PRESETS[0].parent / "celeba64-portrait.yaml")
+    base = load_config(AttributeRunConfig, PRESET_DIR / "celeba64.yaml")
+    portrait = load_config(AttributeRunConfig, PRESET_DIR / "celeba64-portrait.yaml")
     assert portrait.datasets["celeba"].template == "portrait" and base.datasets["celeba"].template == "thesis"
     assert portrait.datasets["celeba"].cache_dir != base.datasets["celeba"].cache_dir
     for section in ("model", "optim", "augment", "eval"):
