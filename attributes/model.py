@@ -27,6 +27,9 @@ __all__ = ["ModelConfig", "AttributeModel", "build_attribute_model"]
 class ModelConfig:
     trunk: TrunkConfig = field(default_factory=TrunkConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    # NHWC convolution weights: the same maths, and with oneDNN on the CPU a training step of the
+    # 64 px AlexNet-BN runs about 1.4x faster (benchmarks/attributes_throughput.py). Inputs stay NCHW.
+    channels_last: bool = True
 
 
 class AttributeModel(nn.Module):
@@ -121,4 +124,7 @@ def build_attribute_model(config: ModelConfig, schemas: dict[str, LabelSchema],
     for name, dataset_groups in groups.items():
         if not dataset_groups:
             raise ValueError(f"dataset {name!r} has no tasks to learn")
-    return AttributeModel(trunk, config.trunk.input_size, groups, config.head, schemas)
+    model = AttributeModel(trunk, config.trunk.input_size, groups, config.head, schemas)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

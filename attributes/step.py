@@ -41,6 +41,19 @@ class OptimConfig:
     min_lr_ratio: float = 0.02
     schedule_steps: int = 0  # length of the cosine schedule (0: trainer.max_steps); fix it to stop early and resume later
 
+    def __post_init__(self) -> None:
+        # Checked here, not when the optimizer is built, so a bad value fails before any data is aligned.
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"optim.optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"optim.schedule must be 'cosine' or 'constant', not {self.schedule!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or self.schedule_steps < 0:
+            raise ConfigError("optim.weight_decay, optim.warmup_steps and optim.schedule_steps must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
 
 @dataclass
 class LossConfig:
@@ -60,6 +73,17 @@ class LossConfig:
     f_measure: float = 0.0  # relaxed F-measure loss on binary attributes (heads without SA-softmax)
     f_measure_beta2: float = 0.3  # beta^2 of the F-measure (< 1 favours precision)
     f_measure_variant: str = "floss"  # floss (1 - F) | logfloss (-log F)
+
+    def __post_init__(self) -> None:
+        if self.weighting not in ("fixed", "uncertainty"):
+            raise ConfigError(f"loss.weighting must be 'fixed' or 'uncertainty', not {self.weighting!r}")
+        if self.sparse_labels not in ("per_task", "by_coverage"):
+            raise ConfigError(f"loss.sparse_labels must be 'per_task' or 'by_coverage', not {self.sparse_labels!r}")
+        if self.f_measure_variant not in F_MEASURE_VARIANTS:
+            raise ConfigError(f"loss.f_measure_variant must be one of {F_MEASURE_VARIANTS}, not {self.f_measure_variant!r}")
+        for name in ("center", "contrastive_center", "exclusive", "f_measure"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name} must be >= 0 (0: off), got {getattr(self, name)}")
 
 
 @dataclass
@@ -108,12 +132,6 @@ class AttributeStep:
         self.flip_tta = flip_tta
         self.calibrate_thresholds = calibrate_thresholds
         self.eval_batch_size = eval_batch_size
-        if loss.weighting not in ("fixed", "uncertainty"):
-            raise ConfigError(f"loss weighting must be 'fixed' or 'uncertainty', not {loss.weighting!r}")
-        if loss.sparse_labels not in ("per_task", "by_coverage"):
-            raise ConfigError(f"loss.sparse_labels must be 'per_task' or 'by_coverage', not {loss.sparse_labels!r}")
-        if loss.f_measure_variant not in F_MEASURE_VARIANTS:
-            raise ConfigError(f"loss.f_measure_variant must be one of {F_MEASURE_VARIANTS}, not {loss.f_measure_variant!r}")
         # Single-label heads, keyed by sub-network and group, so a shared head has one set of centres.
         self.single_label_heads = {
             f"{group.subnet}/{group.name}": group for name in self.names for group in model.groups[name]
@@ -183,9 +201,7 @@ class AttributeStep:
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if cfg.optimizer == "adamw":
             return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-        raise ConfigError(f"optimizer must be 'adamw' or 'sgd', not {cfg.optimizer!r}")
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
     def _build_sa_states(self) -> dict[str, Any]:
         states = {}

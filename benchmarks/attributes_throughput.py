@@ -3,8 +3,9 @@
 1. Training: dataset-parallel steps (one batch from each of K datasets, one concatenated trunk
    pass) against training on one dataset alone, in images/s; and, for the same K batches, one
    concatenated forward+backward against K separate forward passes through the trunk followed
-   by one backward (what a naive multi-dataset loop does).
-2. Inference: eager eval-mode model against the BN-folded + channels_last copy from
+   by one backward (what a naive multi-dataset loop does); and one dataset's training step with
+   the default NHWC (channels_last) weights against the same model in the plain NCHW layout.
+2. Inference: eager eval-mode model (plain NCHW) against the BN-folded + channels_last copy from
    engine.fold.optimize_for_inference (and, with --compile, torch.compile on top), in images/s,
    with the largest output difference as a check that the fast path computes the same thing.
 
@@ -85,6 +86,10 @@ def main() -> None:
     config = ModelConfig(TrunkConfig("alexnet_bn", args.size, args.width), HeadConfig())
     model = build_attribute_model(config, SCHEMAS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # The reference: the same weights in the plain NCHW layout.
+    plain = build_attribute_model(ModelConfig(config.trunk, config.head, channels_last=False), SCHEMAS)
+    plain.load_state_dict(model.state_dict())
+    plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-4)
     names = list(SCHEMAS)
     batches = {n: _batch(n, s, args.batch, args.size, gen) for n, s in SCHEMAS.items()}
     model.train()
@@ -104,15 +109,17 @@ def main() -> None:
         _loss(model, outputs, batches, names).backward()
         optimizer.step()
 
-    def single_step():
-        outputs, _ = model(batches["celeba"][0], [("celeba", args.batch)])
-        optimizer.zero_grad(set_to_none=True)
-        _loss(model, outputs, batches, ["celeba"]).backward()
-        optimizer.step()
+    def single_step(net=model, opt=optimizer):
+        outputs, _ = net(batches["celeba"][0], [("celeba", args.batch)])
+        opt.zero_grad(set_to_none=True)
+        _loss(net, outputs, batches, ["celeba"]).backward()
+        opt.step()
 
+    plain.train()
     t_parallel = _timed(parallel_step, args.repeats)
     t_separate = _timed(separate_step, args.repeats)
     t_single = _timed(single_step, args.repeats)
+    t_plain = _timed(lambda: single_step(plain, plain_optimizer), args.repeats)
     k = len(names)
     print(f"threads={args.threads} batch={args.batch}/dataset size={args.size} AlexNet-BN width={args.width}")
     print("training")
@@ -121,22 +128,25 @@ def main() -> None:
     print(f"  one dataset alone (celeba):                     {args.batch / t_single:8.1f} img/s  ({t_single * 1e3:.0f} ms/step)")
     print(f"  ratio concatenated / separate (img/s):          {t_separate / t_parallel:8.3f}")
     print(f"  ratio dataset-parallel / single (img/s):        {(k * args.batch / t_parallel) / (args.batch / t_single):8.3f}")
+    print(f"  one dataset, plain NCHW weights:                {args.batch / t_plain:8.1f} img/s  ({t_plain * 1e3:.0f} ms/step)")
+    print(f"  ratio channels_last / NCHW (img/s):             {t_plain / t_single:8.3f}")
 
     model.eval()
+    plain.eval()
     images = torch.randn(256, 3, args.size, args.size, generator=gen)
     layout = [("celeba", 256)]
     fast = optimize_for_inference(model)
     with torch.inference_mode():
-        eager_out = model(images, layout)[0]["celeba"]["binary"]
+        eager_out = plain(images, layout)[0]["celeba"]["binary"]
         fast_out = fast(images, layout)[0]["celeba"]["binary"]
-        t_eager = _timed(lambda: model(images, layout), args.repeats)
+        t_eager = _timed(lambda: plain(images, layout), args.repeats)
         t_fast = _timed(lambda: fast(images, layout), args.repeats)
     print("inference (256 faces, celeba head)")
-    print(f"  eager:                          {256 / t_eager:8.1f} img/s")
+    print(f"  eager (NCHW):                   {256 / t_eager:8.1f} img/s")
     print(f"  BN folded + channels_last:      {256 / t_fast:8.1f} img/s  (max |diff| {float((eager_out - fast_out).abs().max()):.2e})")
     print(f"  ratio fast / eager:             {t_eager / t_fast:8.3f}")
     if args.compile:
-        compiled = optimize_for_inference(model, compile=True)
+        compiled = optimize_for_inference(plain, compile=True)
         with torch.inference_mode():
             t_compiled = _timed(lambda: compiled(images, layout), args.repeats)
         print(f"  + torch.compile:                {256 / t_compiled:8.1f} img/s  ratio {t_eager / t_compiled:.3f}")

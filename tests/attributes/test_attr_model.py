@@ -13,6 +13,7 @@ from attributes.multidataset import ParallelDatasets, augment_batch, combine_los
 from attributes.step import AugmentConfig
 from attributes.trunks import AlexNetBN, ResNetTrunk, TrunkConfig, TrunkError, build_trunk, feature_shape
 from data_prep.datasets.schema import LabelSchema, Task, TaskKind
+from engine.config import ConfigError
 
 MIXED = LabelSchema((
     Task("Smiling", TaskKind.BINARY), Task("Male", TaskKind.BINARY), Task("Bangs", TaskKind.BINARY),
@@ -248,6 +249,19 @@ def test_augment_config_refuses_out_of_range_values():
             AugmentConfig(**bad)
 
 
+def test_loss_and_optim_configs_refuse_bad_values_when_built():
+    from attributes.step import LossConfig, OptimConfig
+
+    for bad in ({"weighting": "learned"}, {"sparse_labels": "sometimes"}, {"f_measure_variant": "f2"}, {"center": -1.0}):
+        with pytest.raises(ConfigError, match="loss"):
+            LossConfig(**bad)
+    for bad in ({"optimizer": "adam"}, {"schedule": "step"}, {"lr": 0.0}, {"min_lr_ratio": 2.0}, {"warmup_steps": -1}):
+        with pytest.raises(ConfigError, match="optim"):
+            OptimConfig(**bad)
+    LossConfig(weighting="uncertainty", sparse_labels="by_coverage")  # the good values still build
+    OptimConfig(optimizer="sgd", schedule="constant")
+
+
 class _CapturingContext:
     """Just enough of engine.trainer.StepContext to run one AttributeStep.train_step on the CPU."""
 
@@ -287,3 +301,24 @@ def test_sparse_labels_by_coverage_weighs_a_head_by_its_labelled_share_of_the_ba
     with pytest.raises(ValueError, match="sparse_labels"):
         AttributeStep(model, {"d": list(range(40))}, {}, batch_size=8, max_steps=10, optim=OptimConfig(),
                       loss=LossConfig(sparse_labels="sometimes"), sa=SAConfig(), augment=AugmentConfig())
+
+
+def test_channels_last_model_computes_what_the_nchw_model_computes():
+    config = ModelConfig(TrunkConfig("alexnet_bn", 64, 0.125), HeadConfig(conv_channels=8, reduce_channels=8, feature_dim=8))
+    torch.manual_seed(0)
+    fast = build_attribute_model(config, {"d": MIXED})
+    plain = build_attribute_model(ModelConfig(config.trunk, config.head, channels_last=False), {"d": MIXED})
+    plain.load_state_dict(fast.state_dict())
+    convs = [m.weight for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not convs[0].is_contiguous()  # a 5x5 kernel: NHWC strides, not NCHW ones (1x1 kernels are both)
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    x = torch.randn(6, 3, 64, 64)
+    for net in (fast, plain):
+        net.eval()
+    out_fast, out_plain = fast(x, [("d", 6)])[0]["d"], plain(x, [("d", 6)])[0]["d"]
+    for name in out_plain:
+        torch.testing.assert_close(out_fast[name], out_plain[name], rtol=1e-4, atol=1e-5)
+    # Loading an NCHW checkpoint keeps the NHWC layout (load_state_dict copies into the existing tensors).
+    fast.load_state_dict(plain.state_dict())
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
