@@ -370,8 +370,8 @@ class AttributeStep:
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
-        """Validation metrics per dataset; `score` (mean of each dataset's main accuracy) drives best.pt.
-        Binary thresholds are re-chosen on this validation data when calibration is on."""
+        """Validation metrics per dataset; `score` (mean of each dataset's main accuracy) drives best.pt
+        (with a slimming target, only once the trunk is that sparse). Binary thresholds are re-chosen on this validation data when calibration is on."""
         results: dict[str, float] = {}
         scores = []
         model = self.ctx.ema.get("model", self.model) if self.ctx is not None else self.model
@@ -414,6 +414,14 @@ class AttributeStep:
                     scores.append(float(acc))
         if scores:
             results["score"] = sum(scores) / len(scores)
+        if self.slim is not None:
+            # best.pt is the checkpoint that gets pruned. One from before the trained weights reached
+            # the sparsity target loses accuracy when its still-live channels are cut, so such a
+            # checkpoint does not compete for best.pt.
+            reached = sparsity(self.model, self.slim_config.tau, self.slim_config.scope)
+            results["slim/sparsity"] = reached
+            if reached < self.slim_config.target and "score" in results:
+                results["score_before_target"] = results.pop("score")
         return results
 
 

@@ -113,6 +113,14 @@ def test_slimmed_training_then_prune_command(tmp_path, train_attributes):
     assert lambdas and lambdas[-1] > 0  # the coefficient grew from 0 by itself
     state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert state["step_state"]["slim"]["t"] == 8 and state["step_state"]["slim"]["lam"] > 0
+    # best.pt only among evaluations whose trunk had reached the 50% target: what gets pruned must be that sparse
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r.get("split") == "eval"]
+    assert len(evals) == 4 and all("slim/sparsity" in r for r in evals)
+    for r in evals:
+        assert ("score" in r) == (r["slim/sparsity"] >= 0.5)
+        assert ("score_before_target" in r) == (r["slim/sparsity"] < 0.5)
+    assert (run / "checkpoints" / "best.pt").is_file() == any("score" in r for r in evals)
 
     out = tmp_path / "pruned"
     assert main(["attributes", "prune", str(run / "checkpoints" / "latest.pt"), "--out", str(out), "--ratio", "0.5",
@@ -139,3 +147,11 @@ def test_slimmed_training_then_prune_command(tmp_path, train_attributes):
     for keep, raw_scale, ema_scale, got in zip(channels_to_keep(raw, 0.5), bn_scales(raw), bn_scales(ema), kept_scales):
         assert torch.equal(got, raw_scale[keep])
         assert not torch.equal(got, ema_scale[keep])
+
+
+def test_a_slimmed_run_reaching_its_target_competes_for_best(tmp_path, train_attributes):
+    # tau just above 1: every channel counts as sparse (|gamma| < 1.01 max |gamma|), so the 50% target is met at once
+    run = train_attributes(tmp_path, "slim", 10, "--slim", "0.5", "--set", "slim.tau=1.01")
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("split") == "eval"]
+    assert len(evals) == 1 and evals[0]["slim/sparsity"] >= 0.5 and "score" in evals[0]
+    assert (run / "checkpoints" / "best.pt").is_file()
