@@ -131,6 +131,7 @@ def main() -> None:
     print(f"  one dataset, plain NCHW weights:                {args.batch / t_plain:8.1f} img/s  ({t_plain * 1e3:.0f} ms/step)")
     print(f"  ratio channels_last / NCHW (img/s):             {t_plain / t_single:8.3f}")
 
+    plain.load_state_dict(model.state_dict())  # both trained on above: compare the inference paths on one set of weights
     model.eval()
     plain.eval()
     images = torch.randn(256, 3, args.size, args.size, generator=gen)
