@@ -371,7 +371,8 @@ class AttributeStep:
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
         """Validation metrics per dataset; `score` (mean of each dataset's main accuracy) drives best.pt
-        (with a slimming target, only once the trunk is that sparse). Binary thresholds are re-chosen on this validation data when calibration is on."""
+        (with a slimming target, only once the trunk is that sparse). Binary thresholds are
+        re-chosen on this validation data when calibration is on."""
         results: dict[str, float] = {}
         scores = []
         model = self.ctx.ema.get("model", self.model) if self.ctx is not None else self.model
