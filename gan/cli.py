@@ -10,6 +10,7 @@ import torch
 
 from engine.checkpoint import load_checkpoint
 from engine.config import from_dict, load_config, save_config, to_dict
+from engine.device import configure_threads
 from engine.errors import FaceganError
 from engine.trainer import Trainer, TrainerConfig
 from gan.config import GANConfig
@@ -124,6 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default 0)")
     p.add_argument("--raw", action="store_true", help="use the raw generator instead of its EMA copy")
     p.add_argument("--device", default="cpu", help="device to sample on (default cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: $FACEGAN_THREADS or all cores)")
     p.set_defaults(func=_run_sample)
 
     p = sub.add_parser(
@@ -149,6 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the latent draws and KID subsets (default 0)")
     p.add_argument("--raw", action="store_true", help="sample the raw generator instead of its EMA copy")
     p.add_argument("--device", default="cpu", help="device for sampling and feature extraction (default cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: $FACEGAN_THREADS or all cores)")
     p.set_defaults(func=_run_eval)
 
 
@@ -178,6 +181,7 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     if args.num < 1:
         raise FaceganError("--num must be at least 1")
+    configure_threads(args.threads)
     step, _ = load_generator_step(args.checkpoint, use_ema=not args.raw, device=args.device)
     rng = torch.Generator(device=args.device).manual_seed(args.seed)
     images = step.sample(args.num, generator=rng)
@@ -219,6 +223,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise FaceganError(f"--metrics takes fd-face, fid and/or kid; got {args.metrics!r}")
     if args.num < 2:
         raise FaceganError("--num must be at least 2 (a covariance needs two samples)")
+    configure_threads(args.threads)
     if args.fake.is_file():
         step, _ = load_generator_step(args.fake, use_ema=not args.raw, device=args.device)
         image_size = step.config.image_size

@@ -44,3 +44,18 @@ def test_user_errors_are_messages_not_tracebacks(tmp_path, capsys):
     code = main(["align", str(tmp_path / "does-not-exist"), str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "does-not-exist" in err and "Traceback" not in err
+
+
+def test_every_command_keeps_to_facegan_threads(tmp_path, monkeypatch, capsys):
+    # Commands without a --threads option (attributes eval, predict) must still keep to the
+    # environment's thread count, or they oversubscribe the cores beside a training job.
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("FACEGAN_THREADS", "1")
+    try:
+        torch.set_num_threads(2)
+        assert main(["attributes", "eval", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out")]) == 2
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Face generation, super-resolution and cross-domain attribute recognition. "
             "Every face is normalised by the MTCNN-based aligner. Run `facegan COMMAND --help` "
-            "for the options of each command."
+            "for the options of each command. Every command runs torch on $FACEGAN_THREADS CPU threads "
+            "(default: all cores); commands with a --threads option take that instead."
         ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        # Before any command runs, so that commands without a --threads option (eval, predict,
+        # data cache) also keep to FACEGAN_THREADS beside another job.
+        from engine.device import configure_threads
+
+        configure_threads()
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
         import os
