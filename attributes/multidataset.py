@@ -171,6 +171,23 @@ def augment_batch(images: torch.Tensor, flip: bool = True, max_shift: int = 0, g
     return images
 
 
+def mixup_partners(layout: list[tuple[str, int]], extra: int, alpha: float,
+                   generator: torch.Generator | None = None) -> tuple[float, torch.Tensor]:
+    """Mixup (Zhang et al., ICLR 2018) across the concatenated batch: one weight lam ~ Beta(alpha,
+    alpha) and, for every face, a partner drawn from the same dataset's slice, so that a mixed
+    face's two label sets come from one label schema. Returns lam and the partner index of each
+    face of the batch (the `extra` unlabelled faces at the end pair among themselves).
+    Draws from `generator` (or the global RNG, which the Trainer checkpoints)."""
+    # torch.distributions takes no generator; Beta(a, a) is X / (X + Y) for X, Y ~ Gamma(a, 1).
+    gammas = torch._standard_gamma(torch.full((2,), float(alpha)), generator=generator)
+    lam = float(gammas[0] / gammas.sum())
+    partners, start = [], 0
+    for size in [size for _, size in layout] + ([extra] if extra else []):
+        partners.append(start + torch.randperm(size, generator=generator))
+        start += size
+    return lam, torch.cat(partners) if partners else torch.zeros(0, dtype=torch.long)
+
+
 def _rotate_and_zoom(images: torch.Tensor, rotate: float, scale: float, generator: torch.Generator | None) -> torch.Tensor:
     """Each image turned by its own angle and zoomed by its own factor about the centre
     (bilinear, edges replicated): a zoom above 1 shows a tighter crop."""

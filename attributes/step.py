@@ -20,7 +20,7 @@ from attributes.heads import TaskGroup, decode_group, group_loss
 from attributes.inference import best_thresholds, predict_cache, threshold_key, to_model_input
 from attributes.losses import F_MEASURE_VARIANTS, FeatureCenters, exclusive_regularization, f_measure_loss
 from attributes.model import AttributeModel
-from attributes.multidataset import augment_batch, combine_losses
+from attributes.multidataset import augment_batch, combine_losses, mixup_partners
 from attributes.slimming import AdaptiveL1, SlimConfig, l1_of_scales, slimmable_units, sparsity
 from attributes.verification import embed_faces, pairwise_auc
 from data_prep.cache import IDENTITY_TASK
@@ -101,6 +101,7 @@ class AugmentConfig:
     rotate: float = 0.0  # degrees of random rotation, uniform in +-rotate (0: off)
     scale: float = 0.0  # random zoom, uniform in 1 +- scale (0: off)
     erase: float = 0.0  # probability of erasing one random rectangle of 2-20% of the face (0: off)
+    mixup: float = 0.0  # mixup's Beta(alpha, alpha) parameter: train on blends of two faces of a dataset (0: off)
 
     def __post_init__(self) -> None:
         for name, low, high in (("grayscale", 0.0, 1.0), ("erase", 0.0, 1.0), ("scale", 0.0, 0.5), ("rotate", 0.0, 180.0)):
@@ -109,6 +110,8 @@ class AugmentConfig:
                 raise ConfigError(f"augment.{name} must be in [{low}, {high}], got {value}")
         if self.max_shift < 0:
             raise ConfigError(f"augment.max_shift must be >= 0, got {self.max_shift}")
+        if self.mixup < 0:
+            raise ConfigError(f"augment.mixup must be >= 0 (0: off), got {self.mixup}")
 
 
 class AttributeStep:
@@ -143,6 +146,14 @@ class AttributeStep:
             self.centers = FeatureCenters({key: (group.num_classes, dim) for key, group in self.single_label_heads.items()},
                                           center=loss.center > 0, contrastive=loss.contrastive_center > 0,
                                           delta=loss.contrastive_delta)
+        if augment.mixup > 0:
+            # A blended face has two label sets; these losses follow one label per face.
+            clashes = [what for what, on in (
+                ("SA-softmax (its tags are per face)", any(g.sa for n in self.names for g in model.groups[n])),
+                ("loss.center", loss.center > 0), ("loss.contrastive_center", loss.contrastive_center > 0),
+                ("loss.f_measure", loss.f_measure > 0)) if on]
+            if clashes:
+                raise ConfigError(f"augment.mixup cannot be combined with {', '.join(clashes)}")
         self.slim_config = slim
         self.slim = None  # the adaptive lambda; a fixed one is slim.l1
         if slim is not None and (slim.target > 0 or slim.l1 > 0):
@@ -257,6 +268,12 @@ class AttributeStep:
         images = to_model_input(torch.cat([batch[name]["image"] for name in self.names + self.unlabelled]))
         images = augment_batch(images, self.augment.flip, self.augment.max_shift, grayscale=self.augment.grayscale,
                                rotate=self.augment.rotate, scale=self.augment.scale, erase=self.augment.erase)
+        mix = None
+        if self.augment.mixup > 0:
+            lam, partners = mixup_partners(layout, extra, self.augment.mixup)
+            images = lam * images + (1.0 - lam) * images[partners.to(images.device)]
+            offsets = dict(zip(self.names, torch.tensor([0] + [size for _, size in layout]).cumsum(0).tolist()))
+            mix = (lam, partners, offsets)
         self.model.train()
         with ctx.autocast():
             outputs, log_vars, features, embeddings = ctx.models["model"](images, layout, extra, return_features=True,
@@ -273,6 +290,8 @@ class AttributeStep:
                 sa_state = self.sa_states.get(key)
                 sa_targets = sa_state.current_labels(index.cpu()).to(out.device) if sa_state is not None and active else None
                 loss = group_loss(group, out, targets[:, group.columns], mask[:, group.columns], sa_targets, active)
+                if mix is not None:
+                    loss = _mixed_loss(group, out, targets[:, group.columns], mask[:, group.columns], loss, *mix, name)
                 if loss is not None:
                     metrics[f"loss/{key}"] = float(loss.detach())
                     if self.loss_config.sparse_labels == "by_coverage":
@@ -424,6 +443,20 @@ class AttributeStep:
             if reached < self.slim_config.target and "score" in results:
                 results["score_before_target"] = results.pop("score")
         return results
+
+
+def _mixed_loss(group: TaskGroup, out: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                own: torch.Tensor | None, lam: float, partners: torch.Tensor, offsets: dict[str, int],
+                name: str) -> torch.Tensor | None:
+    """Mixup's loss: lam times the loss on each face's own labels plus (1 - lam) times the loss
+    on its partner's (for BCE this equals BCE on the blended targets). A side with no labels in
+    the batch drops out and the other keeps its full weight."""
+    start = offsets[name]
+    local = (partners[start:start + out.shape[0]] - start).to(targets.device)
+    other = group_loss(group, out, targets[local], mask[local])
+    if own is None or other is None:
+        return own if other is None else other
+    return lam * own + (1.0 - lam) * other
 
 
 def _sa_predictions(group: TaskGroup, out: torch.Tensor) -> torch.Tensor:
