@@ -298,9 +298,6 @@ def test_sparse_labels_by_coverage_weighs_a_head_by_its_labelled_share_of_the_ba
     male, age = metrics["loss/d/binary"], metrics["loss/d/Age"]  # each head's mean over its own labels
     expected = male + (age if mode == "per_task" else age * 2 / 8)
     assert float(step.ctx.total) == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(ValueError, match="sparse_labels"):
-        AttributeStep(model, {"d": list(range(40))}, {}, batch_size=8, max_steps=10, optim=OptimConfig(),
-                      loss=LossConfig(sparse_labels="sometimes"), sa=SAConfig(), augment=AugmentConfig())
 
 
 def test_channels_last_model_computes_what_the_nchw_model_computes():
