@@ -19,7 +19,9 @@ class DatasetEntry(SourceConfig):
     """One training dataset: where it is (see `data_prep.sources.SourceConfig`) and what to learn."""
 
     tasks: list[str] = field(default_factory=list)  # task names to learn (empty: every task of its schema)
-    train_split: str = "train"  # the split trained on; validation uses "val", evaluation "test"
+    # The split trained on; validation uses "val", evaluation "test". "all": every face, for a final
+    # model whose evaluation faces are elsewhere; it then has no validation and no test split.
+    train_split: str = "train"
     dedupe: bool = True  # drop exact-duplicate images (UTKFace has byte-identical copies with conflicting ages)
     identity: bool = False  # add a face-identity task ("Identity"): one class per person of the training split
 

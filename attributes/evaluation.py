@@ -93,7 +93,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
     from attributes.evaluate import (age_metrics, binary_attribute_metrics, categorical_metrics, plot_confusion_matrix,
                                      plot_per_attribute, write_evaluation_report)
     from attributes.inference import calibrated_thresholds, predict_cache
-    from attributes.train import load_attribute_model
+    from attributes.train import ALL_FACES, load_attribute_model
     from data_prep.datasets.schema import TaskKind
 
     out_dir = Path(out_dir)
@@ -112,6 +112,10 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
         plan = {f"{name} (head {head})": (head, entry)}
     else:
         plan = {name: (name, entry) for name, entry in loaded.config.datasets.items()}
+        for name, entry in loaded.config.datasets.items():
+            if entry.train_split == ALL_FACES:
+                raise FaceganError(f"{checkpoint} was trained on every face of {name} (train_split: all), so none of "
+                                   f"them is held out; evaluate it on other faces: --dataset {entry.source}=ROOT --head {name}")
     flip_tta = loaded.config.eval.flip_tta
     results: dict[str, Any] = {
         "checkpoint": str(checkpoint), "step": loaded.step, "split": split, "weights": "ema" if use_ema else "raw",

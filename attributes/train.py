@@ -19,7 +19,7 @@ from engine.config import from_dict, to_dict
 from engine.errors import FaceganError
 from engine.trainer import Trainer
 
-__all__ = ["DatasetSplits", "prepare_datasets", "train", "load_attribute_model", "LoadedModel"]
+__all__ = ["ALL_FACES", "DatasetSplits", "prepare_datasets", "train", "load_attribute_model", "LoadedModel"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,13 @@ def _dedupe(dataset):
     return dataset.with_records(deduplicate(dataset.records, drop_conflicting=True))
 
 
+ALL_FACES = "all"  # DatasetEntry.train_split that trains on every face of a dataset
+
+
+def _train_view(cache, split: str):
+    return cache.subset() if split == ALL_FACES else cache.subset(split=split)
+
+
 def prepare_datasets(datasets: dict[str, DatasetEntry], size: int, out_dir: str | Path, progress: bool = True) -> dict[str, DatasetSplits]:
     """Open, align and cache every dataset; split each into train/val/test views."""
     prepared = {}
@@ -49,7 +56,7 @@ def prepare_datasets(datasets: dict[str, DatasetEntry], size: int, out_dir: str 
         if entry.dedupe:
             dataset = _dedupe(dataset)
         cache = aligned_cache(dataset, entry, size, Path(out_dir), progress=progress)
-        train_view = cache.subset(split=entry.train_split)
+        train_view = _train_view(cache, entry.train_split)
         if len(train_view) == 0:
             raise FaceganError(f"dataset {name!r} ({entry.source}) has no faces in split {entry.train_split!r}")
         if entry.identity:
@@ -58,8 +65,12 @@ def prepare_datasets(datasets: dict[str, DatasetEntry], size: int, out_dir: str 
                 raise FaceganError(f"dataset {name!r}: an identity task needs at least 2 people in split "
                                    f"{entry.train_split!r}, found {len(people)} (does {entry.source} have identities?)")
             cache = cache.with_identity_task(people)
-            train_view = cache.subset(split=entry.train_split)
-        prepared[name] = DatasetSplits(name, train_view, cache.subset(split="val"), cache.subset(split="test"), cache.schema)
+            train_view = _train_view(cache, entry.train_split)
+        if entry.train_split == ALL_FACES:  # nothing is held out: validating on training faces would mislead
+            nothing = cache.subset(keep=lambda record: False)
+            prepared[name] = DatasetSplits(name, train_view, nothing, nothing, cache.schema)
+        else:
+            prepared[name] = DatasetSplits(name, train_view, cache.subset(split="val"), cache.subset(split="test"), cache.schema)
         log.info("%s: train %d, val %d, test %d faces", name, len(train_view), len(prepared[name].val), len(prepared[name].test))
     return prepared
 

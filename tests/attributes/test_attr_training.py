@@ -98,3 +98,22 @@ def test_shared_binary_task_keeps_its_own_thresholds_and_accuracy(tmp_path, trai
     assert main(["attributes", "eval", str(run / "checkpoints" / "latest.pt"), "--out", str(out)]) == 0
     binary = json.loads((out / "results.json").read_text())["datasets"]["synthetic"]["binary"]
     assert "calibrated" in binary and "calibrated" in binary["Male"]
+
+
+def test_training_on_every_face_holds_nothing_out_and_eval_says_so(trained, tmp_path, train_attributes, capsys):
+    from attributes.config import DatasetEntry
+    from attributes.train import prepare_datasets
+
+    shared = trained.parent  # the module's synthetic faces and cache
+    run = train_attributes(shared, "all", 4, "--set", "datasets.synthetic.train_split=all")
+    entry = DatasetEntry(root=str(shared / "synthetic"), cache_dir=str(shared / "cache"), synthetic_identities=40)
+    split = prepare_datasets({"synthetic": entry}, 64, tmp_path, progress=False)["synthetic"]
+    entry.train_split = "all"
+    everything = prepare_datasets({"synthetic": entry}, 64, tmp_path, progress=False)["synthetic"]
+    assert len(everything.train) == len(split.train) + len(split.val) + len(split.test)
+    assert len(everything.val) == 0 and len(everything.test) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if "score" in r]  # no validation on training faces
+    capsys.readouterr()
+    assert main(["attributes", "eval", str(run / "checkpoints" / "latest.pt"), "--out", str(tmp_path / "eval")]) == 2
+    assert "trained on every face" in capsys.readouterr().err
