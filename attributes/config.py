@@ -11,7 +11,10 @@ from attributes.step import AugmentConfig, LossConfig, OptimConfig, SAConfig
 from data_prep.sources import SourceConfig
 from engine.trainer import TrainerConfig
 
-__all__ = ["DatasetEntry", "EvalConfig", "AttributeRunConfig", "default_trainer"]
+__all__ = ["ALL_FACES", "DatasetEntry", "EvalConfig", "AttributeRunConfig", "default_trainer"]
+
+
+ALL_FACES = "all"  # DatasetEntry.train_split that trains on every face of a dataset
 
 
 @dataclass
@@ -24,6 +27,13 @@ class DatasetEntry(SourceConfig):
     train_split: str = "train"
     dedupe: bool = True  # drop exact-duplicate images (UTKFace has byte-identical copies with conflicting ages)
     identity: bool = False  # add a face-identity task ("Identity"): one class per person of the training split
+
+    def __post_init__(self) -> None:
+        from data_prep.datasets.record import SPLITS
+        from engine.config import ConfigError
+
+        if self.train_split not in (*SPLITS, ALL_FACES):
+            raise ConfigError(f"train_split must be one of {', '.join(SPLITS)} or {ALL_FACES}, not {self.train_split!r}")
 
     def learned_tasks(self) -> list[str]:
         """`tasks` as the model plans them (empty: every task), with the identity task when asked."""

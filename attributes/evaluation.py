@@ -89,11 +89,11 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
                         dataset: str | None = None, head: str | None = None, device: str = "cpu", batch_size: int = 256,
                         use_ema: bool = True, work_dir: str | Path | None = None, explain: int = 0,
                         explain_tasks: list[str] | None = None) -> dict[str, Any]:
-    from attributes.config import DatasetEntry
+    from attributes.config import ALL_FACES, DatasetEntry
     from attributes.evaluate import (age_metrics, binary_attribute_metrics, categorical_metrics, plot_confusion_matrix,
                                      plot_per_attribute, write_evaluation_report)
     from attributes.inference import calibrated_thresholds, predict_cache
-    from attributes.train import ALL_FACES, load_attribute_model
+    from attributes.train import load_attribute_model
     from data_prep.datasets.schema import TaskKind
 
     out_dir = Path(out_dir)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from attributes.config import AttributeRunConfig, DatasetEntry
+from attributes.config import ALL_FACES, AttributeRunConfig, DatasetEntry
 from attributes.model import AttributeModel, ModelConfig, build_attribute_model
 from attributes.multidataset import ParallelDatasets, SamplerConfig, balancing_weights
 from attributes.step import AttributeStep
@@ -19,7 +19,7 @@ from engine.config import from_dict, to_dict
 from engine.errors import FaceganError
 from engine.trainer import Trainer
 
-__all__ = ["ALL_FACES", "DatasetSplits", "prepare_datasets", "train", "load_attribute_model", "LoadedModel"]
+__all__ = ["DatasetSplits", "prepare_datasets", "train", "load_attribute_model", "LoadedModel"]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,6 @@ def _dedupe(dataset):
     from data_prep.datasets.utkface import deduplicate
 
     return dataset.with_records(deduplicate(dataset.records, drop_conflicting=True))
-
-
-ALL_FACES = "all"  # DatasetEntry.train_split that trains on every face of a dataset
 
 
 def _train_view(cache, split: str):

@@ -26,3 +26,22 @@ def test_portrait_preset_differs_from_celeba64_only_in_alignment_and_folders():
     for section in ("model", "optim", "augment", "eval"):
         assert getattr(portrait, section) == getattr(base, section)
     assert portrait.trainer.max_steps == base.trainer.max_steps and portrait.trainer.batch_size == base.trainer.batch_size
+
+
+def test_every_face_preset_is_the_portrait_preset_trained_on_every_person():
+    portrait = load_config(AttributeRunConfig, PRESET_DIR / "celeba64-portrait.yaml")
+    everyone = load_config(AttributeRunConfig, PRESET_DIR / "celeba64-portrait-all.yaml")
+    assert everyone.datasets["celeba"].train_split == "all" and portrait.datasets["celeba"].train_split == "train"
+    everyone.datasets["celeba"].train_split = "train"
+    assert everyone.datasets == portrait.datasets  # the same faces, alignment and cache
+    for section in ("model", "optim", "augment", "loss"):
+        assert getattr(everyone, section) == getattr(portrait, section)
+    assert everyone.trainer.max_steps == portrait.trainer.max_steps and everyone.trainer.batch_size == portrait.trainer.batch_size
+
+
+def test_train_split_is_checked_when_the_config_is_built():
+    from attributes.config import DatasetEntry
+    from engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train_split"):
+        DatasetEntry(train_split="everything")
