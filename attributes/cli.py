@@ -160,4 +160,6 @@ def _run_train(args: argparse.Namespace) -> int:
         if evals:
             last = {k: v for k, v in evals[-1].items() if k not in ("split",)}
             print("validation: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+        else:
+            print("validation: none (no validation faces); checkpoints/latest.pt is the model")
     return 130 if result["status"] == "interrupted" else 0

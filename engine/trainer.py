@@ -385,6 +385,8 @@ class Trainer:
         if evaluate is None:
             return
         metrics = evaluate(step)
+        if not metrics:  # nothing to evaluate on (a run without validation faces): no empty rows in the logs
+            return
         self.logger.scalars(step, metrics, prefix="eval")
         key = self.config.best_metric
         if key and key in metrics:
