@@ -8,7 +8,9 @@ from attributes.model import ModelConfig
 from attributes.multidataset import SamplerConfig
 from attributes.slimming import SlimConfig
 from attributes.step import AugmentConfig, LossConfig, OptimConfig, SAConfig
+from data_prep.datasets.record import SPLITS
 from data_prep.sources import SourceConfig
+from engine.config import ConfigError
 from engine.trainer import TrainerConfig
 
 __all__ = ["ALL_FACES", "DatasetEntry", "EvalConfig", "AttributeRunConfig", "default_trainer"]
@@ -29,9 +31,6 @@ class DatasetEntry(SourceConfig):
     identity: bool = False  # add a face-identity task ("Identity"): one class per person of the training split
 
     def __post_init__(self) -> None:
-        from data_prep.datasets.record import SPLITS
-        from engine.config import ConfigError
-
         if self.train_split not in (*SPLITS, ALL_FACES):
             raise ConfigError(f"train_split must be one of {', '.join(SPLITS)} or {ALL_FACES}, not {self.train_split!r}")
 

@@ -112,7 +112,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
         plan = {f"{name} (head {head})": (head, entry)}
     else:
         plan = {name: (name, entry) for name, entry in loaded.config.datasets.items()}
-        for name, entry in loaded.config.datasets.items():
+        for name, (_, entry) in plan.items():
             if entry.train_split == ALL_FACES:
                 raise FaceganError(f"{checkpoint} was trained on every face of {name} (train_split: all), so none of "
                                    f"them is held out; evaluate it on other faces: --dataset {entry.source}=ROOT --head {name}")

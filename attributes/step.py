@@ -272,8 +272,9 @@ class AttributeStep:
         if self.augment.mixup > 0:
             lam, partners = mixup_partners(layout, extra, self.augment.mixup)
             images = lam * images + (1.0 - lam) * images[partners.to(images.device)]
-            offsets = dict(zip(self.names, torch.tensor([0] + [size for _, size in layout]).cumsum(0).tolist()))
-            mix = (lam, partners, offsets)
+            starts = torch.tensor([0] + [size for _, size in layout]).cumsum(0).tolist()
+            # Each face's partner as an index into its own dataset's slice (its targets' rows).
+            mix = (lam, {name: partners[start:start + size] - start for (name, size), start in zip(layout, starts)})
         self.model.train()
         with ctx.autocast():
             outputs, log_vars, features, embeddings = ctx.models["model"](images, layout, extra, return_features=True,
@@ -291,7 +292,7 @@ class AttributeStep:
                 sa_targets = sa_state.current_labels(index.cpu()).to(out.device) if sa_state is not None and active else None
                 loss = group_loss(group, out, targets[:, group.columns], mask[:, group.columns], sa_targets, active)
                 if mix is not None:
-                    loss = _mixed_loss(group, out, targets[:, group.columns], mask[:, group.columns], loss, *mix, name)
+                    loss = _mixed_loss(group, out, targets[:, group.columns], mask[:, group.columns], loss, mix[0], mix[1][name])
                 if loss is not None:
                     metrics[f"loss/{key}"] = float(loss.detach())
                     if self.loss_config.sparse_labels == "by_coverage":
@@ -446,14 +447,13 @@ class AttributeStep:
 
 
 def _mixed_loss(group: TaskGroup, out: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                own: torch.Tensor | None, lam: float, partners: torch.Tensor, offsets: dict[str, int],
-                name: str) -> torch.Tensor | None:
+                own: torch.Tensor | None, lam: float, partners: torch.Tensor) -> torch.Tensor | None:
     """Mixup's loss: lam times the loss on each face's own labels plus (1 - lam) times the loss
-    on its partner's (for BCE this equals BCE on the blended targets). A side with no labels in
-    the batch drops out and the other keeps its full weight."""
-    start = offsets[name]
-    local = (partners[start:start + out.shape[0]] - start).to(targets.device)
-    other = group_loss(group, out, targets[local], mask[local])
+    on its partner's (`partners`: each face's partner within this dataset's batch; for BCE this
+    equals BCE on the blended targets). A side with no labels in the batch drops out and the
+    other keeps its full weight."""
+    partners = partners.to(targets.device)
+    other = group_loss(group, out, targets[partners], mask[partners])
     if own is None or other is None:
         return own if other is None else other
     return lam * own + (1.0 - lam) * other

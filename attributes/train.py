@@ -41,8 +41,13 @@ def _dedupe(dataset):
     return dataset.with_records(deduplicate(dataset.records, drop_conflicting=True))
 
 
-def _train_view(cache, split: str):
-    return cache.subset() if split == ALL_FACES else cache.subset(split=split)
+def _split_views(cache, train_split: str):
+    """The (train, val, test) views of `cache`. With train_split "all" every face trains and
+    nothing is held out, since validating on training faces would mislead."""
+    if train_split == ALL_FACES:
+        nothing = cache.subset(keep=lambda record: False)
+        return cache.subset(), nothing, nothing
+    return cache.subset(split=train_split), cache.subset(split="val"), cache.subset(split="test")
 
 
 def prepare_datasets(datasets: dict[str, DatasetEntry], size: int, out_dir: str | Path, progress: bool = True) -> dict[str, DatasetSplits]:
@@ -53,7 +58,7 @@ def prepare_datasets(datasets: dict[str, DatasetEntry], size: int, out_dir: str 
         if entry.dedupe:
             dataset = _dedupe(dataset)
         cache = aligned_cache(dataset, entry, size, Path(out_dir), progress=progress)
-        train_view = _train_view(cache, entry.train_split)
+        train_view = _split_views(cache, entry.train_split)[0]
         if len(train_view) == 0:
             raise FaceganError(f"dataset {name!r} ({entry.source}) has no faces in split {entry.train_split!r}")
         if entry.identity:
@@ -62,13 +67,9 @@ def prepare_datasets(datasets: dict[str, DatasetEntry], size: int, out_dir: str 
                 raise FaceganError(f"dataset {name!r}: an identity task needs at least 2 people in split "
                                    f"{entry.train_split!r}, found {len(people)} (does {entry.source} have identities?)")
             cache = cache.with_identity_task(people)
-            train_view = _train_view(cache, entry.train_split)
-        if entry.train_split == ALL_FACES:  # nothing is held out: validating on training faces would mislead
-            nothing = cache.subset(keep=lambda record: False)
-            prepared[name] = DatasetSplits(name, train_view, nothing, nothing, cache.schema)
-        else:
-            prepared[name] = DatasetSplits(name, train_view, cache.subset(split="val"), cache.subset(split="test"), cache.schema)
-        log.info("%s: train %d, val %d, test %d faces", name, len(train_view), len(prepared[name].val), len(prepared[name].test))
+        prepared[name] = DatasetSplits(name, *_split_views(cache, entry.train_split), cache.schema)
+        log.info("%s: train %d, val %d, test %d faces", name, len(prepared[name].train), len(prepared[name].val),
+                 len(prepared[name].test))
     return prepared
 
 

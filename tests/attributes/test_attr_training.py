@@ -115,6 +115,5 @@ def test_training_on_every_face_holds_nothing_out_and_eval_says_so(trained, tmp_
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert not [r for r in rows if r["split"] == "eval"]  # no validation on training faces
     assert "validation: none" in capsys.readouterr().out
-    capsys.readouterr()
     assert main(["attributes", "eval", str(run / "checkpoints" / "latest.pt"), "--out", str(tmp_path / "eval")]) == 2
     assert "trained on every face" in capsys.readouterr().err

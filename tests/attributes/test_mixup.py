@@ -39,11 +39,10 @@ def test_mixed_bce_equals_bce_on_blended_targets():
     out = torch.randn(6, 3)
     targets = (torch.rand(6, 3) > 0.5).float()
     mask = torch.ones(6, 3, dtype=torch.bool)
-    partners = torch.tensor([1, 0, 5, 4, 2, 3, 7, 6])  # dataset "d" is faces 2-7 of the batch
+    local = torch.tensor([3, 2, 0, 1, 5, 4])  # each face's partner within this dataset's batch
     own = F.binary_cross_entropy_with_logits(out, targets)
     lam = 0.3
-    mixed = _mixed_loss(group, out, targets, mask, own, lam, partners, {"other": 0, "d": 2}, "d")
-    local = partners[2:] - 2
+    mixed = _mixed_loss(group, out, targets, mask, own, lam, local)
     blended = lam * targets + (1 - lam) * targets[local]
     assert torch.allclose(mixed, F.binary_cross_entropy_with_logits(out, blended), atol=1e-6)
 
@@ -56,11 +55,11 @@ def test_mixed_loss_keeps_the_labelled_side_when_the_partner_has_none():
     own = (out[0, 0] - targets[0, 0]).abs() / 10.0
     # Face 0's partner is face 1, which has no age: the partner's term has only face 1's
     # partner (face 0) to score, so both terms exist and blend.
-    mixed = _mixed_loss(group, out, targets, mask, own, 0.25, torch.tensor([1, 0]), {"d": 0}, "d")
+    mixed = _mixed_loss(group, out, targets, mask, own, 0.25, torch.tensor([1, 0]))
     partner_term = (out[1, 0] - targets[0, 0]).abs() / 10.0
     assert torch.allclose(mixed, 0.25 * own + 0.75 * partner_term)
     # No labelled face at all on the partner's side: the own term keeps its full weight.
-    only_self = _mixed_loss(group, out, targets, mask, own, 0.25, torch.tensor([1, 1]), {"d": 0}, "d")
+    only_self = _mixed_loss(group, out, targets, mask, own, 0.25, torch.tensor([1, 1]))
     assert torch.allclose(only_self, own)
 
 
