@@ -84,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (trainer.seed)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (trainer.device)")
     p.add_argument("--threads", type=int, help="torch CPU threads (trainer.threads)")
-    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (trainer.amp)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (trainer.amp): float16 on CUDA; bfloat16 on a CPU with native bfloat16 (AVX512-BF16 or AMX), about 1.8x faster there; float32 elsewhere")
     p.add_argument("--resume", action="store_true", help="continue OUT's latest checkpoint exactly where it stopped")
     p.add_argument("--force", action="store_true", help="with --resume: allow a changed configuration")
     p.set_defaults(func=_run_train)

@@ -29,6 +29,7 @@ from attributes.multidataset import combine_losses
 from attributes.heads import group_loss
 from attributes.trunks import TrunkConfig
 from data_prep.datasets.schema import LabelSchema, Task, TaskKind
+from engine.device import autocast_dtype
 from engine.fold import optimize_for_inference
 
 SCHEMAS = {
@@ -109,10 +110,11 @@ def main() -> None:
         _loss(model, outputs, batches, names).backward()
         optimizer.step()
 
-    def single_step(net=model, opt=optimizer):
-        outputs, _ = net(batches["celeba"][0], [("celeba", args.batch)])
+    def single_step(net=model, opt=optimizer, dtype=None):
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            outputs, _ = net(batches["celeba"][0], [("celeba", args.batch)])
         opt.zero_grad(set_to_none=True)
-        _loss(net, outputs, batches, ["celeba"]).backward()
+        _loss(net, {n: {g: v.float() for g, v in o.items()} for n, o in outputs.items()}, batches, ["celeba"]).backward()
         opt.step()
 
     plain.train()
@@ -120,6 +122,8 @@ def main() -> None:
     t_separate = _timed(separate_step, args.repeats)
     t_single = _timed(single_step, args.repeats)
     t_plain = _timed(lambda: single_step(plain, plain_optimizer), args.repeats)
+    dtype = autocast_dtype(torch.device("cpu"))
+    t_bf16 = _timed(lambda: single_step(dtype=dtype), args.repeats) if dtype is not None else None
     k = len(names)
     print(f"threads={args.threads} batch={args.batch}/dataset size={args.size} AlexNet-BN width={args.width}")
     print("training")
@@ -130,6 +134,11 @@ def main() -> None:
     print(f"  ratio dataset-parallel / single (img/s):        {(k * args.batch / t_parallel) / (args.batch / t_single):8.3f}")
     print(f"  one dataset, plain NCHW weights:                {args.batch / t_plain:8.1f} img/s  ({t_plain * 1e3:.0f} ms/step)")
     print(f"  ratio channels_last / NCHW (img/s):             {t_plain / t_single:8.3f}")
+    if t_bf16 is None:
+        print("  bfloat16 autocast: skipped (this CPU has no native bfloat16, where it runs slower than float32)")
+    else:
+        print(f"  one dataset, bfloat16 autocast (--amp):         {args.batch / t_bf16:8.1f} img/s  ({t_bf16 * 1e3:.0f} ms/step)")
+        print(f"  ratio bfloat16 / float32 (img/s):               {t_single / t_bf16:8.3f}")
 
     plain.load_state_dict(model.state_dict())  # both trained on above: compare the inference paths on one set of weights
     model.eval()

@@ -30,7 +30,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from engine.checkpoint import atomic_save, config_fingerprint, load_checkpoint
-from engine.device import choose_device, configure_threads
+from engine.device import autocast_dtype, choose_device, configure_threads
 from engine.distributed import DistributedInfo, ResumableSampler, init_distributed
 from engine.ema import ModelEMA
 from engine.errors import FaceganError
@@ -79,7 +79,7 @@ class TrainerConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
-    amp: bool = False  # mixed precision; only takes effect on CUDA
+    amp: bool = False  # mixed precision: float16 on CUDA, bfloat16 on CPUs with native bfloat16, else off
     threads: int | None = None
     ema_decay: float = 0.0  # 0 disables the EMA copies
     ema_modules: tuple[str, ...] = ()
@@ -110,7 +110,8 @@ class StepContext:
     def __init__(self, device: torch.device, dist_info: DistributedInfo, amp: bool, grad_clip: float):
         self.device = device
         self.dist = dist_info
-        self.amp = amp and device.type == "cuda"
+        self.amp_dtype = autocast_dtype(device) if amp else None
+        self.amp = self.amp_dtype is not None
         self.grad_clip = grad_clip
         self.models: dict[str, nn.Module] = {}
         self.ema: dict[str, nn.Module] = {}
@@ -120,7 +121,7 @@ class StepContext:
     def autocast(self):
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def optimize(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> float:
         """Backward `loss`, then step optimizer `name`; returns the gradient norm before clipping."""
@@ -193,7 +194,15 @@ class Trainer:
         self.ema = {name: ModelEMA(modules[name], cfg.ema_decay).to(self.device) for name in cfg.ema_modules if cfg.ema_decay > 0}
         ctx.ema = {name: ema.module for name, ema in self.ema.items()}
         ctx.optimizers = self.step_impl.optimizers()
-        ctx.scalers = {name: torch.amp.GradScaler(self.device.type, enabled=ctx.amp) for name in ctx.optimizers}
+        # Loss scaling guards float16's narrow exponent; bfloat16 has float32's and needs none.
+        scaling = ctx.amp_dtype is torch.float16
+        ctx.scalers = {name: torch.amp.GradScaler(self.device.type, enabled=scaling) for name in ctx.optimizers}
+        if cfg.amp and self.dist.is_main:
+            if ctx.amp:
+                log.info("mixed precision: %s autocast on %s", str(ctx.amp_dtype).removeprefix("torch."), self.device)
+            else:
+                log.warning("mixed precision requested, but this %s has no native bfloat16 (AVX512-BF16 or AMX), "
+                            "where it would run slower than float32: training in float32", self.device.type)
         self.ctx = ctx
         self.step_impl.setup(ctx)
         self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)

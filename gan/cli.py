@@ -103,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the data order and noise (train.seed); gan.seed sets the initial weights")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
     p.add_argument("--threads", type=int, help="torch CPU threads (train.threads)")
-    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (train.amp)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (train.amp): float16 on CUDA; bfloat16 on a CPU with native bfloat16 (AVX512-BF16 or AMX); float32 elsewhere")
     p.add_argument("--deterministic", action="store_true", help="bit-reproducible kernels, slower (train.deterministic)")
     p.add_argument("--resume", action="store_true", help="continue OUT's latest checkpoint exactly where it stopped")
     p.add_argument("--force", action="store_true", help="with --resume: allow a changed configuration")

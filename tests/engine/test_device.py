@@ -25,3 +25,14 @@ def test_configure_threads(monkeypatch):
         assert configure_threads() == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_autocast_dtype_follows_the_hardware(monkeypatch):
+    import engine.device as device
+
+    assert device.autocast_dtype(torch.device("cuda")) is torch.float16
+    monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda: True)
+    assert device.autocast_dtype(torch.device("cpu")) is torch.bfloat16
+    # Emulated bfloat16 runs slower than float32, so such a CPU gets no mixed precision.
+    monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda: False)
+    assert device.autocast_dtype(torch.device("cpu")) is None

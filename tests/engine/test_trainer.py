@@ -188,3 +188,42 @@ def test_time_budget_stops_and_saves(tmp_path):
     result = Trainer(SlowStep(), _data(), _config(tmp_path, max_steps=1000, max_seconds=0.3), {}).fit()
     assert result["status"] == "time_budget" and 2 <= result["global_step"] < 1000
     assert load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["global_step"] == result["global_step"]
+
+
+class DtypeStep(ToyStep):
+    """Records the dtype the model computes in under ctx.autocast()."""
+
+    def train_step(self, batch, step):
+        with self.ctx.autocast():
+            self.dtype = self.ctx.models["net"](batch[0]).dtype
+        return super().train_step(batch, step)
+
+
+def test_amp_on_a_cpu_uses_bfloat16_only_where_the_hardware_has_it(tmp_path, monkeypatch, caplog):
+    import engine.device as device
+
+    monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda: True)
+    step = DtypeStep()
+    before = step.net[0].weight.detach().clone()
+    Trainer(step, _data(), _config(tmp_path / "bf16", amp=True, device="cpu", max_steps=3), {"model": "toy"}).fit()
+    assert step.dtype is torch.bfloat16
+    assert not any(s.is_enabled() for s in step.ctx.scalers.values())  # bfloat16 needs no loss scaling
+    assert step.net[0].weight.dtype is torch.float32 and not torch.equal(step.net[0].weight, before)
+
+    monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda: False)
+    step = DtypeStep()
+    with caplog.at_level("WARNING", logger="engine.trainer"):
+        Trainer(step, _data(), _config(tmp_path / "fp32", amp=True, device="cpu", max_steps=3), {"model": "toy"}).fit()
+    assert step.dtype is torch.float32
+    assert "no native bfloat16" in caplog.text
+
+
+def test_bfloat16_run_resumes_exactly(tmp_path, monkeypatch):
+    import engine.device as device
+
+    monkeypatch.setattr(device, "cpu_has_native_bfloat16", lambda: True)
+    Trainer(ToyStep(), _data(), _config(tmp_path / "full", amp=True, device="cpu"), {"model": "toy"}).fit()
+    Trainer(ToyStep(), _data(), _config(tmp_path / "split", amp=True, device="cpu", max_steps=7), {"model": "toy"}).fit()
+    Trainer(ToyStep(), _data(), _config(tmp_path / "split", amp=True, device="cpu", resume=True), {"model": "toy"}).fit()
+    for a, b in zip(_final_weights(tmp_path / "full")[:2], _final_weights(tmp_path / "split")[:2]):
+        _assert_same(a, b)
