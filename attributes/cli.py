@@ -85,6 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (trainer.device)")
     p.add_argument("--threads", type=int, help="torch CPU threads (trainer.threads)")
     p.add_argument("--amp", action="store_true", help="mixed precision (trainer.amp): float16 on CUDA; bfloat16 on a CPU with native bfloat16 (AVX512-BF16 or AMX), about 1.8x faster there; float32 elsewhere")
+    p.add_argument("--members", type=int, metavar="K",
+                   help="train K copies (seeds SEED..SEED+K-1, each in OUT/members/k, each on the full step budget) and "
+                        "average their outputs into one model in OUT/checkpoints (members)")
     p.add_argument("--resume", action="store_true", help="continue OUT's latest checkpoint exactly where it stopped")
     p.add_argument("--force", action="store_true", help="with --resume: allow a changed configuration")
     p.set_defaults(func=_run_train)
@@ -119,6 +122,7 @@ def build_config(args: argparse.Namespace):
         "loss.f_measure": args.f_measure, "loss.f_measure_variant": args.f_measure_variant,
         "loss.center": args.center_loss, "loss.contrastive_center": args.contrastive_center_loss,
         "loss.exclusive": args.exclusive, "slim.target": args.slim, "distill.teacher": args.teacher,
+        "members": args.members,
     }
     overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     dataset_overrides = [o for o in args.overrides if o.startswith("datasets.")]
@@ -152,6 +156,8 @@ def _run_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     result = train(config)
+    if "members" in result:
+        return _report_ensemble(result)
     print(f"{result['status']} at step {result['global_step']} in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}")
     print("faces per split: " + json.dumps(result["datasets"]))
     metrics_file = out / "metrics.jsonl"
@@ -163,3 +169,20 @@ def _run_train(args: argparse.Namespace) -> int:
         else:
             print("validation: none (no validation faces); checkpoints/latest.pt is the model")
     return 130 if result["status"] == "interrupted" else 0
+
+
+def _report_ensemble(result: dict) -> int:
+    for k, member in enumerate(result["members"]):
+        print(f"member {k}: {member['status']} at step {member['global_step']} in {member['seconds']:.0f} s; "
+              f"checkpoint {member['checkpoint']}")
+    if result["status"] == "interrupted":
+        print("stopped before every member finished: no ensemble checkpoint was written; --resume continues")
+        return 130
+    print(f"ensemble of {len(result['members'])} members in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}")
+    print("faces per split: " + json.dumps(result["datasets"]))
+    for kind, validation in result["validation"].items():
+        if validation:
+            print(f"validation ({kind}.pt): " + ", ".join(f"{k}={v:.4f}" for k, v in validation.items()))
+        else:
+            print(f"validation: none (no validation faces); checkpoints/{kind}.pt is the model")
+    return 0

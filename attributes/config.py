@@ -71,3 +71,11 @@ class AttributeRunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)  # learn from a teacher's outputs too (`attributes distill`)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=default_trainer)  # batch_size = images per dataset per step
+    # Independently trained copies averaged into one model (attributes.model.AttributeEnsemble):
+    # member k trains with seed trainer.seed + k into OUT/members/k, on trainer.max_steps steps
+    # (and trainer.max_seconds) of its own; OUT/checkpoints/{latest,best}.pt hold them all.
+    members: int = 1
+
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ConfigError(f"members must be at least 1, not {self.members}")

@@ -28,6 +28,7 @@ def _student_config(teacher_checkpoint: Path, overrides: list[str], steps: int |
                                                        checkpoint="", channels=[]))
     config.slim = type(config.slim)()
     config.init_weights = ""
+    config.members = 1  # an ensemble teacher distils into one network
     config = from_dict(AttributeRunConfig, apply_overrides(to_dict(config), overrides))
     config.trainer = replace(config.trainer, resume=False, progress=progress,
                              max_steps=steps or config.trainer.max_steps, threads=threads or config.trainer.threads)

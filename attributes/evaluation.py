@@ -93,13 +93,14 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
     from attributes.evaluate import (age_metrics, binary_attribute_metrics, categorical_metrics, plot_confusion_matrix,
                                      plot_per_attribute, write_evaluation_report)
     from attributes.inference import calibrated_thresholds, predict_cache
-    from attributes.train import load_attribute_model
+    from attributes.model import AttributeEnsemble
+    from attributes.train import load_attribute_model, single_network
     from data_prep.datasets.schema import TaskKind
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_attribute_model(checkpoint, use_ema=use_ema, device=device)
-    model = loaded.model
+    model = single_network(loaded, "--explain (Grad-CAM)") if explain > 0 else loaded.model
     baseline = load_attribute_model(compare, use_ema=use_ema, device=device) if compare else None
     work = Path(work_dir) if work_dir else Path(checkpoint).resolve().parent.parent
     if dataset:
@@ -119,7 +120,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
     flip_tta = loaded.config.eval.flip_tta
     results: dict[str, Any] = {
         "checkpoint": str(checkpoint), "step": loaded.step, "split": split, "weights": "ema" if use_ema else "raw",
-        "flip_tta": flip_tta, "compare": str(compare) if compare else None, "datasets": {},
+        "flip_tta": flip_tta, "compare": str(compare) if compare else None,
+        "members": len(model.members) if isinstance(model, AttributeEnsemble) else 1, "datasets": {},
     }
     for label, (head_name, entry) in plan.items():
         cache = _open_split(entry, model.input_size, split, work)

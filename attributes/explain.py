@@ -213,13 +213,13 @@ def explain_paths(checkpoint: str | Path, inputs: list[Path], out_dir: str | Pat
                   device: str = "cpu", use_ema: bool = True, seed: int = 0) -> dict[str, Any]:
     """Align the photos in `inputs`, explain them, and write OUT/gradcam.png and OUT/gradcam.json."""
     from attributes.predict import aligned_photo_batches
-    from attributes.train import load_attribute_model
+    from attributes.train import load_attribute_model, single_network
     from engine.checkpoint import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_attribute_model(checkpoint, use_ema=use_ema, device=device)
-    model = loaded.model
+    model = single_network(loaded, "Grad-CAM")
     head = head or list(model.groups)[0]
     if head not in model.groups:
         raise FaceganError(f"no head {head!r} in {checkpoint}; it has {list(model.groups)}")

@@ -20,7 +20,7 @@ from attributes.heads import HeadConfig, HeadSubnet, TaskGroup, plan_groups
 from attributes.trunks import TrunkConfig, build_trunk, feature_shape
 from data_prep.datasets.schema import LabelSchema
 
-__all__ = ["ModelConfig", "AttributeModel", "build_attribute_model"]
+__all__ = ["ModelConfig", "AttributeModel", "AttributeEnsemble", "build_attribute_model"]
 
 
 @dataclass
@@ -110,6 +110,41 @@ class AttributeModel(nn.Module):
             "input_size": self.input_size,
             "schemas": {name: schema.to_dict() for name, schema in self.schemas.items()},
         }
+
+
+class AttributeEnsemble(nn.Module):
+    """Independently trained copies of one attribute model, averaged: what `members: K` trains.
+
+    Every member sees the same faces and its raw outputs (binary and class logits, regression
+    values, age-bin logits) are averaged, so decoding, thresholds, grades and reports treat the
+    ensemble exactly like one model. It is for inference (`attributes eval` and `predict`);
+    tools that reach into one network (Grad-CAM, pruning, verification) take a member's own
+    checkpoint instead.
+    """
+
+    def __init__(self, members: list[AttributeModel]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        first = members[0]
+        for k, member in enumerate(members[1:], start=1):
+            if member.input_size != first.input_size or _layout(member) != _layout(first):
+                raise ValueError(f"ensemble member {k} has other heads or input size than member 0")
+        self.members = nn.ModuleList(members)
+        self.groups = first.groups
+        self.input_size = first.input_size
+        self.schemas = first.schemas
+
+    def forward(self, images: torch.Tensor, layout: list[tuple[str, int]], unlabelled: int = 0):
+        """(outputs, log_vars) as `AttributeModel.forward`, each averaged over the members."""
+        results = [member(images, layout, unlabelled) for member in self.members]
+        outputs = {dataset: {name: torch.stack([r[0][dataset][name] for r in results]).mean(0) for name in groups}
+                   for dataset, groups in results[0][0].items()}
+        return outputs, torch.stack([r[1] for r in results]).mean(0)
+
+
+def _layout(model: AttributeModel) -> dict[str, list[tuple[str, int]]]:
+    return {dataset: [(g.name, g.num_outputs) for g in groups] for dataset, groups in model.groups.items()}
 
 
 def _module_key(subnet: str) -> str:

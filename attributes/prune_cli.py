@@ -14,7 +14,7 @@ from torch import nn
 
 from attributes.evaluation import evaluate_checkpoint, headline_accuracy
 from attributes.slimming import SlimConfig, bn_scales, count_flops, count_parameters, prune_model, sparsity
-from attributes.train import load_attribute_model, train
+from attributes.train import load_attribute_model, single_network, train
 from engine.checkpoint import atomic_save, atomic_write_text, load_checkpoint
 from engine.config import to_dict
 from engine.fold import optimize_for_inference
@@ -57,7 +57,7 @@ def prune_checkpoint(checkpoint, out_dir, ratio: float = 0.5, min_keep: float = 
     out.mkdir(parents=True, exist_ok=True)
     state = load_checkpoint(checkpoint)
     loaded = load_attribute_model(checkpoint, use_ema=use_ema)
-    original = loaded.model
+    original = single_network(loaded, "pruning")
     slim_settings = to_dict(loaded.config.slim)  # as trained, before the fine-tuning config below replaces it
     before_sparsity = {scope: sparsity(original, loaded.config.slim.tau, scope) for scope in ("global", "per_layer")}
     pruned, channels = prune_model(original, ratio, min_keep)

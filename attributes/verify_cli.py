@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from attributes.evaluation import _open_split
-from attributes.train import load_attribute_model
+from attributes.train import load_attribute_model, single_network
 from attributes.verification import (embed_faces, make_pairs, pair_scores, read_pairs, roc_curve, verification_folds,
                                      write_pairs)
 from data_prep.cache import IDENTITY_TASK
@@ -31,7 +31,7 @@ def verify_checkpoint(checkpoint: str | Path, out_dir: str | Path, on: str | Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_attribute_model(checkpoint, use_ema=use_ema, device=device)
-    model = loaded.model
+    model = single_network(loaded, "verification")
     identity_heads = {name: g for name, groups in model.groups.items() for g in groups if g.name == IDENTITY_TASK}
     if not identity_heads:
         raise FaceganError(f"{checkpoint} has no identity head; train one with `facegan attributes train --identity`")
