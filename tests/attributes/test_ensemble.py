@@ -119,3 +119,16 @@ def test_resume_trains_the_members_not_yet_finished(tmp_path, train_attributes):
         b = load_checkpoint(member_dir(part, k) / "checkpoints" / "latest.pt")["ema"]["model"]
         for key in a:
             assert torch.equal(a[key], b[key]), (k, key)
+
+
+def test_an_ensemble_teacher_distils_into_one_network(ensemble_run, tmp_path):
+    tmp, out = ensemble_run
+    target = tmp_path / "distill"
+    assert main(["attributes", "distill", str(out / "checkpoints" / "latest.pt"), "--out", str(target), "--steps", "4",
+                 "--no-baseline", "--threads", "1", "--no-progress"]) == 0
+    student = load_attribute_model(target / "student" / "checkpoints" / "latest.pt")
+    assert not isinstance(student.model, AttributeEnsemble) and student.config.members == 1
+    summary = json.loads((target / "distill.json").read_text())
+    members = load_attribute_model(out / "checkpoints" / "latest.pt").model.members
+    assert summary["models"]["teacher"]["parameters"] == sum(p.numel() for m in members for p in m.parameters())
+    assert summary["models"]["student"]["parameters"] < sum(p.numel() for p in members[0].parameters())
