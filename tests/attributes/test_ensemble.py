@@ -132,3 +132,39 @@ def test_an_ensemble_teacher_distils_into_one_network(ensemble_run, tmp_path):
     members = load_attribute_model(out / "checkpoints" / "latest.pt").model.members
     assert summary["models"]["teacher"]["parameters"] == sum(p.numel() for m in members for p in m.parameters())
     assert summary["models"]["student"]["parameters"] < sum(p.numel() for p in members[0].parameters())
+
+
+def test_ctrl_c_in_a_member_stops_the_ensemble_and_resume_finishes_it_exactly(tmp_path, train_attributes, monkeypatch):
+    import os
+    import signal
+
+    from attributes.step import AttributeStep
+    from tests.attributes.conftest import TINY
+
+    full = train_attributes(tmp_path, "full", 8, "--members", "2")
+    calls = {"n": 0}
+    original = AttributeStep.train_step
+
+    def interrupted(self, batch, step):
+        calls["n"] += 1
+        metrics = original(self, batch, step)
+        if calls["n"] == 8 + 3:  # member 1's third step
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(AttributeStep, "train_step", interrupted)
+    out = tmp_path / "part"
+    argv = ["attributes", "train", "--dataset", "synthetic", "--out", str(out), "--steps", "8", "--batch-size", "16",
+            "--threads", "1", "--set", f"datasets.synthetic.root={tmp_path / 'synthetic'}",
+            "--set", f"datasets.synthetic.cache_dir={tmp_path / 'cache'}", *TINY, "--members", "2"]
+    assert main(argv) == 130
+    assert load_checkpoint(member_dir(out, 1) / "checkpoints" / "latest.pt")["global_step"] == 3
+    assert not (out / "checkpoints" / "latest.pt").exists()  # no ensemble of unfinished members
+    monkeypatch.setattr(AttributeStep, "train_step", original)
+    assert main(argv + ["--resume"]) == 0
+    for k in (0, 1):
+        a = load_checkpoint(member_dir(full, k) / "checkpoints" / "latest.pt")["ema"]["model"]
+        b = load_checkpoint(member_dir(out, k) / "checkpoints" / "latest.pt")["ema"]["model"]
+        for key in a:
+            assert torch.equal(a[key], b[key]), (k, key)
+    assert len(load_checkpoint(out / "checkpoints" / "latest.pt")["members"]) == 2
