@@ -248,6 +248,9 @@ def _run_eval(args: argparse.Namespace) -> int:
             parts.append(f"mean accuracy {binary['threshold_0.5']['mean_accuracy']:.4f}")
             if "calibrated" in binary:
                 parts.append(f"calibrated {binary['calibrated']['mean_accuracy']:.4f}")
+        for name, shared in binary.items():  # a task shared across datasets (gender, say) has its own group
+            if isinstance(shared, dict) and "threshold_0.5" in shared:
+                parts.append(f"{name} accuracy {shared['threshold_0.5']['mean_accuracy']:.4f}")
         for name, age in section["age"].items():
             parts.append(f"{name} MAE {age['mae']:.2f}")
         for name, cat in section["categorical"].items():

@@ -84,7 +84,7 @@ def test_sa_softmax_run_keeps_tags_and_eval_compares_confidences(trained, tmp_pa
     assert "AURC" in report and (out / section["selective"]["binary"]["curve_png"]).is_file()
 
 
-def test_shared_binary_task_keeps_its_own_thresholds_and_accuracy(tmp_path, train_attributes):
+def test_shared_binary_task_keeps_its_own_thresholds_and_accuracy(tmp_path, train_attributes, capsys):
     # With Male shared, the synthetic set has two binary groups: its own attributes and Male.
     # Each keeps its thresholds and its validation accuracy; eval and predict use the right ones.
     run = train_attributes(tmp_path, "shared", 10, "--set", "model.head.share_tasks=[Male]")
@@ -98,6 +98,8 @@ def test_shared_binary_task_keeps_its_own_thresholds_and_accuracy(tmp_path, trai
     assert main(["attributes", "eval", str(run / "checkpoints" / "latest.pt"), "--out", str(out)]) == 0
     binary = json.loads((out / "results.json").read_text())["datasets"]["synthetic"]["binary"]
     assert "calibrated" in binary and "calibrated" in binary["Male"]
+    male = binary["Male"]["threshold_0.5"]["mean_accuracy"]
+    assert f"Male accuracy {male:.4f}" in capsys.readouterr().out  # the summary line names the shared task too
 
 
 def test_training_on_every_face_holds_nothing_out_and_eval_says_so(trained, tmp_path, train_attributes, capsys):
