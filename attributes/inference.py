@@ -14,7 +14,7 @@ from attributes.heads import decode_group
 from attributes.model import AttributeModel
 from data_prep.datasets.schema import TaskKind
 
-__all__ = ["to_model_input", "raw_outputs", "predict_images", "predict_cache", "best_thresholds"]
+__all__ = ["to_model_input", "raw_outputs", "predict_images", "predict_cache", "best_thresholds", "binary_validation"]
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
@@ -80,6 +80,22 @@ def best_thresholds(prob: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
         ties = torch.nonzero(acc >= best - 1e-9).flatten()
         result[k] = candidates[ties[(candidates[ties] - 0.5).abs().argmin()]]
     return result
+
+
+def binary_validation(dataset: str, group: str, prob: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                      calibrate: bool) -> tuple[float, dict[str, float], torch.Tensor | None]:
+    """(accuracy at 0.5, metrics, thresholds) of one binary group on validation faces; with
+    `calibrate` the thresholds are chosen on them and their accuracy is reported too. A dataset's
+    own attributes log as "DATASET/accuracy"; a task shared across datasets (gender, say) beside
+    them, not over them, as "DATASET/TASK_accuracy"."""
+    prefix = f"{dataset}/" if group == "binary" else f"{dataset}/{group}_"
+    truth = targets.bool()
+    accuracy = float(((prob >= 0.5) == truth)[mask].float().mean())
+    metrics = {f"{prefix}accuracy": accuracy}
+    thresholds = best_thresholds(prob, targets, mask) if calibrate else None
+    if thresholds is not None:
+        metrics[f"{prefix}accuracy_calibrated"] = float(((prob >= thresholds) == truth)[mask].float().mean())
+    return accuracy, metrics, thresholds
 
 
 def threshold_key(dataset: str, group: str) -> str:

@@ -17,7 +17,7 @@ import torch
 from torch.optim import Optimizer
 
 from attributes.heads import TaskGroup, decode_group, group_loss
-from attributes.inference import best_thresholds, predict_cache, threshold_key, to_model_input
+from attributes.inference import binary_validation, predict_cache, threshold_key, to_model_input
 from attributes.losses import F_MEASURE_VARIANTS, FeatureCenters, exclusive_regularization, f_measure_loss
 from attributes.model import AttributeModel
 from attributes.multidataset import augment_batch, combine_losses, mixup_partners
@@ -414,17 +414,12 @@ class AttributeStep:
                 if not m.any():
                     continue
                 if group.kind is TaskKind.BINARY:
-                    acc = ((decoded["prob"] >= 0.5) == t.bool())[m].float().mean()
-                    # A shared binary task (gender across datasets) is reported beside the
-                    # dataset's own attributes, not over them.
-                    prefix = f"{name}/" if group.name == "binary" else f"{name}/{group.name}_"
-                    results[f"{prefix}accuracy"] = float(acc)
-                    if self.calibrate_thresholds:
-                        thresholds = best_thresholds(decoded["prob"], t, m)
+                    acc, metrics, thresholds = binary_validation(name, group.name, decoded["prob"], t, m,
+                                                                 self.calibrate_thresholds)
+                    results.update(metrics)
+                    if thresholds is not None:
                         self.thresholds[threshold_key(name, group.name)] = thresholds
-                        calibrated = ((decoded["prob"] >= thresholds) == t.bool())[m].float().mean()
-                        results[f"{prefix}accuracy_calibrated"] = float(calibrated)
-                    scores.append(float(acc))
+                    scores.append(acc)
                 elif group.kind is TaskKind.REGRESSION:
                     valid = m[:, 0]
                     results[f"{name}/{group.name}_mae"] = float((decoded["value"][valid] - t[valid, 0]).abs().mean())

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from attributes.config import ALL_FACES, AttributeRunConfig, DatasetEntry
-from attributes.inference import best_thresholds, predict_cache, threshold_key
+from attributes.inference import binary_validation, predict_cache, threshold_key
 from attributes.model import AttributeEnsemble, AttributeModel, ModelConfig, build_attribute_model
 from attributes.multidataset import ParallelDatasets, SamplerConfig, balancing_weights
 from attributes.step import AttributeStep
@@ -179,7 +179,7 @@ def _write_ensemble(config: AttributeRunConfig, member_paths: list[Path], data: 
     checkpoint = {"format": "attribute-ensemble", "members": members, "run_config": run_config,
                   "global_step": min(m["global_step"] for m in members), "step_state": {"thresholds": {}}}
     device = choose_device(config.trainer.device)
-    model = _ensemble_from(checkpoint, use_ema=True).to(device)
+    model = _ensemble_from(*_run_of(checkpoint, path), members, use_ema=True).to(device)
     validation, thresholds = {}, {}
     for name, splits in data.items():
         if splits.val is None or len(splits.val) == 0:
@@ -189,13 +189,11 @@ def _write_ensemble(config: AttributeRunConfig, member_paths: list[Path], data: 
             t, m = splits.val.targets[:, group.columns], splits.val.mask[:, group.columns]
             if group.kind is not TaskKind.BINARY or not m.any():
                 continue
-            prob = predictions[group.name]["prob"]
-            prefix = f"{name}/" if group.name == "binary" else f"{name}/{group.name}_"
-            validation[f"{prefix}accuracy"] = float(((prob >= 0.5) == t.bool())[m].float().mean())
-            if config.eval.calibrate_thresholds:
-                chosen = best_thresholds(prob, t, m)
+            _, metrics, chosen = binary_validation(name, group.name, predictions[group.name]["prob"], t, m,
+                                                   config.eval.calibrate_thresholds)
+            validation.update(metrics)
+            if chosen is not None:
                 thresholds[threshold_key(name, group.name)] = chosen
-                validation[f"{prefix}accuracy_calibrated"] = float(((prob >= chosen) == t.bool())[m].float().mean())
     checkpoint["step_state"]["thresholds"] = thresholds
     checkpoint["validation"] = validation
     atomic_save(checkpoint, path)
@@ -247,13 +245,12 @@ def load_attribute_model(checkpoint: str | Path, use_ema: bool = True, device: s
     checkpoint (`members: K`) gives an `AttributeEnsemble`."""
     path = Path(checkpoint)
     state = load_checkpoint(path, map_location="cpu")
-    config, _ = _run_of(state, path)
+    config, schemas = _run_of(state, path)
     if state.get("format") == "attribute-ensemble":
-        model = _ensemble_from(state, use_ema)
+        model = _ensemble_from(config, schemas, state["members"], use_ema)
     else:
-        model = _model_from(state, path)
         weights = state["ema"].get("model") if use_ema and state.get("ema") else None
-        model.load_state_dict(weights if weights is not None else state["modules"]["model"])
+        model = _network(config, schemas, weights if weights is not None else state["modules"]["model"])
     model.to(device).eval()
     thresholds = dict(state.get("step_state", {}).get("thresholds", {}))
     return LoadedModel(model, config, thresholds, int(state.get("global_step", 0)), path)
@@ -270,28 +267,29 @@ def single_network(loaded: LoadedModel, tool: str) -> AttributeModel:
 
 
 def _run_of(state: dict, path: Path) -> tuple[AttributeRunConfig, dict[str, LabelSchema]]:
+    """The run config and label schemas a checkpoint was trained with."""
     run = dict(state.get("run_config") or {})
     if "schemas" not in run or "model" not in run:
         raise FaceganError(f"{path} is not an attribute-model checkpoint (no schemas / model config in it)")
     schemas = {name: LabelSchema.from_dict(s) for name, s in run.pop("schemas").items()}
-    return from_dict(AttributeRunConfig, run), schemas
-
-
-def _model_from(state: dict, path: Path = Path("checkpoint")) -> AttributeModel:
-    """The untrained architecture a checkpoint describes."""
-    config, schemas = _run_of(state, path)
+    config = from_dict(AttributeRunConfig, run)
     config.model.trunk.checkpoint = ""  # the weights come from this checkpoint, not the starting point
+    return config, schemas
+
+
+def _network(config: AttributeRunConfig, schemas: dict[str, LabelSchema], weights: dict) -> AttributeModel:
     tasks = {name: entry.learned_tasks() for name, entry in config.datasets.items()}
-    return build_attribute_model(config.model, schemas, tasks)
+    model = build_attribute_model(config.model, schemas, tasks)
+    model.load_state_dict(weights)
+    return model
 
 
-def _ensemble_from(state: dict, use_ema: bool) -> AttributeEnsemble:
-    models = []
-    for member in state["members"]:
-        model = _model_from(state)
-        model.load_state_dict(member["ema"] if use_ema and member.get("ema") is not None else member["modules"])
-        models.append(model)
-    return AttributeEnsemble(models).eval()
+def _ensemble_from(config: AttributeRunConfig, schemas: dict[str, LabelSchema], members: list[dict],
+                   use_ema: bool) -> AttributeEnsemble:
+    return AttributeEnsemble([
+        _network(config, schemas, member["ema"] if use_ema and member.get("ema") is not None else member["modules"])
+        for member in members
+    ]).eval()
 
 
 def model_config_of(config: AttributeRunConfig) -> ModelConfig:
