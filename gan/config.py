@@ -107,12 +107,20 @@ class BEGANConfig:
     fast_elu: bool = False  # same ELU, computed from exp (faster on CPU)
     channels_last: bool = False  # NHWC convolution weights
     skip: bool = False  # the paper's optional skip connections: upsampled h0 concatenated to every decoder block
+    # Channels per decoder block, 8x8 first (e.g. [64, 48, 32, 16]); None: hidden_channels at every scale.
+    generator_widths: tuple[int, ...] | None = None
+    decoder_widths: tuple[int, ...] | None = None  # the discriminator's decoder half
 
     def __post_init__(self) -> None:
         if self.convs_per_scale is not None:
             self.convs_per_scale = tuple(int(c) for c in self.convs_per_scale)
             _check(all(c >= 1 for c in self.convs_per_scale), "began.convs_per_scale",
                    f"every count must be >= 1, got {list(self.convs_per_scale)}")
+        for name in ("generator_widths", "decoder_widths"):
+            if getattr(self, name) is not None:
+                setattr(self, name, tuple(int(w) for w in getattr(self, name)))
+                _check(all(w >= 1 for w in getattr(self, name)), f"began.{name}",
+                       f"every width must be >= 1, got {list(getattr(self, name))}")
         _check(0.0 < self.gamma <= 1.0, "began.gamma", f"must be in (0, 1], got {self.gamma}")
         _check(self.lambda_k > 0, "began.lambda_k", f"must be positive, got {self.lambda_k}")
         _check(0.0 <= self.k_init <= 1.0, "began.k_init", f"must be in [0, 1], got {self.k_init}")

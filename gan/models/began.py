@@ -35,6 +35,12 @@ Options for a small CPU budget, all off by default (the defaults are the paper's
 - `channels_last`: keep the convolution weights in the NHWC memory format, which oneDNN's CPU
   convolutions (their backward passes especially) run faster on; values are unchanged, and
   activations follow the weights' format.
+- `widths` (decoder only): the channels of each block, 8x8 first, instead of n everywhere. The
+  paper's decoder is n wide at every scale, so with the small n a CPU budget affords (16) the
+  8x8 and 16x16 maps where a face's layout is decided have 16 channels, against DCGAN's 1024
+  and 512. A pyramid such as (64, 48, 32, 16) puts channels where the maps are small and keeps
+  n at full size, where each channel costs most. The width changes in each block's last
+  convolution, before the upsampling, so the change is paid at the smaller resolution.
 """
 from __future__ import annotations
 
@@ -101,6 +107,16 @@ class FastELU(nn.ELU):
         return _ELUFunction.apply(x)
 
 
+def _decoder_widths(widths: Sequence[int] | None, hidden_channels: int, blocks: int, image_size: int) -> tuple[int, ...]:
+    if widths is None:
+        return (hidden_channels,) * blocks
+    widths = tuple(int(w) for w in widths)
+    if len(widths) != blocks or any(w < 1 for w in widths):
+        sizes = [8 * 2**i for i in range(blocks)]
+        raise ValueError(f"decoder widths need {blocks} channel counts >= 1 at {image_size} px, one per resolution {sizes}; got {list(widths)}")
+    return widths
+
+
 def _conv_elu(c_in: int, c_out: int, stride: int = 1, fast_elu: bool = False) -> list[nn.Module]:
     activation = FastELU() if fast_elu else nn.ELU(inplace=True)
     return [nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1), activation]
@@ -126,6 +142,7 @@ class BEGANDecoder(nn.Module):
         fast_elu: compute ELU with `FastELU` (same function, faster on CPU).
         channels_last: NHWC convolution weights (faster CPU convolutions, same values).
         skip: concatenate the upsampled h0 to every block's input (the paper's skip connections).
+        widths: channels of each block, 8x8 first (None: hidden_channels everywhere, the paper).
     """
 
     def __init__(
@@ -139,27 +156,32 @@ class BEGANDecoder(nn.Module):
         fast_elu: bool = False,
         channels_last: bool = False,
         skip: bool = False,
+        widths: Sequence[int] | None = None,
     ):
         super().__init__()
         blocks = _num_blocks(image_size)
         counts = _convs_per_scale(convs_per_scale, blocks, image_size)
+        widths = _decoder_widths(widths, hidden_channels, blocks, image_size)
         self.latent_dim = latent_dim
         self.image_size = image_size
         self.project = nn.Sequential(
-            nn.Linear(latent_dim, hidden_channels * 8 * 8),
-            nn.Unflatten(1, (hidden_channels, 8, 8)),
+            nn.Linear(latent_dim, widths[0] * 8 * 8),
+            nn.Unflatten(1, (widths[0], 8, 8)),
         )
         self.skip = skip
         layers: list[nn.Module] = []
+        channels = widths[0]
         for index, count in enumerate(counts):
             for conv in range(count):
-                c_in = 2 * hidden_channels if skip and index > 0 and conv == 0 else hidden_channels
-                layers += _conv_elu(c_in, hidden_channels, fast_elu=fast_elu)
+                c_in = channels + widths[0] if skip and index > 0 and conv == 0 else channels
+                last = conv == count - 1 and index < blocks - 1
+                channels = widths[index + 1] if last else widths[index]
+                layers += _conv_elu(c_in, channels, fast_elu=fast_elu)
             if index < blocks - 1:
                 layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
         # One Sequential either way, so checkpoints without skip connections keep their names.
         self.blocks = nn.Sequential(*layers)
-        self.to_image = nn.Conv2d(hidden_channels, out_channels, kernel_size=3, padding=1)
+        self.to_image = nn.Conv2d(channels, out_channels, kernel_size=3, padding=1)
         self.out = nn.Tanh() if tanh else nn.Identity()
         if channels_last:
             _to_channels_last(self)
@@ -239,6 +261,7 @@ class BEGANDiscriminator(nn.Module):
         tanh: bound the reconstruction with tanh (keep equal to the generator's choice).
         convs_per_scale, fast_elu, channels_last: as for `BEGANDecoder`, applied to both halves.
         skip: skip connections in the decoder half (see `BEGANDecoder`).
+        decoder_widths: per-block channels of the decoder half (see `BEGANDecoder`'s `widths`).
     """
 
     def __init__(
@@ -252,12 +275,15 @@ class BEGANDiscriminator(nn.Module):
         fast_elu: bool = False,
         channels_last: bool = False,
         skip: bool = False,
+        decoder_widths: Sequence[int] | None = None,
     ):
         super().__init__()
         self.image_size = image_size
         speed = {"convs_per_scale": convs_per_scale, "fast_elu": fast_elu, "channels_last": channels_last}
         self.encoder = BEGANEncoder(image_size, hidden_channels, bottleneck_dim, channels, **speed)
-        self.decoder = BEGANDecoder(bottleneck_dim, image_size, hidden_channels, channels, tanh=tanh, skip=skip, **speed)
+        self.decoder = BEGANDecoder(
+            bottleneck_dim, image_size, hidden_channels, channels, tanh=tanh, skip=skip, widths=decoder_widths, **speed
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
@@ -267,8 +293,12 @@ def build_began(cfg: "GANConfig") -> tuple[BEGANGenerator, BEGANDiscriminator]:
     """The generator and autoencoder discriminator described by `cfg` (its `began` section)."""
     b = cfg.resolved().began
     speed = {"convs_per_scale": b.convs_per_scale, "fast_elu": b.fast_elu, "channels_last": b.channels_last}
-    generator = BEGANGenerator(b.latent_dim, cfg.image_size, b.hidden_channels, cfg.channels, tanh=b.tanh, skip=b.skip, **speed)
+    generator = BEGANGenerator(
+        b.latent_dim, cfg.image_size, b.hidden_channels, cfg.channels, tanh=b.tanh, skip=b.skip,
+        widths=b.generator_widths, **speed,
+    )
     discriminator = BEGANDiscriminator(
-        cfg.image_size, b.hidden_channels, b.bottleneck_dim, cfg.channels, tanh=b.tanh, skip=b.skip, **speed
+        cfg.image_size, b.hidden_channels, b.bottleneck_dim, cfg.channels, tanh=b.tanh, skip=b.skip,
+        decoder_widths=b.decoder_widths, **speed,
     )
     return generator, discriminator

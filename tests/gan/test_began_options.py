@@ -95,3 +95,47 @@ def test_skip_option_reaches_both_decoders_and_keeps_plain_checkpoint_names():
     assert generator.skip and discriminator.decoder.skip
     plain, _ = build_began(GANConfig(model="began", image_size=32, began=BEGANConfig(hidden_channels=4)))
     assert set(plain.state_dict()) == set(generator.state_dict())
+
+
+def test_decoder_widths_change_channels_before_each_upsampling():
+    decoder = BEGANGenerator(latent_dim=8, image_size=64, hidden_channels=4, convs_per_scale=(2, 2, 1, 1),
+                             widths=(12, 10, 6, 4))
+    convs = _convs(decoder)
+    # 8x8: 12->12, 12->10 (the last conv of a block already gives the next block's width), 16x16:
+    # 10->10, 10->6, 32x32: 6->4, 64x64: 4->4, then to_image 4->3.
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (12, 12), (12, 10), (10, 10), (10, 6), (6, 4), (4, 4), (4, 3)]
+    assert decoder.project[0].out_features == 12 * 8 * 8
+    assert decoder(torch.randn(2, 8)).shape == (2, 3, 64, 64)
+    # Which convolution runs at which resolution: the width changes before the upsampling.
+    sizes = []
+    hooks = [c.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1])) for c in convs]
+    decoder(torch.randn(1, 8))
+    for hook in hooks:
+        hook.remove()
+    assert sizes == [8, 8, 16, 16, 32, 64, 64]
+    skipped = BEGANGenerator(latent_dim=8, image_size=32, hidden_channels=4, skip=True, widths=(8, 6, 4))
+    # the first conv of each later block reads its input plus h0's 8 channels
+    assert [c.in_channels for c in _convs(skipped)] == [8, 8, 6 + 8, 6, 4 + 8, 4, 4]
+    assert skipped(torch.randn(2, 8)).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="3 channel counts"):
+        BEGANGenerator(latent_dim=8, image_size=32, hidden_channels=4, widths=(8, 4))
+
+
+def test_width_options_reach_their_own_decoder_and_default_to_the_paper():
+    cfg = GANConfig(model="began", image_size=32,
+                    began=BEGANConfig(hidden_channels=4, generator_widths=[16, 8, 4]))
+    assert cfg.began.generator_widths == (16, 8, 4)
+    generator, discriminator = build_began(cfg)
+    assert generator.project[0].out_features == 16 * 64
+    assert discriminator.decoder.project[0].out_features == 4 * 64  # the discriminator keeps n
+    _, wide_d = build_began(GANConfig(model="began", image_size=32,
+                                      began=BEGANConfig(hidden_channels=4, decoder_widths=[16, 8, 4])))
+    assert wide_d.decoder.project[0].out_features == 16 * 64
+    assert wide_d.encoder.to_code[1].in_features == 3 * 4 * 64  # the encoder is unchanged
+    plain, _ = build_began(GANConfig(model="began", image_size=32, began=BEGANConfig(hidden_channels=4)))
+    same, _ = build_began(GANConfig(model="began", image_size=32,
+                                    began=BEGANConfig(hidden_channels=4, generator_widths=[4, 4, 4])))
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in same.state_dict().items()}
+    with pytest.raises(ConfigError, match="generator_widths"):
+        BEGANConfig(generator_widths=(16, 0, 4))
