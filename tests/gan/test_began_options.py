@@ -66,8 +66,11 @@ def test_config_fields_reach_the_networks_and_are_validated():
 def test_fast_preset_builds_the_slim_networks():
     run = load_config(GANRunConfig, PRESETS / "began64-fast.yaml")
     assert run.gan.began.convs_per_scale == (2, 2, 1, 1) and run.gan.began.fast_elu and run.gan.began.channels_last
-    generator, _ = build_began(run.gan)
+    generator, discriminator = build_began(run.gan)
     assert len(_convs(generator)) == 7
+    # pyramid decoders: 64 channels at 8x8 in both, n = 16 at full size
+    assert generator.project[0].out_features == discriminator.decoder.project[0].out_features == 64 * 8 * 8
+    assert generator.to_image.in_channels == discriminator.decoder.to_image.in_channels == 16
 
 
 def test_skip_connections_feed_h0_to_every_later_block():
