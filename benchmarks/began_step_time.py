@@ -13,10 +13,16 @@ and unlike the wall time it does not grow while other processes hold the cores.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/began_step_time.py \\
         configs/gan/began64-cpu.yaml configs/gan/began64-fast.yaml --steps 20 --threads 1
+    .venv/bin/python benchmarks/began_step_time.py configs/gan/began64-fast.yaml \\
+        configs/gan/dcgan64-cpu.yaml --compare-amp --rounds 3 --threads 2
+
+The trainer settings are the preset's own (`train.amp` included; until 2026-11-25 this script
+built its own and dropped `train.amp`, so an AMP preset was timed in float32).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -26,7 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.config import load_config
-from engine.trainer import Trainer, TrainerConfig
+from engine.trainer import Trainer
 from gan.cli import GANRunConfig
 from gan.steps import build_gan_step
 
@@ -56,9 +62,10 @@ def step_times(config: GANRunConfig, steps: int, warmup: int, threads: int) -> t
 
     step.train_step = timed
     with tempfile.TemporaryDirectory() as out:
-        train = TrainerConfig(out_dir=out, max_steps=warmup + steps + 1, batch_size=config.train.batch_size,
-                              ema_decay=config.train.ema_decay, ema_modules=("generator",), log_every=0,
-                              checkpoint_every=0, sample_every=0, progress=False, tensorboard=False, threads=threads)
+        # The preset's own trainer settings (amp, EMA, batch...), with the outputs switched off.
+        train = dataclasses.replace(config.train, out_dir=out, max_steps=warmup + steps + 1, ema_modules=("generator",),
+                                    log_every=0, checkpoint_every=0, sample_every=0, eval_every=0, progress=False,
+                                    tensorboard=False, threads=threads, resume=False, max_seconds=0.0)
         Trainer(step, _Faces(images), train, {}).fit()
     wall = [b[0] - a[0] for a, b in zip(starts[:-1], starts[1:])]
     cpu = [b[1] - a[1] for a, b in zip(starts[:-1], starts[1:])]
@@ -89,9 +96,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--compare-amp", action="store_true",
+                        help="time every preset twice, float32 and with train.amp (bfloat16 on a CPU that has it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     configs = {str(path): load_config(GANRunConfig, path, args.overrides) for path in args.configs}
+    if args.compare_amp:
+        configs = {f"{name} [{'amp' if amp else 'float32'}]": dataclasses.replace(c, train=dataclasses.replace(c.train, amp=amp))
+                   for name, c in configs.items() for amp in (False, True)}
     walls: dict[str, list[float]] = {name: [] for name in configs}
     cpus: dict[str, list[float]] = {name: [] for name in configs}
     for round_index in range(args.rounds):
