@@ -112,15 +112,12 @@ class BEGANConfig:
     decoder_widths: tuple[int, ...] | None = None  # the discriminator's decoder half
 
     def __post_init__(self) -> None:
-        if self.convs_per_scale is not None:
-            self.convs_per_scale = tuple(int(c) for c in self.convs_per_scale)
-            _check(all(c >= 1 for c in self.convs_per_scale), "began.convs_per_scale",
-                   f"every count must be >= 1, got {list(self.convs_per_scale)}")
-        for name in ("generator_widths", "decoder_widths"):
-            if getattr(self, name) is not None:
-                setattr(self, name, tuple(int(w) for w in getattr(self, name)))
-                _check(all(w >= 1 for w in getattr(self, name)), f"began.{name}",
-                       f"every width must be >= 1, got {list(getattr(self, name))}")
+        for name, unit in (("convs_per_scale", "count"), ("generator_widths", "width"), ("decoder_widths", "width")):
+            values = getattr(self, name)
+            if values is not None:
+                values = tuple(int(v) for v in values)
+                setattr(self, name, values)
+                _check(all(v >= 1 for v in values), f"began.{name}", f"every {unit} must be >= 1, got {list(values)}")
         _check(0.0 < self.gamma <= 1.0, "began.gamma", f"must be in (0, 1], got {self.gamma}")
         _check(self.lambda_k > 0, "began.lambda_k", f"must be positive, got {self.lambda_k}")
         _check(0.0 <= self.k_init <= 1.0, "began.k_init", f"must be in [0, 1], got {self.k_init}")

@@ -66,17 +66,19 @@ def _num_blocks(image_size: int) -> int:
     return int(math.log2(image_size)) - 2
 
 
-def _convs_per_scale(convs_per_scale: Sequence[int] | None, blocks: int, image_size: int) -> tuple[int, ...]:
-    """Validated per-resolution convolution counts, 8x8 first; None is the paper's 2 everywhere."""
-    if convs_per_scale is None:
-        return (2,) * blocks
-    counts = tuple(int(c) for c in convs_per_scale)
-    sizes = [8 * 2**i for i in range(blocks)]
-    if len(counts) != blocks or any(c < 1 for c in counts):
+def _per_scale(values: Sequence[int] | None, default: int, blocks: int, image_size: int, name: str,
+               unit: str) -> tuple[int, ...]:
+    """Validated per-resolution values (convolution counts, channel widths), 8x8 first; None
+    gives `default` at every resolution."""
+    if values is None:
+        return (default,) * blocks
+    resolved = tuple(int(v) for v in values)
+    if len(resolved) != blocks or any(v < 1 for v in resolved):
+        sizes = [8 * 2**i for i in range(blocks)]
         raise ValueError(
-            f"convs_per_scale needs {blocks} counts >= 1 at {image_size} px, one per resolution {sizes}; got {list(convs_per_scale)}"
+            f"{name} needs {blocks} {unit} >= 1 at {image_size} px, one per resolution {sizes}; got {list(values)}"
         )
-    return counts
+    return resolved
 
 
 class _ELUFunction(torch.autograd.Function):
@@ -105,16 +107,6 @@ class FastELU(nn.ELU):
         if x.device.type != "cpu" or not x.is_floating_point():
             return F.elu(x)
         return _ELUFunction.apply(x)
-
-
-def _decoder_widths(widths: Sequence[int] | None, hidden_channels: int, blocks: int, image_size: int) -> tuple[int, ...]:
-    if widths is None:
-        return (hidden_channels,) * blocks
-    widths = tuple(int(w) for w in widths)
-    if len(widths) != blocks or any(w < 1 for w in widths):
-        sizes = [8 * 2**i for i in range(blocks)]
-        raise ValueError(f"decoder widths need {blocks} channel counts >= 1 at {image_size} px, one per resolution {sizes}; got {list(widths)}")
-    return widths
 
 
 def _conv_elu(c_in: int, c_out: int, stride: int = 1, fast_elu: bool = False) -> list[nn.Module]:
@@ -160,8 +152,8 @@ class BEGANDecoder(nn.Module):
     ):
         super().__init__()
         blocks = _num_blocks(image_size)
-        counts = _convs_per_scale(convs_per_scale, blocks, image_size)
-        widths = _decoder_widths(widths, hidden_channels, blocks, image_size)
+        counts = _per_scale(convs_per_scale, 2, blocks, image_size, "convs_per_scale", "counts")
+        widths = _per_scale(widths, hidden_channels, blocks, image_size, "widths", "channel counts")
         self.latent_dim = latent_dim
         self.image_size = image_size
         self.project = nn.Sequential(
@@ -224,7 +216,7 @@ class BEGANEncoder(nn.Module):
     ):
         super().__init__()
         blocks = _num_blocks(image_size)
-        counts = _convs_per_scale(convs_per_scale, blocks, image_size)[::-1]  # image size first
+        counts = _per_scale(convs_per_scale, 2, blocks, image_size, "convs_per_scale", "counts")[::-1]  # image size first
         layers: list[nn.Module] = _conv_elu(in_channels, hidden_channels, fast_elu=fast_elu)
         channels = hidden_channels
         for index, count in enumerate(counts):
