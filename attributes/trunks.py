@@ -11,10 +11,12 @@ Which kernel the first conv uses at each size is in `_ALEXNET_STEMS`; `width` sc
 channel count (1.0 = 96-256-384-384-256), because the full widths cost 1.3 GFLOP per 64 px
 face, too much for a CPU budget of minutes.
 
-ResNet: `torchvision.models.resnet*` built with `weights=None` (nothing is downloaded). For
-inputs below 128 px the 7x7/2 stem and its max pool are replaced by a 3x3/1 conv, as is usual
-for small images, so that a 64 px face still ends on a 4x4 map. `checkpoint` loads local weights:
-a torchvision ImageNet file, or a trunk saved by this package.
+ResNet: torchvision's ResNet layouts (10 = one block per stage, 18, 34, 50) built from its own
+blocks with random weights (nothing is downloaded). For inputs below 128 px the 7x7/2 stem and its
+max pool are replaced by a 3x3 conv, as is usual for small images: stride 1 keeps a 64 px face
+on an 8x8 final map, stride 2 (`resnet_stem_stride`) on 4x4 at a quarter of the cost.
+`resnet_width` scales the stage widths, for CPU budgets. `checkpoint` loads local weights: a
+torchvision ImageNet file (at width 1.0), or a trunk saved by this package.
 """
 from __future__ import annotations
 
@@ -37,11 +39,13 @@ class TrunkError(FaceganError, ValueError):
 
 @dataclass
 class TrunkConfig:
-    name: str = "alexnet_bn"  # alexnet_bn | resnet18 | resnet34 | resnet50
+    name: str = "alexnet_bn"  # alexnet_bn | resnet10 | resnet18 | resnet34 | resnet50
     input_size: int = 64  # 64, 128 or 224 (any size >= 32 works)
     width: float = 0.5  # AlexNet-BN channel multiplier (1.0 = the thesis's 96-256-384-384-256)
     checkpoint: str = ""  # local weights to start from (torchvision ResNet file, a trunk state_dict, or a facegan checkpoint)
     channels: list[int] = field(default_factory=list)  # AlexNet-BN: explicit channels of its 5 convs (a pruned model); overrides width
+    resnet_width: float = 1.0  # ResNet stage-width multiplier (1.0 = torchvision's 64-128-256-512)
+    resnet_stem_stride: int = 1  # ResNet below 128 px: stride of the 3x3 stem (2 halves every map after it)
 
 
 class ConvUnit(nn.Sequential):
@@ -102,25 +106,60 @@ class AlexNetBN(nn.Module):
         return self.features(x)
 
 
+# depth -> (block, blocks per stage), as torchvision builds them; 10 is the usual one-block-per-stage
+# small ResNet
+_RESNET_LAYOUTS = {10: ("basic", (1, 1, 1, 1)), 18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
+                   50: ("bottleneck", (3, 4, 6, 3))}
+
+
 class ResNetTrunk(nn.Module):
-    """A torchvision ResNet without its pooling and classifier."""
+    """A torchvision-layout ResNet without its pooling and classifier.
 
-    def __init__(self, depth: int = 18, input_size: int = 64):
+    At width 1.0 and 128 px or more its parameters have torchvision's shapes (and load its
+    weights). `width` scales the stage widths 64-128-256-512; `small_stem_stride` is the stride
+    of the 3x3 stem that replaces the 7x7/2 conv and max pool below 128 px."""
+
+    def __init__(self, depth: int = 18, input_size: int = 64, width: float = 1.0, small_stem_stride: int = 1):
         super().__init__()
-        from torchvision.models import resnet18, resnet34, resnet50
+        from torchvision.models.resnet import BasicBlock, Bottleneck
 
-        builders = {18: resnet18, 34: resnet34, 50: resnet50}
-        if depth not in builders:
-            raise TrunkError(f"ResNet depth must be one of {sorted(builders)}, got {depth}")
-        net = builders[depth](weights=None)
-        if input_size < 128:
-            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            net.maxpool = nn.Identity()
-        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
-        self.out_channels = 512 if depth < 50 else 2048
-        self.input_size = input_size
+        if depth not in _RESNET_LAYOUTS:
+            raise TrunkError(f"ResNet depth must be one of {sorted(_RESNET_LAYOUTS)}, got {depth}")
+        if width <= 0:
+            raise TrunkError(f"width must be positive, got {width}")
+        if small_stem_stride not in (1, 2):
+            raise TrunkError(f"small_stem_stride must be 1 or 2, got {small_stem_stride}")
+        kind, blocks = _RESNET_LAYOUTS[depth]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        planes = [max(8, int(round(64 * width * 2 ** i))) for i in range(4)]
         self.small_stem = input_size < 128
+        if self.small_stem:
+            stem = nn.Conv2d(3, planes[0], 3, stride=small_stem_stride, padding=1, bias=False)
+            pool: nn.Module = nn.Identity()
+        else:
+            stem = nn.Conv2d(3, planes[0], 7, stride=2, padding=3, bias=False)
+            pool = nn.MaxPool2d(3, 2, padding=1)
+        stages, in_channels = [], planes[0]
+        for index, (width_i, count) in enumerate(zip(planes, blocks)):
+            stride = 1 if index == 0 else 2
+            layers = []
+            for k in range(count):
+                out_channels = width_i * block.expansion
+                downsample = None
+                if k == 0 and (stride != 1 or in_channels != out_channels):
+                    downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                               nn.BatchNorm2d(out_channels))
+                layers.append(block(in_channels, width_i, stride if k == 0 else 1, downsample))
+                in_channels = out_channels
+            stages.append(nn.Sequential(*layers))
+        # the same indices as torchvision's conv1, bn1, relu, maxpool, layer1..layer4 (load_torchvision)
+        self.body = nn.Sequential(stem, nn.BatchNorm2d(planes[0]), nn.ReLU(inplace=True), pool, *stages)
+        self.out_channels = in_channels
+        self.input_size = input_size
         self.cam_layer = "body.7"  # layer4, the last convolutional stage
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -181,9 +220,9 @@ def build_trunk(config: TrunkConfig) -> nn.Module:
     elif name.startswith("resnet") and name[6:].isdigit():
         if config.channels:
             raise TrunkError("explicit channels (a pruned trunk) are only supported for alexnet_bn")
-        trunk = ResNetTrunk(int(name[6:]), config.input_size)
+        trunk = ResNetTrunk(int(name[6:]), config.input_size, config.resnet_width, config.resnet_stem_stride)
     else:
-        raise TrunkError(f"unknown trunk {config.name!r}; choose alexnet_bn, resnet18, resnet34 or resnet50")
+        raise TrunkError(f"unknown trunk {config.name!r}; choose alexnet_bn, resnet10, resnet18, resnet34 or resnet50")
     if config.checkpoint:
         _load_checkpoint(trunk, config.checkpoint)
     return trunk

@@ -49,6 +49,39 @@ def test_resnet_trunk_small_stem_and_local_torchvision_weights(tmp_path):
         build_trunk(TrunkConfig("resnet18", 64, checkpoint=str(tmp_path / "missing.pth")))
 
 
+@pytest.mark.parametrize("depth", [18, 50])
+def test_resnet_trunk_at_width_one_is_torchvision_resnet(depth):
+    import torchvision.models as tvm
+
+    torch.manual_seed(0)
+    reference = getattr(tvm, f"resnet{depth}")(weights=None).eval()
+    trunk = ResNetTrunk(depth, 128).eval()
+    assert trunk.load_torchvision(reference.state_dict()) == []  # every tensor has torchvision's shape
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        expected = torch.nn.Sequential(*list(reference.children())[:-2])(x)
+        assert torch.allclose(trunk(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("depth,width,stride,expected", [
+    (10, 0.5, 2, (256, 4, 4)), (18, 0.375, 2, (192, 4, 4)), (18, 0.25, 1, (128, 8, 8)), (50, 0.25, 2, (512, 4, 4)),
+])
+def test_narrow_resnet_trunks_for_small_faces(depth, width, stride, expected):
+    trunk = build_trunk(TrunkConfig(f"resnet{depth}", 64, resnet_width=width, resnet_stem_stride=stride))
+    assert feature_shape(trunk, 64) == expected == (trunk.out_channels, *expected[1:])
+    assert trunk.body[0].stride == (stride, stride) and trunk.body[0].kernel_size == (3, 3)
+    blocks = [m for m in trunk.modules() if type(m).__name__ in ("BasicBlock", "Bottleneck")]
+    assert len(blocks) == {10: 4, 18: 8, 50: 16}[depth]
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(name="resnet12"), "depth"), (dict(resnet_width=0.0), "width"), (dict(resnet_stem_stride=3), "stride"),
+])
+def test_resnet_trunk_rejects_bad_settings(bad, match):
+    with pytest.raises(TrunkError, match=match):
+        build_trunk(TrunkConfig(**{"name": "resnet18", "input_size": 64, **bad}))
+
+
 def test_trunk_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     first = build_trunk(TrunkConfig("alexnet_bn", 64, 0.25))
