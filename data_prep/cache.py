@@ -38,6 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 from torch.utils.data import Dataset
 
+from data_prep.align.templates import template_names
 from data_prep.datasets.base import FaceDataset
 from data_prep.datasets.record import SPLITS, SampleRecord, SkippedSample
 from data_prep.datasets.schema import LabelSchema, Task, TaskKind
@@ -638,7 +639,7 @@ def register_cli(data_sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-align", action="store_true",
                         help="do not detect or align: centre-crop and resize (for already-aligned images)")
     parser.add_argument("--template", default="thesis",
-                        help="alignment template: thesis, portrait, arcface or a template file (default thesis)")
+                        help=f"alignment template: one of {template_names()} or a template file (default thesis)")
     parser.add_argument("--split", choices=SPLITS, default=None, help="cache only this split (default: all)")
     parser.add_argument("--shard-size", type=int, default=None,
                         help="faces per shard file (default: about 64 MiB per shard)")

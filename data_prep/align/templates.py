@@ -36,6 +36,13 @@ Built-in templates (`get_template(name)`):
     the 40-attribute mean of `celeba64` from 88.25% to 88.55% (two seeds each; docs/results/README.md):
     mouth, cheekbones, eyebrows and age gained, hair texture lost a little.
 
+``"closeup"``
+    "portrait" scaled 1.12x about (50, 57), the middle of its face: inter-ocular distance 28% of
+    the width, eyes at (36, 41.3) and (64, 41.3), mouth corners at (37.96, 72.68) and
+    (62.04, 72.68). The top of the hair and the neck below the chin leave the frame; the eyes,
+    brows and mouth gain 12% more pixels each way. CelebA's held-out people, two-member
+    ensembles of 1,700 steps: 89.39% against 89.20% with "portrait" (docs/results/README.md).
+
 ``"arcface"``
     The 112x112 5-point template used by ArcFace / insightface recognisers, a tight crop of
     the inner face (forehead to chin).
@@ -100,6 +107,10 @@ _PORTRAIT_POINTS = (
     (60.75, 71.0),
 )
 
+# "closeup" is "portrait" scaled about the middle of its face: same canvas, bigger face
+_CLOSEUP_ZOOM, _CLOSEUP_CENTRE = 1.12, (50.0, 57.0)
+_CLOSEUP_POINTS = (np.asarray(_PORTRAIT_POINTS) - _CLOSEUP_CENTRE) * _CLOSEUP_ZOOM + _CLOSEUP_CENTRE
+
 
 @dataclass(frozen=True)
 class Template:
@@ -162,6 +173,7 @@ TEMPLATES: dict[str, Template] = {
     "thesis": Template(np.array(_THESIS_POINTS), (450, 450), name="thesis"),
     "arcface": Template(np.array(_ARCFACE_POINTS), (112, 112), name="arcface"),
     "portrait": Template(np.array(_PORTRAIT_POINTS), (100, 100), name="portrait"),
+    "closeup": Template(_CLOSEUP_POINTS, (100, 100), name="closeup"),
 }
 
 

@@ -1,4 +1,5 @@
 """Every attribute preset under configs/attributes loads, and its templates exist."""
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,12 +29,15 @@ def test_portrait_preset_differs_from_celeba64_only_in_alignment_and_folders():
     assert portrait.trainer.max_steps == base.trainer.max_steps and portrait.trainer.batch_size == base.trainer.batch_size
 
 
-def test_every_face_preset_is_the_portrait_model_trained_on_every_person_by_two_members():
+def test_every_face_preset_is_the_portrait_model_with_the_closeup_crop_on_every_person_by_two_members():
     portrait = load_config(AttributeRunConfig, PRESET_DIR / "celeba64-portrait.yaml")
-    everyone = load_config(AttributeRunConfig, PRESET_DIR / "celeba64-portrait-all.yaml")
+    everyone = load_config(AttributeRunConfig, PRESET_DIR / "celeba64-closeup-all.yaml")
     assert everyone.datasets["celeba"].train_split == "all" and portrait.datasets["celeba"].train_split == "train"
-    everyone.datasets["celeba"].train_split = "train"
-    assert everyone.datasets == portrait.datasets  # the same faces, alignment and cache
+    assert everyone.datasets["celeba"].template == "closeup" and portrait.datasets["celeba"].template == "portrait"
+    assert everyone.datasets["celeba"].cache_dir != portrait.datasets["celeba"].cache_dir  # other faces, other cache
+    everyone.datasets["celeba"] = replace(everyone.datasets["celeba"], train_split="train", template="portrait",
+                                          cache_dir=portrait.datasets["celeba"].cache_dir)
+    assert everyone.datasets == portrait.datasets  # the same people and split otherwise
     for section in ("model", "optim", "augment", "loss"):
         assert getattr(everyone, section) == getattr(portrait, section)
     assert everyone.trainer.batch_size == portrait.trainer.batch_size

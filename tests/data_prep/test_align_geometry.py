@@ -74,6 +74,16 @@ def test_portrait_template_frames_a_larger_centred_face_than_the_thesis():
     np.testing.assert_allclose(portrait.points[[0, 3], 0] + portrait.points[[1, 4], 0], 100.0)
 
 
+def test_closeup_template_is_the_portrait_scaled_about_its_face_centre():
+    portrait, closeup = get_template("portrait"), get_template("closeup")
+    assert closeup.size == portrait.size == (100.0, 100.0)
+    np.testing.assert_allclose(closeup.points, [[36, 41.32], [64, 41.32], [50, 56.888], [37.96, 72.68], [62.04, 72.68]])
+    # every distance between points grows by 1.12; the point at (50, 57) stays put
+    pairwise = lambda t: np.linalg.norm(t.points[:, None] - t.points[None], axis=-1)
+    np.testing.assert_allclose(pairwise(closeup), 1.12 * pairwise(portrait))
+    np.testing.assert_allclose(closeup.points[[0, 3], 0] + closeup.points[[1, 4], 0], 100.0)
+
+
 def test_template_scaling_square_and_non_square():
     t = get_template("thesis")
     np.testing.assert_allclose(t.scaled(128), t.points * 128 / 450)
