@@ -137,14 +137,16 @@ def combine_losses(
 
 
 def augment_batch(images: torch.Tensor, flip: bool = True, max_shift: int = 0, generator: torch.Generator | None = None,
-                  grayscale: float = 0.0, rotate: float = 0.0, scale: float = 0.0, erase: float = 0.0) -> torch.Tensor:
+                  grayscale: float = 0.0, rotate: float = 0.0, scale: float = 0.0, erase: float = 0.0,
+                  color: float = 0.0) -> torch.Tensor:
     """Random horizontal flips, integer translations (edge-replicated), and on request random
-    rotations (uniform in +-`rotate` degrees) with zooms (uniform in 1 +- `scale`), grayscale
-    copies (probability `grayscale`, luma in all three channels) and random erasing (probability
-    `erase`: one rectangle of 2-20% of the face, aspect 1:3 to 3:1, set to 0, the mid-grey of
-    the [-1, 1] input). Grayscale copies let colour datasets teach a head that is also used on
-    grayscale ones (LFW-a); rotations, zooms and erasing fight the overfitting to the few
-    identities of a small training set.
+    rotations (uniform in +-`rotate` degrees) with zooms (uniform in 1 +- `scale`), colour jitter
+    (brightness, contrast and saturation each scaled by its own factor uniform in 1 +- `color`),
+    grayscale copies (probability `grayscale`, luma in all three channels) and random erasing
+    (probability `erase`: one rectangle of 2-20% of the face, aspect 1:3 to 3:1, set to 0, the
+    mid-grey of the [-1, 1] input). Grayscale copies let colour datasets teach a head that is also
+    used on grayscale ones (LFW-a); rotations, zooms, colour jitter and erasing fight the
+    overfitting to the few identities and cameras of a small training set.
 
     Draws from `generator` (or torch's global RNG, which the Trainer checkpoints), so a
     resumed run augments exactly as an uninterrupted one. The optional ones draw only when
@@ -162,9 +164,11 @@ def augment_batch(images: torch.Tensor, flip: bool = True, max_shift: int = 0, g
         images = torch.stack([padded[k, :, dy:dy + size_h, dx:dx + size_w] for k, (dy, dx) in enumerate(shifts)])
     if rotate > 0 or scale > 0:
         images = _rotate_and_zoom(images, rotate, scale, generator)
+    if color > 0:
+        images = _jitter_colour(images, color, generator)
     if grayscale > 0:
         gray = torch.rand(b, generator=generator) < grayscale
-        luma = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).unsqueeze(1).expand_as(images)
+        luma = _luma(images).expand_as(images)
         images = torch.where(gray.view(b, 1, 1, 1).to(images.device), luma, images)
     if erase > 0:
         images = _erase_rectangles(images, erase, generator)
@@ -201,6 +205,24 @@ def _rotate_and_zoom(images: torch.Tensor, rotate: float, scale: float, generato
     theta = theta.to(device=images.device, dtype=images.dtype)
     grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
     return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _luma(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) ITU-R BT.601 luma of (B, 3, H, W) RGB images."""
+    return (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).unsqueeze(1)
+
+
+def _jitter_colour(images: torch.Tensor, amount: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Brightness, contrast and saturation of each [-1, 1] image scaled by factors uniform in
+    1 +- `amount`, in that order, as torchvision's ColorJitter does, clamped back to [-1, 1]."""
+    b = images.shape[0]
+    factors = (1.0 + (torch.rand(3, b, generator=generator) * 2 - 1) * amount).to(images.device, images.dtype)
+    brightness, contrast, saturation = (f.view(b, 1, 1, 1) for f in factors)
+    images = ((images + 1) * brightness - 1).clamp(-1, 1)  # brightness scales intensity, black stays black
+    mean = _luma(images).mean(dim=(2, 3), keepdim=True)
+    images = ((images - mean) * contrast + mean).clamp(-1, 1)
+    luma = _luma(images)
+    return ((images - luma) * saturation + luma).clamp(-1, 1)
 
 
 def _erase_rectangles(images: torch.Tensor, probability: float, generator: torch.Generator | None) -> torch.Tensor:

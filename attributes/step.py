@@ -101,10 +101,11 @@ class AugmentConfig:
     rotate: float = 0.0  # degrees of random rotation, uniform in +-rotate (0: off)
     scale: float = 0.0  # random zoom, uniform in 1 +- scale (0: off)
     erase: float = 0.0  # probability of erasing one random rectangle of 2-20% of the face (0: off)
+    color: float = 0.0  # colour jitter: brightness, contrast and saturation each scaled by 1 +- color (0: off)
     mixup: float = 0.0  # mixup's Beta(alpha, alpha) parameter: train on blends of two faces of a dataset (0: off)
 
     def __post_init__(self) -> None:
-        for name, low, high in (("grayscale", 0.0, 1.0), ("erase", 0.0, 1.0), ("scale", 0.0, 0.5), ("rotate", 0.0, 180.0)):
+        for name, low, high in (("grayscale", 0.0, 1.0), ("erase", 0.0, 1.0), ("color", 0.0, 1.0), ("scale", 0.0, 0.5), ("rotate", 0.0, 180.0)):
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ConfigError(f"augment.{name} must be in [{low}, {high}], got {value}")
@@ -267,7 +268,8 @@ class AttributeStep:
         extra = sum(batch[name]["image"].shape[0] for name in self.unlabelled)
         images = to_model_input(torch.cat([batch[name]["image"] for name in self.names + self.unlabelled]))
         images = augment_batch(images, self.augment.flip, self.augment.max_shift, grayscale=self.augment.grayscale,
-                               rotate=self.augment.rotate, scale=self.augment.scale, erase=self.augment.erase)
+                               rotate=self.augment.rotate, scale=self.augment.scale, erase=self.augment.erase,
+                               color=self.augment.color)
         mix = None
         if self.augment.mixup > 0:
             lam, partners = mixup_partners(layout, extra, self.augment.mixup)

@@ -261,6 +261,23 @@ def test_rotation_and_zoom_move_pixels_as_asked():
     assert torch.equal(augment_batch(x, False, 0, torch.Generator().manual_seed(0)), x)  # off by default
 
 
+def test_colour_jitter_matches_torchvision_colour_ops_on_each_face():
+    import torchvision.transforms.v2.functional as TF
+
+    x = torch.rand(6, 3, 8, 8) * 2 - 1
+    out = augment_batch(x, False, 0, torch.Generator().manual_seed(4), color=0.4)
+    factors = 1 + (torch.rand(3, 6, generator=torch.Generator().manual_seed(4)) * 2 - 1) * 0.4
+    assert ((factors - 1).abs() > 0.01).all() and ((factors - 1).abs() <= 0.4).all()
+    for k in range(6):
+        face = (x[k] + 1) / 2  # torchvision works on [0, 1]
+        face = TF.adjust_brightness(face, float(factors[0, k]))
+        face = TF.adjust_contrast(face, float(factors[1, k]))
+        face = TF.adjust_saturation(face, float(factors[2, k]))
+        assert torch.allclose(out[k], face * 2 - 1, atol=2e-3)  # torchvision's luma weighs red 0.2989
+    assert out.min() >= -1 and out.max() <= 1
+    assert torch.equal(augment_batch(x, False, 0, torch.Generator().manual_seed(4)), x)  # off by default
+
+
 def test_erasing_blanks_one_rectangle_in_some_faces():
     x = torch.rand(200, 3, 20, 20) + 0.5  # no zeros anywhere
     out = augment_batch(x, False, 0, torch.Generator().manual_seed(2), erase=0.5)
