@@ -16,8 +16,9 @@ with a memory map. Folder layout:
   build resumes at the first unrecorded shard.
 
 The fingerprint covers the source records (paths, labels, identities, splits, and landmarks
-when aligning), the schema, the size and the aligner settings: a cache built from anything
-else is stale, and `build_cache` rebuilds it (or refuses, with ``on_stale="error"``).
+when aligning), the schema, the size and the aligner settings, with the template as its
+geometry (size and points) rather than its name or file path: a cache built from anything else
+is stale, and `build_cache` rebuilds it (or refuses, with ``on_stale="error"``).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 from torch.utils.data import Dataset
 
-from data_prep.align.templates import template_names
+from data_prep.align.templates import Template, get_template, template_names
 from data_prep.datasets.base import FaceDataset
 from data_prep.datasets.record import SPLITS, SampleRecord, SkippedSample
 from data_prep.datasets.schema import LabelSchema, Task, TaskKind
@@ -113,8 +114,18 @@ def _describe_aligner(aligner: BatchAligner | None) -> dict[str, Any] | None:
         settings = dict(config.to_dict())
         for volatile in ("device", "batch_size"):
             settings.pop(volatile, None)
+        if "template" in settings:
+            settings["template"] = _template_geometry(config.template)
         description["config"] = settings
     return description
+
+
+def _template_geometry(template: str | Template) -> dict[str, list]:
+    """What a template does to the faces, its size and points, without its name or file path:
+    a template file edited in place then rebuilds the cache, and one geometry reached by two
+    names (a built-in and a file of the same points) shares one cache."""
+    resolved = get_template(template)
+    return {"size": [round(float(v), 4) for v in resolved.size], "points": np.round(resolved.points, 4).tolist()}
 
 
 def _landmarks_of(record: SampleRecord) -> np.ndarray | None:

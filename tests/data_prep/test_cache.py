@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from data_prep import cache as cache_module
-from data_prep.cache import AlignedFaceCache, CacheError, StaleCacheError, build_cache, resize_square
+from data_prep.cache import AlignedFaceCache, CacheError, StaleCacheError, build_cache, resize_square, source_fingerprint
 from data_prep.datasets.base import FaceDataset
 from data_prep.datasets.record import SampleRecord
 from data_prep.datasets.schema import LabelSchema
@@ -189,6 +189,25 @@ def test_stale_cache_is_detected(tmp_path, synth):
     # Dropping a record is a different source too.
     smaller = build_cache(synth.with_records(records[:5]), out, SIZE, progress=False)
     assert len(smaller) == 5 and len(list(out.glob("images-*.u8"))) == 1
+
+
+def test_a_template_is_fingerprinted_by_its_geometry_not_its_name(tmp_path, synth):
+    from data_prep.align.aligner import AlignConfig
+    from data_prep.align.templates import get_template
+
+    portrait = get_template("portrait").points
+    file = tmp_path / "mine.json"
+    file.write_text(json.dumps({"size": 100, "points": portrait.tolist()}))
+    by_file, by_name = CountingAligner(), CountingAligner()
+    by_file.config, by_name.config = AlignConfig(template=str(file)), AlignConfig(template="portrait")
+    first = source_fingerprint(synth, SIZE, by_file)
+    assert first == source_fingerprint(synth, SIZE, by_name)  # the same faces share one cache
+    out = tmp_path / "c"
+    build_cache(synth, out, SIZE, aligner=by_file, progress=False)
+    file.write_text(json.dumps({"size": 100, "points": (portrait * 1.1).tolist()}))  # edited in place
+    assert source_fingerprint(synth, SIZE, by_file) != first
+    with pytest.raises(StaleCacheError, match="different source"):
+        build_cache(synth, out, SIZE, aligner=by_file, on_stale="error", progress=False)
 
 
 def test_resplit_reuses_the_aligned_faces(tmp_path, synth):
