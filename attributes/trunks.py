@@ -140,16 +140,16 @@ class ResNetTrunk(nn.Module):
             stem = nn.Conv2d(3, planes[0], 7, stride=2, padding=3, bias=False)
             pool = nn.MaxPool2d(3, 2, padding=1)
         stages, in_channels = [], planes[0]
-        for index, (width_i, count) in enumerate(zip(planes, blocks)):
+        for index, (stage_planes, count) in enumerate(zip(planes, blocks)):
             stride = 1 if index == 0 else 2
             layers = []
             for k in range(count):
-                out_channels = width_i * block.expansion
+                out_channels = stage_planes * block.expansion
                 downsample = None
                 if k == 0 and (stride != 1 or in_channels != out_channels):
                     downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
                                                nn.BatchNorm2d(out_channels))
-                layers.append(block(in_channels, width_i, stride if k == 0 else 1, downsample))
+                layers.append(block(in_channels, stage_planes, stride if k == 0 else 1, downsample))
                 in_channels = out_channels
             stages.append(nn.Sequential(*layers))
         # the same indices as torchvision's conv1, bn1, relu, maxpool, layer1..layer4 (load_torchvision)
