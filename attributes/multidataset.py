@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data_prep.images import luma
 from engine.reproducibility import derive_seed
 
 __all__ = ["SamplerConfig", "balancing_weights", "ParallelDatasets", "combine_losses", "augment_batch"]
@@ -167,9 +168,9 @@ def augment_batch(images: torch.Tensor, flip: bool = True, max_shift: int = 0, g
     if color > 0:
         images = _jitter_colour(images, color, generator)
     if grayscale > 0:
-        gray = torch.rand(b, generator=generator) < grayscale
-        luma = _luma(images).expand_as(images)
-        images = torch.where(gray.view(b, 1, 1, 1).to(images.device), luma, images)
+        chosen = torch.rand(b, generator=generator) < grayscale
+        grey = luma(images).expand_as(images)
+        images = torch.where(chosen.view(b, 1, 1, 1).to(images.device), grey, images)
     if erase > 0:
         images = _erase_rectangles(images, erase, generator)
     return images
@@ -207,11 +208,6 @@ def _rotate_and_zoom(images: torch.Tensor, rotate: float, scale: float, generato
     return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _luma(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) ITU-R BT.601 luma of (B, 3, H, W) RGB images."""
-    return (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).unsqueeze(1)
-
-
 def _jitter_colour(images: torch.Tensor, amount: float, generator: torch.Generator | None) -> torch.Tensor:
     """Brightness, contrast and saturation of each [-1, 1] image scaled by factors uniform in
     1 +- `amount`, in that order, as torchvision's ColorJitter does, clamped back to [-1, 1]."""
@@ -219,10 +215,10 @@ def _jitter_colour(images: torch.Tensor, amount: float, generator: torch.Generat
     factors = (1.0 + (torch.rand(3, b, generator=generator) * 2 - 1) * amount).to(images.device, images.dtype)
     brightness, contrast, saturation = (f.view(b, 1, 1, 1) for f in factors)
     images = ((images + 1) * brightness - 1).clamp(-1, 1)  # brightness scales intensity, black stays black
-    mean = _luma(images).mean(dim=(2, 3), keepdim=True)
+    mean = luma(images).mean(dim=(2, 3), keepdim=True)
     images = ((images - mean) * contrast + mean).clamp(-1, 1)
-    luma = _luma(images)
-    return ((images - luma) * saturation + luma).clamp(-1, 1)
+    grey = luma(images)
+    return ((images - grey) * saturation + grey).clamp(-1, 1)
 
 
 def _erase_rectangles(images: torch.Tensor, probability: float, generator: torch.Generator | None) -> torch.Tensor:

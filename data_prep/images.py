@@ -11,11 +11,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import FaceganError
 
-__all__ = ["ImageLoadError", "load_rgb", "IMAGE_SUFFIXES", "list_images", "MIN_SIDE", "MAX_PIXELS"]
+__all__ = ["ImageLoadError", "load_rgb", "IMAGE_SUFFIXES", "list_images", "MIN_SIDE", "MAX_PIXELS", "luma"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 MIN_SIDE = 16
@@ -104,3 +105,10 @@ def load_rgb(path: Path | str, min_side: int = MIN_SIDE, max_pixels: int = MAX_P
     if min(array.shape[:2]) < min_side:
         raise ImageLoadError(path, "too_small", f"{array.shape[1]}x{array.shape[0]} pixels, need at least {min_side} per side")
     return array
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma of RGB images whose channels are the third axis from the end ((3, H, W)
+    or (B, 3, H, W)), kept there as an axis of size 1."""
+    red, green, blue = images[..., 0:1, :, :], images[..., 1:2, :, :], images[..., 2:3, :, :]
+    return 0.299 * red + 0.587 * green + 0.114 * blue

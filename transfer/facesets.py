@@ -18,6 +18,7 @@ import torch
 
 from attributes.train import prepare_datasets
 from data_prep.face_array import FaceArray
+from data_prep.images import luma
 from engine.checkpoint import config_fingerprint
 from engine.config import to_dict
 from engine.errors import FaceganError
@@ -38,9 +39,7 @@ class StudyDataError(FaceganError):
 # ------------------------------------------------------------------------------------------
 def to_grayscale(faces: torch.Tensor) -> torch.Tensor:
     """ITU-R BT.601 luma in all three channels (what a grayscale JPEG decodes to as RGB)."""
-    x = faces.float()
-    y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-    return y.round().clamp(0, 255).to(torch.uint8).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    return luma(faces.float()).round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
 
 
 def channel_stats(faces: FaceArray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,10 +67,10 @@ def augment_faces(faces: torch.Tensor, seeds: list[int], config: AugmentMixConfi
         x = face * (1 - config.brightness + 2 * config.brightness * u[0])
         mean = x.mean()
         x = (x - mean) * (1 - config.contrast + 2 * config.contrast * u[1]) + mean
-        gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
+        gray = luma(x)
         x = (x - gray) * (1 - config.saturation + 2 * config.saturation * u[2]) + gray
         if u[3] < config.grayscale_prob:
-            x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0).expand(3, -1, -1)
+            x = luma(x).expand(3, -1, -1)
         if u[4] < config.blur_prob:
             sigma = config.blur_sigma[0] + u[5] * (config.blur_sigma[1] - config.blur_sigma[0])
             x = _gaussian_blur(x, sigma)
