@@ -1,553 +1,260 @@
-"""Metrics, selective prediction (risk-coverage, AURC, grades), plots and the evaluation report.
+"""`facegan attributes eval`: a trained model on held-out faces, as Markdown, JSON and PNG plots.
 
-Every metric takes torch tensors or numpy arrays and returns plain Python numbers (JSON-ready);
-a metric with nothing to measure is None (or NaN for the float-valued `aurc`).
+For every dataset head it reports per-attribute accuracy and balanced accuracy (at 0.5 and at
+the thresholds calibrated on the validation people), their means, categorical accuracy with
+confusion matrices, age MAE and CS(5). For selective prediction it grades every prediction
+S..D and draws risk-coverage curves with their AURC for each available confidence:
+- "sa_softmax": 1 - p(unrecognizable) of an SA-softmax head;
+- "max_softmax": the largest class probability of the same model (Feng et al., ICLR 2023,
+  find it a strong baseline);
+- "plain_softmax_model": max-softmax of a separately trained plain-softmax model (`--compare`).
+Binary attributes are pooled: each (image, attribute) pair is one prediction.
 
-Selective prediction
---------------------
-Predictions are sorted by confidence, most confident first. At coverage k/N the risk is the
-error rate among the k most confident. `risk_coverage` returns one point per distinct
-confidence value (all ties are accepted together, as a threshold on the confidence does), so
-the curve does not depend on the order of tied predictions.
-
-AURC = (1/N) * sum_{k=1..N} risk(k), the mean risk over the N coverages k/N (Geifman et al.,
-ICLR 2019). Inside a group of tied confidences the group's errors are spread evenly over its
-positions, i.e. the expectation over every ordering of the ties: a constant confidence gives
-AURC = overall error rate. The oracle AURC ranks every correct prediction before every error
-(it depends only on N and the number of errors); E-AURC = AURC - oracle >= 0.
-
-The `results` dict of `write_evaluation_report`
------------------------------------------------
-Top-level scalars (e.g. "checkpoint", "step", "split", "weights", "flip_tta", "compare") are
-listed as run information. "datasets" maps a label to a section:
-
-    {
-      "faces": int, "head": str,                                   # optional
-      "binary": {                                                  # optional
-          "threshold_0.5": binary_attribute_metrics(...),         # variants of the group "binary"
-          "calibrated": binary_attribute_metrics(...),
-          "<other binary group>": {"threshold_0.5": ..., ...},    # other binary groups, nested
-      },
-      "per_attribute_png": "per_attribute_celeba.png",             # optional, relative to out_dir
-      "categorical": {task: categorical_metrics(...) | {"confusion_png": str}},
-      "age": {task: age_metrics(...)},
-      "selective": {group: {
-          "methods": {method: {"aurc": float, "grades": grade_table(...), "count": int,
-                               "accuracy": float, "oracle_aurc"?: float, "e_aurc"?: float}},
-          "curve_png": str,
-      }},
-    }
-
-(`selective_summary` builds one "methods" entry.) Method names used by `attributes.evaluation`:
-"sa_softmax" (1 - p(unrecognizable)), "max_softmax" (same model), "plain_softmax_model" (a
-separately trained plain-softmax model). The report states, per group, which method has the
-lowest AURC, computed from the numbers given.
+The data default to the datasets the model was trained on, read and split exactly as in
+training (same sources, split seeds and aligned caches); `--dataset NAME=ROOT --head HEAD`
+evaluates a head on another dataset instead (cross-domain), matching tasks by name.
 """
 from __future__ import annotations
 
-import io
+import argparse
 import json
-import math
+import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from attributes.sa_softmax import GRADE_LOWER_BOUNDS, GRADES, grade_index
-from engine.checkpoint import atomic_write_bytes, atomic_write_text
+from engine.errors import FaceganError
 
-__all__ = [
-    "binary_attribute_metrics",
-    "categorical_metrics",
-    "age_metrics",
-    "risk_coverage",
-    "aurc",
-    "oracle_aurc",
-    "selective_summary",
-    "compare_aurc",
-    "grade_table",
-    "plot_risk_coverage",
-    "plot_confusion_matrix",
-    "plot_per_attribute",
-    "write_evaluation_report",
-]
+__all__ = ["evaluate_checkpoint", "headline_accuracy", "register_cli"]
+
+log = logging.getLogger(__name__)
 
 
-def _np(x: Any, dtype=None) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        x = x.float().numpy() if x.dtype in (torch.float16, torch.bfloat16) else x.numpy()
-    return np.asarray(x, dtype=dtype)
+def _open_split(entry, size: int, split: str, work_dir: Path):
+    from data_prep.sources import aligned_cache, open_source
+    from attributes.train import _dedupe
+
+    dataset = open_source(entry, work_dir, min_image_size=size)
+    if getattr(entry, "dedupe", True):
+        dataset = _dedupe(dataset)
+    cache = aligned_cache(dataset, entry, size, work_dir, progress=False)
+    return cache if split == "all" else cache.subset(split=split)
 
 
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
+def _columns_for(group, schema) -> list[int | None]:
+    names = schema.names
+    return [names.index(t.name) if t.name in names else None for t in group.tasks]
 
 
-# -- classification ---------------------------------------------------------------------------
-def binary_attribute_metrics(probs, targets, mask, names: Sequence[str], threshold: float | Any = 0.5) -> dict[str, Any]:
-    """Per-attribute accuracy, balanced accuracy (mean of the recalls of the classes present),
-    F1 of the positive class (None without labelled positives), positive rate (prevalence among
-    the labelled), the number of positives, predicted positive rate and count, for
-    `probs` P(yes) `[N, T]`, targets `[N, T]` in {0, 1} and `mask` `[N, T]` (labelled entries).
-    `threshold` is a float or one per attribute; P >= threshold predicts yes. Means over the
-    attributes with at least one label: `mean_accuracy`, `mean_balanced_accuracy`."""
-    p, t, m = _np(probs, np.float64), _np(targets, np.float64), _np(mask, bool)
-    if p.ndim != 2 or p.shape != t.shape or p.shape != m.shape:
-        raise ValueError(f"probs {p.shape}, targets {t.shape} and mask {m.shape} must be the same [N, T]")
-    if len(names) != p.shape[1]:
-        raise ValueError(f"{len(names)} names for {p.shape[1]} attributes")
-    thresholds = np.broadcast_to(_np(threshold, np.float64), (p.shape[1],))
-    per: dict[str, dict[str, Any]] = {}
-    for k, name in enumerate(names):
-        known = m[:, k]
-        y = t[known, k] >= 0.5
-        pred = p[known, k] >= thresholds[k]
-        count = int(known.sum())
-        entry: dict[str, Any] = {"count": count, "threshold": float(thresholds[k])}
-        if count:
-            recalls = [float((pred[y == c] == c).mean()) for c in (False, True) if (y == c).any()]
-            tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
-            entry.update(accuracy=float((pred == y).mean()), balanced_accuracy=float(np.mean(recalls)),
-                         positive_rate=float(y.mean()), predicted_positive_rate=float(pred.mean()),
-                         positives=int(y.sum()), f1=(2 * tp / (2 * tp + fp + fn)) if y.any() else None)
-        else:
-            entry.update(accuracy=None, balanced_accuracy=None, positive_rate=None, predicted_positive_rate=None,
-                         positives=0, f1=None)
-        per[name] = entry
-    return {
-        "per_attribute": per,
-        "mean_accuracy": _mean([e["accuracy"] for e in per.values()]),
-        "mean_balanced_accuracy": _mean([e["balanced_accuracy"] for e in per.values()]),
-        "attributes": sum(1 for e in per.values() if e["count"]),
-        "labelled_entries": int(m.sum()),
+def _targets(cache, columns: list[int | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    n = len(cache)
+    targets = torch.zeros(n, len(columns))
+    mask = torch.zeros(n, len(columns), dtype=torch.bool)
+    all_t, all_m = cache.targets, cache.mask
+    for k, column in enumerate(columns):
+        if column is not None:
+            targets[:, k], mask[:, k] = all_t[:, column], all_m[:, column]
+    return targets, mask
+
+
+def _selective(methods_in: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path, stem: str, title: str) -> dict:
+    """Risk-coverage, AURC and grades of each method: name -> (confidence, correct)."""
+    from attributes.evaluate import plot_risk_coverage, risk_coverage, selective_summary
+
+    curves, methods = {}, {}
+    for method, (confidence, correct) in methods_in.items():
+        curves[method] = risk_coverage(confidence, correct)
+        methods[method] = selective_summary(confidence, correct)
+    png = out_dir / f"risk_coverage_{stem}.png"
+    plot_risk_coverage(curves, png, title)
+    return {"methods": methods, "curve_png": png.name}
+
+
+def _gradcam_section(model, cache, head: str, count: int, tasks: list[str] | None, png: Path) -> dict[str, Any]:
+    """Grad-CAM overlays of `count` faces spread over the split, with the randomised-head check."""
+    from attributes.explain import explain_faces, save_overlays, targets_for
+
+    rows = np.unique(np.linspace(0, len(cache) - 1, min(count, len(cache))).round().astype(int))
+    faces = cache.get_batch(rows)
+    explained = explain_faces(model, faces, head, targets_for(model, head, tasks))
+    save_overlays(png, faces, explained, [f"test face {r}" for r in rows])
+    correlations = [c for values in explained["rank_correlation"].values() for c in values]
+    return {"png": png.name, "faces": len(rows), "layer": getattr(model.trunk, "cam_layer", "trunk"),
+            "tasks": list(explained["maps"]), "mean_rank_correlation": float(np.mean(correlations))}
+
+
+def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str = "test", compare: str | Path | None = None,
+                        dataset: str | None = None, head: str | None = None, device: str = "cpu", batch_size: int = 256,
+                        use_ema: bool = True, work_dir: str | Path | None = None, explain: int = 0,
+                        explain_tasks: list[str] | None = None) -> dict[str, Any]:
+    from attributes.config import ALL_FACES, DatasetEntry
+    from attributes.evaluate import (age_metrics, binary_attribute_metrics, categorical_metrics, plot_confusion_matrix,
+                                     plot_per_attribute, write_evaluation_report)
+    from attributes.inference import calibrated_thresholds, predict_cache
+    from attributes.model import AttributeEnsemble
+    from attributes.train import load_attribute_model, single_network
+    from data_prep.datasets.schema import TaskKind
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = load_attribute_model(checkpoint, use_ema=use_ema, device=device)
+    model = single_network(loaded, "--explain (Grad-CAM)") if explain > 0 else loaded.model
+    baseline = load_attribute_model(compare, use_ema=use_ema, device=device) if compare else None
+    work = Path(work_dir) if work_dir else Path(checkpoint).resolve().parent.parent
+    if dataset:
+        name, _, root = dataset.partition("=")
+        head = head or list(model.groups)[0]
+        if head not in model.groups:
+            raise FaceganError(f"no head {head!r} in {checkpoint}; it has {list(model.groups)}")
+        known = loaded.config.datasets.get(head)
+        entry = DatasetEntry(source=name, root=root, template=known.template if known else "thesis")
+        plan = {f"{name} (head {head})": (head, entry)}
+    else:
+        plan = {name: (name, entry) for name, entry in loaded.config.datasets.items()}
+        for name, (_, entry) in plan.items():
+            if entry.train_split == ALL_FACES:
+                raise FaceganError(f"{checkpoint} was trained on every face of {name} (train_split: all), so none of "
+                                   f"them is held out; evaluate it on other faces: --dataset {entry.source}=ROOT --head {name}")
+    flip_tta = loaded.config.eval.flip_tta
+    results: dict[str, Any] = {
+        "checkpoint": str(checkpoint), "step": loaded.step, "split": split, "weights": "ema" if use_ema else "raw",
+        "flip_tta": flip_tta, "compare": str(compare) if compare else None,
+        "members": len(model.members) if isinstance(model, AttributeEnsemble) else 1, "datasets": {},
     }
-
-
-def categorical_metrics(probs, targets, class_names: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, balanced accuracy (mean recall over the classes present in `targets`), macro
-    precision (over the classes predicted at least once), per-class recall/precision/count
-    and the confusion matrix (rows: true class, columns: predicted class) of `probs` `[N, C]`
-    against class indices `targets` `[N]`."""
-    p, y = _np(probs, np.float64), _np(targets).astype(np.int64).reshape(-1)
-    c = len(class_names)
-    if p.ndim != 2 or p.shape[0] != y.shape[0] or p.shape[1] != c:
-        raise ValueError(f"probs {p.shape} must be [N, {c}] with N = {y.shape[0]} targets")
-    if y.size and (y.min() < 0 or y.max() >= c):
-        raise ValueError(f"targets must be class indices in [0, {c}), got values in [{y.min()}, {y.max()}]")
-    pred = p.argmax(1) if y.size else np.zeros(0, dtype=np.int64)
-    confusion = np.zeros((c, c), dtype=np.int64)
-    np.add.at(confusion, (y, pred), 1)
-    support, predicted = confusion.sum(1), confusion.sum(0)
-    diag = np.diag(confusion)
-    recall = [float(diag[i] / support[i]) if support[i] else None for i in range(c)]
-    precision = [float(diag[i] / predicted[i]) if predicted[i] else None for i in range(c)]
-    return {
-        "count": int(y.size),
-        "accuracy": float(diag.sum() / y.size) if y.size else None,
-        "balanced_accuracy": _mean(recall),
-        "macro_precision": _mean(precision),
-        "per_class": {name: {"count": int(support[i]), "recall": recall[i], "precision": precision[i]}
-                      for i, name in enumerate(class_names)},
-        "class_names": list(class_names),
-        "confusion_matrix": confusion.tolist(),
-    }
-
-
-def age_metrics(pred_age, true_age, ks: Sequence[int] = (1, 3, 5, 10)) -> dict[str, Any]:
-    """MAE in years and CS(k), the cumulative score: the fraction with |error| <= k years
-    (inclusive), for every k in `ks` and always k = 5 (`cs5`)."""
-    pred, true = _np(pred_age, np.float64).reshape(-1), _np(true_age, np.float64).reshape(-1)
-    if pred.shape != true.shape:
-        raise ValueError(f"{pred.size} predicted ages for {true.size} true ones")
-    error = np.abs(pred - true)
-    ks = sorted(set(int(k) for k in ks) | {5})
-    n = int(error.size)
-    return {
-        "count": n,
-        "mae": float(error.mean()) if n else None,
-        "rmse": float(np.sqrt((error ** 2).mean())) if n else None,
-        "cs5": float((error <= 5).mean()) if n else None,
-        "cs": {str(k): (float((error <= k).mean()) if n else None) for k in ks},
-    }
-
-
-# -- selective prediction ---------------------------------------------------------------------
-def _sorted_groups(confidence, correct) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(errors per position in descending-confidence order with ties spread evenly, group end
-    positions (1-based counts), cumulative errors at the group ends)."""
-    c = _np(confidence, np.float64).reshape(-1)
-    ok = _np(correct, bool).reshape(-1)
-    if c.shape != ok.shape:
-        raise ValueError(f"{c.size} confidences for {ok.size} correctness flags")
-    if np.isnan(c).any():
-        raise ValueError("confidence contains NaN")
-    order = np.argsort(-c, kind="stable")
-    c, err = c[order], (~ok[order]).astype(np.float64)
-    if c.size == 0:
-        return err, np.zeros(0, dtype=np.int64), np.zeros(0)
-    ends = np.append(np.nonzero(c[1:] != c[:-1])[0] + 1, c.size)  # exclusive end of each tie group
-    starts = np.concatenate([[0], ends[:-1]])
-    group_err = np.add.reduceat(err, starts)
-    spread = np.repeat(group_err / (ends - starts), ends - starts)
-    return spread, ends, np.cumsum(group_err)
-
-
-def risk_coverage(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
-    """(coverage, risk) at every distinct confidence threshold, from the most confident one:
-    coverage = fraction of predictions with confidence >= threshold, risk = their error rate."""
-    _, ends, errors = _sorted_groups(confidence, correct)
-    n = ends[-1] if ends.size else 0
-    if not n:
-        return np.zeros(0), np.zeros(0)
-    return ends / n, errors / ends
-
-
-def aurc(confidence, correct) -> float:
-    """Area under the risk-coverage curve (module docstring); NaN when there is no prediction."""
-    spread, _, _ = _sorted_groups(confidence, correct)
-    if spread.size == 0:
-        return math.nan
-    k = np.arange(1, spread.size + 1)
-    return float(np.mean(np.cumsum(spread) / k))
-
-
-def oracle_aurc(count: int, errors: int) -> float:
-    """The smallest AURC reachable with `errors` errors among `count` predictions."""
-    if count <= 0:
-        return math.nan
-    if not 0 <= errors <= count:
-        raise ValueError(f"{errors} errors among {count} predictions")
-    k = np.arange(count - errors + 1, count + 1, dtype=np.float64)
-    return float(np.sum((k - (count - errors)) / k) / count)
-
-
-def grade_table(confidence, correct) -> list[dict[str, Any]]:
-    """Per grade S..D: confidence range, count, accuracy (None when empty), coverage (its
-    share of all predictions), and the cumulative coverage/accuracy of it and every better grade."""
-    c = _np(confidence, np.float64).reshape(-1)
-    ok = _np(correct, bool).reshape(-1)
-    if c.shape != ok.shape:
-        raise ValueError(f"{c.size} confidences for {ok.size} correctness flags")
-    index = grade_index(torch.from_numpy(c)).numpy() if c.size else np.zeros(0, dtype=np.int64)
-    total, rows = c.size, []
-    cum_n = cum_ok = 0
-    for g, letter in enumerate(GRADES):
-        upper = 1.0 if g == 0 else GRADE_LOWER_BOUNDS[g - 1]
-        inside = index == g
-        n, n_ok = int(inside.sum()), int(ok[inside].sum())
-        cum_n, cum_ok = cum_n + n, cum_ok + n_ok
-        rows.append({
-            "grade": letter,
-            "range": f"[{GRADE_LOWER_BOUNDS[g]:.1f}, {upper:.1f}{']' if g == 0 else ')'}",
-            "count": n,
-            "accuracy": n_ok / n if n else None,
-            "coverage": n / total if total else 0.0,
-            "cumulative_coverage": cum_n / total if total else 0.0,
-            "cumulative_accuracy": cum_ok / cum_n if cum_n else None,
-        })
-    return rows
-
-
-def selective_summary(confidence, correct) -> dict[str, Any]:
-    """One method's entry of the report's "selective" section: AURC, oracle AURC, E-AURC,
-    overall accuracy, count and the grade table."""
-    ok = _np(correct, bool).reshape(-1)
-    value = aurc(confidence, ok)
-    oracle = oracle_aurc(ok.size, int((~ok).sum()))
-    return {"aurc": value, "oracle_aurc": oracle, "e_aurc": value - oracle, "count": int(ok.size),
-            "accuracy": float(ok.mean()) if ok.size else None, "grades": grade_table(confidence, ok)}
-
-
-# -- plots ------------------------------------------------------------------------------------
-def _figure(width: float, height: float):
-    # an explicit Figure (no pyplot): no global state, no display backend needed
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100)
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-def plot_risk_coverage(curves: Mapping[str, tuple[Any, Any]], path: str | Path, title: str = "Risk-coverage") -> Path:
-    """Risk against coverage, one step curve per method (name -> (coverage, risk))."""
-    fig = _figure(6, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    for name, (coverage, risk) in curves.items():
-        coverage, risk = _np(coverage, np.float64), _np(risk, np.float64)
-        if coverage.size:
-            ax.step(np.concatenate([[0.0], coverage]), np.concatenate([[risk[0]], risk]), where="post", label=name)
-    ax.set_xlabel("coverage")
-    ax.set_ylabel("risk (error rate among covered)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    if curves:
-        ax.legend(loc="upper left")
-    return _save(fig, path)
-
-
-def plot_confusion_matrix(matrix, class_names: Sequence[str], path: str | Path, title: str = "Confusion matrix") -> Path:
-    """Rows true, columns predicted; colour = row-normalised rate, text = counts."""
-    counts = _np(matrix, np.float64)
-    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    c = len(class_names)
-    fig = _figure(max(4.0, 0.6 * c + 2), max(3.5, 0.6 * c + 1.5))
-    ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    ax.set_xticks(range(c), labels=list(class_names), rotation=45, ha="right")
-    ax.set_yticks(range(c), labels=list(class_names))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if c <= 20:
-        for i in range(c):
-            for j in range(c):
-                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center",
-                        color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
-    ax.set_title(title)
-    return _save(fig, path)
-
-
-def plot_per_attribute(acc_dict: Mapping[str, float | None], path: str | Path, title: str = "Accuracy per attribute") -> Path:
-    """Bar chart of a value per attribute (None bars are left empty) with the mean as a line."""
-    names = list(acc_dict)
-    values = [np.nan if acc_dict[n] is None else float(acc_dict[n]) for n in names]
-    fig = _figure(max(6.0, 0.25 * len(names) + 2), 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.bar(range(len(names)), values, color="tab:blue")
-    present = [v for v in values if not np.isnan(v)]
-    if present:
-        mean = float(np.mean(present))
-        ax.axhline(mean, color="tab:red", linestyle="--", label=f"mean {mean:.3f}")
-        ax.legend(loc="lower right")
-    ax.set_xticks(range(len(names)), labels=names, rotation=90, fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title)
-    return _save(fig, path)
-
-
-# -- report -----------------------------------------------------------------------------------
-def _jsonable(value: Any) -> Any:
-    """JSON-safe copy: numpy/torch to lists and numbers, paths to str, NaN/inf to None."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _jsonable(value.detach().cpu().tolist())
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _pct(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{100 * value:.1f}%"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return lines + [""]
-
-
-def _is_binary_metrics(value: Any) -> bool:
-    return isinstance(value, Mapping) and "per_attribute" in value
-
-
-def _binary_groups(binary: Mapping[str, Any]) -> dict[str, dict[str, Mapping]]:
-    """{group: {variant: metrics}} from the section's "binary" entry (see module docstring)."""
-    groups: dict[str, dict[str, Mapping]] = {}
-    for key, value in binary.items():
-        if _is_binary_metrics(value):
-            groups.setdefault("binary", {})[key] = value
-        elif isinstance(value, Mapping):
-            groups[key] = {k: v for k, v in value.items() if _is_binary_metrics(v)}
-    return groups
-
-
-def _binary_lines(groups: dict[str, dict[str, Mapping]], png: str | None) -> list[str]:
-    lines: list[str] = []
-    for group, variants in groups.items():
-        if not variants:
+    for label, (head_name, entry) in plan.items():
+        cache = _open_split(entry, model.input_size, split, work)
+        if len(cache) == 0:
+            log.warning("%s: no faces in split %r; skipped", label, split)
             continue
-        lines += [f"### Binary attributes ({group})", ""]
-        names = list(next(iter(variants.values()))["per_attribute"])
-        header = ["Attribute"]
-        for variant in variants:
-            header += [f"Accuracy ({variant})", f"Balanced acc. ({variant})"]
-        header += ["Positive rate", "Count"]
-        rows = []
-        for name in names:
-            row: list[Any] = [name]
-            for metrics in variants.values():
-                entry = metrics["per_attribute"].get(name, {})
-                row += [_fmt(entry.get("accuracy")), _fmt(entry.get("balanced_accuracy"))]
-            first = next(iter(variants.values()))["per_attribute"][name]
-            rows.append(row + [_fmt(first.get("positive_rate"), 3), first.get("count", "–")])
-        mean_row: list[Any] = ["**mean**"]
-        for metrics in variants.values():
-            mean_row += [f"**{_fmt(metrics.get('mean_accuracy'))}**", f"**{_fmt(metrics.get('mean_balanced_accuracy'))}**"]
-        rows.append(mean_row + ["", ""])
-        lines += _table(header, rows)
-        if png and group == "binary":
-            lines += [f"![accuracy per attribute]({png})", ""]
-    return lines
+        schema = cache.schema
+        predictions = predict_cache(model, cache, head_name, batch_size, device, flip_tta)
+        base_predictions = None
+        if baseline is not None and head_name in baseline.model.groups:
+            base_predictions = predict_cache(baseline.model, cache, head_name, batch_size, device, baseline.config.eval.flip_tta)
+        section: dict[str, Any] = {"faces": len(cache), "head": head_name, "categorical": {}, "age": {}, "selective": {}}
+        stem = label.split(" ")[0]
+        for group in model.groups[head_name]:
+            columns = _columns_for(group, schema)
+            if all(c is None for c in columns):
+                continue
+            targets, mask = _targets(cache, columns)
+            decoded = predictions[group.name]
+            names = [t.name for t in group.tasks]
+            if group.kind is TaskKind.BINARY:
+                keep = [k for k, c in enumerate(columns) if c is not None]
+                prob, t, m = decoded["prob"][:, keep], targets[:, keep], mask[:, keep]
+                kept_names = [names[k] for k in keep]
+                binary = {"threshold_0.5": binary_attribute_metrics(prob, t, m, kept_names)}
+                thresholds = calibrated_thresholds(loaded.thresholds, head_name, group)
+                if thresholds is not None:
+                    binary["calibrated"] = binary_attribute_metrics(prob, t, m, kept_names, threshold=thresholds[keep])
+                section.setdefault("binary", {}).update({group.name: binary} if group.name != "binary" else binary)
+                if group.name == "binary":
+                    per_attribute = binary["threshold_0.5"]["per_attribute"]
+                    png = out_dir / f"per_attribute_{stem}.png"
+                    plot_per_attribute({k: v["accuracy"] for k, v in per_attribute.items()}, png)
+                    section["per_attribute_png"] = png.name
+                pred = (prob >= 0.5)
+                correct = (pred == t.bool())[m].numpy()
+                methods = {"max_softmax": (decoded["max_softmax"][:, keep][m].numpy(), correct)}
+                if group.sa:
+                    methods = {"sa_softmax": (decoded["confidence"][:, keep][m].numpy(), correct), **methods}
+                if base_predictions is not None and group.name in base_predictions:
+                    base = base_predictions[group.name]
+                    base_correct = ((base["prob"][:, keep] >= 0.5) == t.bool())[m].numpy()
+                    methods["plain_softmax_model"] = (base["max_softmax"][:, keep][m].numpy(), base_correct)
+                section["selective"][group.name] = _selective(methods, out_dir, f"{stem}_{group.name}", f"{label}: {group.name}")
+            elif group.kind is TaskKind.REGRESSION:
+                valid = mask[:, 0]
+                section["age"][group.name] = age_metrics(decoded["value"][valid], targets[valid, 0])
+            else:
+                valid = mask[:, 0]
+                task = group.tasks[0]
+                metrics = categorical_metrics(decoded["probs"][valid], targets[valid, 0].long(), list(task.classes))
+                png = out_dir / f"confusion_{stem}_{group.name}.png"
+                plot_confusion_matrix(metrics["confusion_matrix"], list(task.classes), png, f"{label}: {task.name}")
+                metrics["confusion_png"] = png.name
+                section["categorical"][group.name] = metrics
+                correct = (decoded["pred"][valid] == targets[valid, 0].long()).numpy()
+                methods = {"max_softmax": (decoded["max_softmax"][valid].numpy(), correct)}
+                if group.sa:
+                    methods = {"sa_softmax": (decoded["confidence"][valid].numpy(), correct), **methods}
+                if base_predictions is not None and group.name in base_predictions:
+                    base = base_predictions[group.name]
+                    base_correct = (base["pred"][valid] == targets[valid, 0].long()).numpy()
+                    methods["plain_softmax_model"] = (base["max_softmax"][valid].numpy(), base_correct)
+                section["selective"][group.name] = _selective(methods, out_dir, f"{stem}_{group.name}", f"{label}: {task.name}")
+        if explain > 0:
+            section["gradcam"] = _gradcam_section(model, cache, head_name, explain, explain_tasks, out_dir / f"gradcam_{stem}.png")
+        results["datasets"][label] = section
+    if not results["datasets"]:
+        raise FaceganError(f"nothing to evaluate: no faces in split {split!r} of any dataset")
+    results["files"] = {k: str(v) for k, v in write_evaluation_report(results, out_dir).items()}
+    return results
 
 
-def _categorical_lines(categorical: Mapping[str, Mapping]) -> list[str]:
-    lines: list[str] = []
-    for task, metrics in categorical.items():
-        lines += [f"### {task}", ""]
-        lines += _table(["Accuracy", "Balanced accuracy", "Macro precision", "Count"],
-                        [[_fmt(metrics.get("accuracy")), _fmt(metrics.get("balanced_accuracy")),
-                          _fmt(metrics.get("macro_precision")), metrics.get("count", "–")]])
-        names, matrix = metrics.get("class_names"), metrics.get("confusion_matrix")
-        if matrix is not None:
-            names = names or [str(i) for i in range(len(matrix))]
-            lines += ["Confusion matrix (rows: true, columns: predicted):", ""]
-            lines += _table(["true \\ pred", *names], [[names[i], *row] for i, row in enumerate(matrix)])
-        if metrics.get("confusion_png"):
-            lines += [f"![confusion matrix of {task}]({metrics['confusion_png']})", ""]
-    return lines
+def headline_accuracy(results: dict) -> dict[str, float]:
+    """The headline accuracy of each evaluated dataset: mean binary accuracy at 0.5, else the
+    mean of its categorical accuracies."""
+    summary = {}
+    for label, section in results["datasets"].items():
+        binary = section.get("binary", {}).get("threshold_0.5")
+        if binary:
+            summary[label] = float(binary["mean_accuracy"])
+        elif section.get("categorical"):
+            values = [float(m["accuracy"]) for m in section["categorical"].values()]
+            summary[label] = sum(values) / len(values)
+    return summary
 
 
-def _age_lines(age: Mapping[str, Mapping]) -> list[str]:
-    if not age:
-        return []
-    ks = sorted({int(k) for metrics in age.values() for k in metrics.get("cs", {})} - {5})
-    header = ["Task", "MAE (years)", "CS(5)", *[f"CS({k})" for k in ks], "Count"]
-    rows = [[task, _fmt(m.get("mae"), 3), _fmt(m.get("cs5")), *[_fmt(m.get("cs", {}).get(str(k))) for k in ks],
-             m.get("count", "–")] for task, m in age.items()]
-    return ["### Age", "", *_table(header, rows)]
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="accuracy, balanced accuracy, age MAE/CS(5), grades and risk-coverage of a trained model",
+        description="Evaluate an attribute checkpoint on held-out faces and write OUT/report.md, OUT/results.json and "
+        "PNG plots (per-attribute accuracy, confusion matrices, risk-coverage curves). By default every dataset the "
+        "model was trained on is read and split exactly as in training and its test split is used. Selective "
+        "prediction compares SA-softmax confidence (SA heads) with the max-softmax confidence of the same model and, "
+        "with --compare, with a separately trained plain-softmax model; the report says which has the lower AURC.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan attributes train`")
+    p.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and the plots")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="which split to evaluate (default test)")
+    p.add_argument("--compare", type=Path, help="a plain-softmax checkpoint trained on the same data, for the AURC comparison")
+    p.add_argument("--dataset", metavar="NAME=ROOT", help="evaluate on this dataset instead (cross-domain), e.g. lfw=/data/lfw")
+    p.add_argument("--head", help="with --dataset: which trained head to apply (default: the first)")
+    p.add_argument("--work-dir", type=Path, help="where aligned caches of --dataset go (default: the run folder)")
+    p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass (default 256)")
+    p.add_argument("--device", default="cpu", help="device (default cpu)")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA copy")
+    p.add_argument("--explain", type=int, default=0, metavar="N",
+                   help="add Grad-CAM overlays of N test faces per dataset to the report, with the randomised-head "
+                   "sanity check (default 0: none)")
+    p.add_argument("--explain-tasks", help="comma-separated tasks for --explain (default: each head's first six)")
+    p.set_defaults(func=_run_eval)
 
 
-def _with_oracle(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The entry with oracle AURC and E-AURC, derived from count and accuracy when absent."""
-    entry = dict(entry)
-    if entry.get("oracle_aurc") is None and entry.get("count") and entry.get("accuracy") is not None:
-        count = int(entry["count"])
-        entry["oracle_aurc"] = oracle_aurc(count, int(round(count * (1 - entry["accuracy"]))))
-    if entry.get("e_aurc") is None and entry.get("oracle_aurc") is not None and entry.get("aurc") is not None:
-        entry["e_aurc"] = entry["aurc"] - entry["oracle_aurc"]
-    return entry
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def compare_aurc(methods: Mapping[str, Mapping[str, Any]]) -> str:
-    """One sentence naming the method with the lowest AURC (lower is better), from the numbers."""
-    ranked = sorted(((float(m["aurc"]), name) for name, m in methods.items() if _finite(m.get("aurc"))))
-    if len(ranked) < 2:
-        return "Only one confidence measure with an AURC: nothing to compare."
-    (best, winner), others = ranked[0], ranked[1:]
-    ties = [name for value, name in others if math.isclose(value, best, rel_tol=1e-9, abs_tol=1e-12)]
-    if ties:
-        return f"Lowest AURC: tie between `{winner}` and " + ", ".join(f"`{n}`" for n in ties) + f" ({best:.4f})."
-    rest = ", ".join(f"`{name}` ({value:.4f}, {value / best:.2f}x)" if best > 0 else f"`{name}` ({value:.4f})"
-                     for value, name in others)
-    return f"Lowest AURC: **`{winner}`** ({best:.4f}), lower than {rest}."
-
-
-def _selective_lines(selective: Mapping[str, Mapping]) -> list[str]:
-    lines: list[str] = []
-    for group, block in selective.items():
-        methods = {name: _with_oracle(m) for name, m in block.get("methods", {}).items()}
-        if not methods:
-            continue
-        lines += [f"### Selective prediction ({group})", ""]
-        lines += _table(["Method", "AURC", "Oracle AURC", "E-AURC", "Accuracy", "Count"],
-                        [[f"`{name}`", _fmt(m.get("aurc")), _fmt(m.get("oracle_aurc")), _fmt(m.get("e_aurc")),
-                          _pct(m.get("accuracy")), m.get("count", "–")] for name, m in methods.items()])
-        lines += [compare_aurc(methods), ""]
-        graded = {name: m["grades"] for name, m in methods.items() if m.get("grades")}
-        if graded:
-            header = ["Grade", "Confidence"]
-            for name in graded:
-                header += [f"{name}: images", f"{name}: accuracy", f"{name}: coverage"]
-            rows = []
-            for g, letter in enumerate(GRADES):
-                first = next(iter(graded.values()))[g]
-                row: list[Any] = [letter, first.get("range", "")]
-                for table in graded.values():
-                    entry = table[g]
-                    row += [entry.get("count", 0), _pct(entry.get("accuracy")), _pct(entry.get("coverage"))]
-                rows.append(row)
-            lines += ["Grades (confidence S >= 0.8 > A >= 0.6 > B >= 0.4 > C >= 0.2 > D):", ""]
-            lines += _table(header, rows)
-        if block.get("curve_png"):
-            lines += [f"![risk-coverage of {group}]({block['curve_png']})", ""]
-    return lines
-
-
-def write_evaluation_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write `results.json` (every number) and `report.md` (tables and plot links) into
-    `out_dir`; returns {"json": path, "markdown": path}. Structure: module docstring."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    clean = _jsonable(results)
-    json_path, md_path = out / "results.json", out / "report.md"
-    atomic_write_text(json_path, json.dumps(clean, indent=2, allow_nan=False) + "\n")
-
-    lines = ["# Attribute evaluation", ""]
-    info = [(k, v) for k, v in clean.items() if k not in ("datasets", "files") and not isinstance(v, (dict, list))]
-    if info:
-        lines += _table(["", "value"], [[k, _fmt(v)] for k, v in info])
-    datasets = clean.get("datasets", {})
-    summary = []
-    for label, section in datasets.items():
-        groups = _binary_groups(section.get("binary", {}))
-        main_group = groups.get("binary") or next(iter(groups.values()), {})
-        main = next(iter(main_group.values()), None)
-        summary.append([label, section.get("faces", "–"), _fmt(main.get("mean_accuracy")) if main else "–",
-                        ", ".join(f"{t} {_fmt(m.get('accuracy'))}" for t, m in section.get("categorical", {}).items()) or "–",
-                        ", ".join(f"{t} {_fmt(m.get('mae'), 2)}" for t, m in section.get("age", {}).items()) or "–"])
-    if summary:
-        lines += ["## Summary", ""]
-        lines += _table(["Dataset", "Faces", "Mean binary accuracy", "Categorical accuracy", "Age MAE"], summary)
-    for label, section in datasets.items():
-        lines += [f"## {label}", ""]
-        if "faces" in section or "head" in section:
-            lines += [f"{section.get('faces', '?')} faces" + (f", head `{section['head']}`" if section.get("head") else "") + ".", ""]
-        lines += _binary_lines(_binary_groups(section.get("binary", {})), section.get("per_attribute_png"))
-        lines += _categorical_lines(section.get("categorical", {}))
-        lines += _age_lines(section.get("age", {}))
-        lines += _selective_lines(section.get("selective", {}))
-        if section.get("gradcam"):
-            cam = section["gradcam"]
-            lines += ["### Where the head looks (Grad-CAM)", "",
-                      f"Layer `{cam['layer']}`, {cam['faces']} test faces. Sanity check (Adebayo et al.): with the head's "
-                      f"weights re-drawn at random, the maps' mean Spearman rank correlation with these is "
-                      f"{cam['mean_rank_correlation']:.2f} (1 would mean the maps ignore the head; second row of each face).",
-                      "", f"![Grad-CAM]({cam['png']})", ""]
-    atomic_write_text(md_path, "\n".join(lines).rstrip() + "\n")
-    return {"json": json_path, "markdown": md_path}
+def _run_eval(args: argparse.Namespace) -> int:
+    tasks = [t.strip() for t in args.explain_tasks.split(",") if t.strip()] if args.explain_tasks else None
+    results = evaluate_checkpoint(args.checkpoint, args.out, args.split, args.compare, args.dataset, args.head,
+                                  args.device, args.batch_size, use_ema=not args.raw, work_dir=args.work_dir,
+                                  explain=args.explain, explain_tasks=tasks)
+    for label, section in results["datasets"].items():
+        parts = [f"{label}: {section['faces']} faces"]
+        binary = section.get("binary", {})
+        if "threshold_0.5" in binary:
+            parts.append(f"mean accuracy {binary['threshold_0.5']['mean_accuracy']:.4f}")
+            if "calibrated" in binary:
+                parts.append(f"calibrated {binary['calibrated']['mean_accuracy']:.4f}")
+        for name, shared in binary.items():  # a task shared across datasets (gender, say) has its own group
+            if isinstance(shared, dict) and "threshold_0.5" in shared:
+                parts.append(f"{name} accuracy {shared['threshold_0.5']['mean_accuracy']:.4f}")
+        for name, age in section["age"].items():
+            parts.append(f"{name} MAE {age['mae']:.2f}")
+        for name, cat in section["categorical"].items():
+            parts.append(f"{name} accuracy {cat['accuracy']:.4f}")
+        print("; ".join(parts))
+    print(f"report: {results['files'].get('markdown', args.out / 'report.md')}")
+    return 0

@@ -18,6 +18,7 @@ __all__ = [
     "atomic_save",
     "load_checkpoint",
     "config_fingerprint",
+    "module_weights",
     "CheckpointError",
 ]
 
@@ -74,3 +75,18 @@ def config_fingerprint(config: Any) -> str:
     """A short stable hash of a JSON-able config (dicts are key-sorted)."""
     blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def module_weights(state: dict[str, Any], name: str, use_ema: bool = True, where: str | os.PathLike = "checkpoint"
+                   ) -> tuple[dict[str, Any], bool]:
+    """The state_dict of module `name` in a Trainer checkpoint: its EMA copy when `use_ema` and
+    the run kept one, else the trained weights. Returns the weights and whether they are the
+    EMA copy."""
+    if use_ema:
+        ema = (state.get("ema") or {}).get(name)
+        if ema is not None:
+            return ema, True
+    weights = (state.get("modules") or {}).get(name)
+    if weights is None:
+        raise CheckpointError(f"{where} holds no weights of a module {name!r}")
+    return weights, False

@@ -1,19 +1,28 @@
-"""Dataclass configs as the single source of truth, with YAML presets and `a.b=c` overrides."""
+"""Dataclass configs as the single source of truth, with YAML presets and `a.b=c` overrides.
+
+A run config may rename a top-level section: it lists the old names in a `LEGACY_SECTIONS`
+class attribute ({"train": "trainer"}), and files, overrides and checkpoints that use an old
+name load under the new one with a one-line warning.
+"""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Mapping, TypeVar
 
 import yaml
 
 from engine.errors import FaceganError
 
-__all__ = ["ConfigError", "to_dict", "from_dict", "load_config", "save_config", "apply_overrides"]
+__all__ = ["ConfigError", "to_dict", "from_dict", "load_config", "save_config", "apply_overrides", "plain_data"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(FaceganError, ValueError):
@@ -84,6 +93,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build dataclass `cls` from a mapping; unknown keys are an error, not silently dropped."""
+    data = _rename_legacy_sections(cls, data, where)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -103,8 +113,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-        _deep_update(data, loaded)
-    data = apply_overrides(data, overrides or [])
+        _deep_update(data, _rename_legacy_sections(cls, loaded, str(path)))
+    data = apply_overrides(data, _renamed_overrides(cls, overrides or []))
     return from_dict(cls, data)
 
 
@@ -127,6 +137,54 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}")
         node[parts[-1]] = yaml.safe_load(raw)
     return data
+
+
+def _legacy_sections(cls: type) -> dict[str, str]:
+    return dict(getattr(cls, "LEGACY_SECTIONS", None) or {})
+
+
+def _rename_legacy_sections(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    renames = {old: new for old, new in _legacy_sections(cls).items() if old in data}
+    if not renames:
+        return data
+    data = dict(data)
+    for old, new in renames.items():
+        if new in data:
+            raise ConfigError(f"{where}: both {old!r} and {new!r} are given; {old!r} is the old name of {new!r}")
+        log.warning("%s: section %r is now called %r (facegan 0.2); read as %r", where, old, new, new)
+        data[new] = data.pop(old)
+    return data
+
+
+def _renamed_overrides(cls: type, overrides: list[str]) -> list[str]:
+    renamed = []
+    for item in overrides:
+        for old, new in _legacy_sections(cls).items():
+            if item.startswith(f"{old}."):
+                log.warning("override %s: section %r is now called %r (facegan 0.2)", item, old, new)
+                item = new + item[len(old):]
+        renamed.append(item)
+    return renamed
+
+
+def plain_data(value: Any, non_finite_as_none: bool = False) -> Any:
+    """Only plain containers and scalars (for JSON files and weights-only checkpoints): tuples
+    become lists, mapping keys strings, numpy and torch values numbers and lists, anything else
+    its str; with `non_finite_as_none`, NaN and infinities become None (JSON has no NaN)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = to_dict(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain_data(v, non_finite_as_none) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v, non_finite_as_none) for v in value]
+    if isinstance(value, float) and non_finite_as_none and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    tolist = getattr(value, "tolist", None)  # numpy and torch scalars and arrays
+    if callable(tolist) and hasattr(value, "dtype"):
+        return plain_data(tolist(), non_finite_as_none)
+    return str(value)
 
 
 def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from engine.checkpoint import atomic_save, config_fingerprint, load_checkpoint
+from engine.config import plain_data
 from engine.device import autocast_dtype, choose_device, configure_threads
 from engine.distributed import DistributedInfo, ResumableSampler, init_distributed
 from engine.ema import ModelEMA
@@ -150,11 +151,14 @@ class Trainer:
         config: TrainerConfig,
         run_config: dict[str, Any] | None = None,
         collate_fn: Callable | None = None,
+        legacy_run_configs: Sequence[dict[str, Any]] = (),
     ):
         self.step_impl = step
         self.dataset = dataset
         self.config = config
         self.run_config = run_config or {}
+        # What an older facegan recorded for this same run: its checkpoints resume as this run's.
+        self.legacy_run_configs = list(legacy_run_configs)
         self.collate_fn = collate_fn
         self.run_dir = Path(config.out_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
@@ -166,9 +170,9 @@ class Trainer:
         self._stop_requested = False
 
     # ----------------------------------------------------------------------------- set-up
-    def fingerprint(self) -> str:
+    def fingerprint(self, run_config: dict[str, Any] | None = None) -> str:
         maths = {k: v for k, v in asdict(self.config).items() if k not in _SCHEDULE_FIELDS}
-        return config_fingerprint({"trainer": maths, "run": self.run_config})
+        return config_fingerprint({"trainer": maths, "run": self.run_config if run_config is None else run_config})
 
     def _setup(self) -> None:
         cfg = self.config
@@ -259,8 +263,8 @@ class Trainer:
             "rng": capture_rng_state(),
             "best_value": self.best_value,
             "metrics": self.last_metrics,
-            "trainer_config": _jsonable(asdict(self.config)),
-            "run_config": _jsonable(self.run_config),
+            "trainer_config": plain_data(asdict(self.config)),
+            "run_config": plain_data(self.run_config),
             "fingerprint": self.fingerprint(),
         }
 
@@ -276,7 +280,8 @@ class Trainer:
         if not path.is_file():
             raise ResumeError(f"--resume was given but there is no checkpoint at {path}")
         state = load_checkpoint(path, map_location=self.device)
-        if state.get("fingerprint") != self.fingerprint() and not self.config.force_resume:
+        accepted = {self.fingerprint(), *(self.fingerprint(legacy) for legacy in self.legacy_run_configs)}
+        if state.get("fingerprint") not in accepted and not self.config.force_resume:
             raise ResumeError(
                 f"the configuration differs from the one {path} was trained with "
                 f"(fingerprint {state.get('fingerprint')} vs {self.fingerprint()}); "
@@ -410,14 +415,3 @@ def _progress_bar(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
-
-
-def _jsonable(value: Any) -> Any:
-    """Configs go into weights_only checkpoints: keep only plain containers and scalars."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

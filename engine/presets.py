@@ -1,0 +1,56 @@
+"""Presets: YAML configs that ship inside each family's package, found by name from any folder.
+
+    resolve_preset("dcgan64-cpu", "gan.generators")        # <site-packages>/gan/generators/presets/dcgan64-cpu.yaml
+    resolve_preset("my/run.yaml", "gan.generators")        # a file of your own, as given
+    preset_names("gan.generators")                         # ["began64", "began64-cpu", ...]
+
+A value that names an existing file is that file. Otherwise it is a preset name, with or
+without ".yaml". Paths of facegan 0.1.0, whose presets lived in a `configs/<family>/` folder of
+the checkout (`configs/sr/x4-16to64-cpu.yaml`), still find the shipped preset of that name.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+
+from engine.config import ConfigError
+
+__all__ = ["PRESETS_FOLDER", "preset_names", "resolve_preset", "presets_help"]
+
+log = logging.getLogger(__name__)
+
+PRESETS_FOLDER = "presets"
+
+
+def _folder(package: str) -> Path:
+    return Path(str(resources.files(package) / PRESETS_FOLDER))
+
+
+def preset_names(package: str) -> list[str]:
+    """The presets `package` ships, by name."""
+    folder = _folder(package)
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def resolve_preset(value: str | os.PathLike, package: str) -> Path:
+    """The YAML file `value` names: an existing file, or a preset shipped in `package`."""
+    given = Path(value).expanduser()
+    if given.is_file():
+        return given
+    name = given.name[:-len(".yaml")] if given.name.endswith(".yaml") else given.name
+    shipped = _folder(package) / f"{name}.yaml"
+    names = preset_names(package)
+    if name in names:
+        if given.parent != Path("."):
+            log.warning("%s is not a file; using the preset %r that ships with facegan (name presets by name: "
+                        "--config %s)", value, name, name)
+        return shipped
+    raise ConfigError(f"no config file {value} and no preset named {name!r}; presets: {', '.join(names) or 'none'}")
+
+
+def presets_help(package: str) -> str:
+    """A --config help text that lists the presets."""
+    return ("a preset name or a YAML file of your own; presets: " + ", ".join(preset_names(package))
+            + " (every setting not in it keeps its default)")

@@ -1,0 +1,45 @@
+"""Learning-rate schedules as pure functions of the step.
+
+A step sets its optimiser's rate from `learning_rate(step, ...)` before every update, so a
+resumed run follows the schedule exactly with no scheduler state in the checkpoint.
+"""
+from __future__ import annotations
+
+import math
+
+__all__ = ["SCHEDULES", "learning_rate"]
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def learning_rate(
+    step: int,
+    base_lr: float,
+    schedule: str = "constant",
+    *,
+    warmup_steps: int = 0,
+    total_steps: int = 0,
+    min_lr_ratio: float = 0.0,
+    step_every: int = 0,
+    step_gamma: float = 0.5,
+) -> float:
+    """The rate at `step` (counted from 0): a linear warm-up from 0 over `warmup_steps`, then
+
+    - "constant": `base_lr`;
+    - "step": `base_lr` times `step_gamma` for every `step_every` steps after the warm-up;
+    - "cosine": half a cosine from `base_lr` down to `min_lr_ratio * base_lr` at `total_steps`,
+      held there after it.
+    """
+    if warmup_steps and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    if schedule == "step":
+        if step_every <= 0:
+            raise ValueError("the step schedule needs step_every > 0")
+        return base_lr * step_gamma ** ((step - warmup_steps) // step_every)
+    if schedule != "cosine":
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+    return base_lr * (min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
