@@ -1,7 +1,8 @@
-"""The configuration of an attribute run: one dataclass tree, YAML presets in configs/attributes/."""
+"""The configuration of an attribute run: one dataclass tree, presets in presets/*.yaml."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from attributes.distill import DistillConfig
 from attributes.model import ModelConfig
@@ -11,9 +12,10 @@ from attributes.step import AugmentConfig, LossConfig, OptimConfig, SAConfig
 from data_prep.datasets.record import SPLITS
 from data_prep.sources import SourceConfig
 from engine.config import ConfigError
+from engine.errors import FaceganError
 from engine.trainer import TrainerConfig
 
-__all__ = ["ALL_FACES", "DatasetEntry", "EvalConfig", "AttributeRunConfig", "default_trainer"]
+__all__ = ["ALL_FACES", "DatasetEntry", "EvalConfig", "AttributeRunConfig", "default_trainer", "add_datasets", "member_dir"]
 
 
 ALL_FACES = "all"  # DatasetEntry.train_split that trains on every face of a dataset
@@ -79,3 +81,28 @@ class AttributeRunConfig:
     def __post_init__(self) -> None:
         if self.members < 1:
             raise ConfigError(f"members must be at least 1, not {self.members}")
+
+
+def add_datasets(config: AttributeRunConfig, specs: list[str], identity: bool = False) -> AttributeRunConfig:
+    """Add training datasets given as NAME or NAME=ROOT (the --dataset option; NAME is a data_prep
+    source, and ROOT its folder); with `identity`, every dataset also learns its people."""
+    for item in specs:
+        name, _, root = item.partition("=")
+        name = name.strip()
+        if not name:
+            raise FaceganError(f"--dataset {item!r}: expected NAME or NAME=ROOT")
+        entry = config.datasets.get(name) or DatasetEntry(source=name)
+        if root:
+            entry.root = root
+        config.datasets[name] = entry
+    if identity:
+        if not config.datasets:
+            config.datasets["synthetic"] = DatasetEntry()
+        for entry in config.datasets.values():
+            entry.identity = True
+    return config
+
+
+def member_dir(out_dir: str | Path, k: int) -> Path:
+    """Where member `k` of an ensemble run in `out_dir` trains: a complete run of its own."""
+    return Path(out_dir) / "members" / str(k)

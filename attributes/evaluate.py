@@ -1,4 +1,5 @@
-"""`facegan attributes eval`: a trained model on held-out faces, as Markdown, JSON and PNG plots.
+"""Evaluating a trained attribute model on held-out faces (`facegan attributes eval`): Markdown,
+JSON and PNG plots.
 
 For every dataset head it reports per-attribute accuracy and balanced accuracy (at 0.5 and at
 the thresholds calibrated on the validation people), their means, categorical accuracy with
@@ -16,8 +17,6 @@ evaluates a head on another dataset instead (cross-domain), matching tasks by na
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,22 +24,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from attributes.data import open_split
+from data_prep.selection import evenly_spaced
+from engine.deprecation import moved_names
 from engine.errors import FaceganError
 
-__all__ = ["evaluate_checkpoint", "headline_accuracy", "register_cli"]
+__all__ = ["evaluate_checkpoint", "headline_accuracy"]
+
+# facegan 0.1 had the metrics, plots and report here (this module was then `attributes.evaluation`).
+__getattr__ = moved_names(__name__, {
+    **{name: "attributes.metrics" for name in ("binary_attribute_metrics", "categorical_metrics", "age_metrics",
+                                               "risk_coverage", "aurc", "oracle_aurc", "selective_summary", "grade_table")},
+    **{name: "attributes.report" for name in ("plot_risk_coverage", "plot_confusion_matrix", "plot_per_attribute",
+                                              "compare_aurc", "write_evaluation_report")},
+})
 
 log = logging.getLogger(__name__)
-
-
-def _open_split(entry, size: int, split: str, work_dir: Path):
-    from data_prep.sources import aligned_cache, open_source
-    from attributes.train import _dedupe
-
-    dataset = open_source(entry, work_dir, min_image_size=size)
-    if getattr(entry, "dedupe", True):
-        dataset = _dedupe(dataset)
-    cache = aligned_cache(dataset, entry, size, work_dir, progress=False)
-    return cache if split == "all" else cache.subset(split=split)
 
 
 def _columns_for(group, schema) -> list[int | None]:
@@ -61,7 +60,8 @@ def _targets(cache, columns: list[int | None]) -> tuple[torch.Tensor, torch.Tens
 
 def _selective(methods_in: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path, stem: str, title: str) -> dict:
     """Risk-coverage, AURC and grades of each method: name -> (confidence, correct)."""
-    from attributes.evaluate import plot_risk_coverage, risk_coverage, selective_summary
+    from attributes.metrics import risk_coverage, selective_summary
+    from attributes.report import plot_risk_coverage
 
     curves, methods = {}, {}
     for method, (confidence, correct) in methods_in.items():
@@ -76,7 +76,7 @@ def _gradcam_section(model, cache, head: str, count: int, tasks: list[str] | Non
     """Grad-CAM overlays of `count` faces spread over the split, with the randomised-head check."""
     from attributes.explain import explain_faces, save_overlays, targets_for
 
-    rows = np.unique(np.linspace(0, len(cache) - 1, min(count, len(cache))).round().astype(int))
+    rows = np.asarray(evenly_spaced(len(cache), count), dtype=int)
     faces = cache.get_batch(rows)
     explained = explain_faces(model, faces, head, targets_for(model, head, tasks))
     save_overlays(png, faces, explained, [f"test face {r}" for r in rows])
@@ -90,11 +90,10 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
                         use_ema: bool = True, work_dir: str | Path | None = None, explain: int = 0,
                         explain_tasks: list[str] | None = None) -> dict[str, Any]:
     from attributes.config import ALL_FACES, DatasetEntry
-    from attributes.evaluate import (age_metrics, binary_attribute_metrics, categorical_metrics, plot_confusion_matrix,
-                                     plot_per_attribute, write_evaluation_report)
-    from attributes.inference import calibrated_thresholds, predict_cache
+    from attributes.inference import calibrated_thresholds, load_attribute_model, predict_cache, single_network
+    from attributes.metrics import age_metrics, binary_attribute_metrics, categorical_metrics
     from attributes.model import AttributeEnsemble
-    from attributes.train import load_attribute_model, single_network
+    from attributes.report import plot_confusion_matrix, plot_per_attribute, write_evaluation_report
     from data_prep.datasets.schema import TaskKind
 
     out_dir = Path(out_dir)
@@ -124,7 +123,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
         "members": len(model.members) if isinstance(model, AttributeEnsemble) else 1, "datasets": {},
     }
     for label, (head_name, entry) in plan.items():
-        cache = _open_split(entry, model.input_size, split, work)
+        cache = open_split(entry, model.input_size, split, work)
         if len(cache) == 0:
             log.warning("%s: no faces in split %r; skipped", label, split)
             continue
@@ -207,54 +206,3 @@ def headline_accuracy(results: dict) -> dict[str, float]:
             values = [float(m["accuracy"]) for m in section["categorical"].values()]
             summary[label] = sum(values) / len(values)
     return summary
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="accuracy, balanced accuracy, age MAE/CS(5), grades and risk-coverage of a trained model",
-        description="Evaluate an attribute checkpoint on held-out faces and write OUT/report.md, OUT/results.json and "
-        "PNG plots (per-attribute accuracy, confusion matrices, risk-coverage curves). By default every dataset the "
-        "model was trained on is read and split exactly as in training and its test split is used. Selective "
-        "prediction compares SA-softmax confidence (SA heads) with the max-softmax confidence of the same model and, "
-        "with --compare, with a separately trained plain-softmax model; the report says which has the lower AURC.",
-    )
-    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan attributes train`")
-    p.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and the plots")
-    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="which split to evaluate (default test)")
-    p.add_argument("--compare", type=Path, help="a plain-softmax checkpoint trained on the same data, for the AURC comparison")
-    p.add_argument("--dataset", metavar="NAME=ROOT", help="evaluate on this dataset instead (cross-domain), e.g. lfw=/data/lfw")
-    p.add_argument("--head", help="with --dataset: which trained head to apply (default: the first)")
-    p.add_argument("--work-dir", type=Path, help="where aligned caches of --dataset go (default: the run folder)")
-    p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass (default 256)")
-    p.add_argument("--device", default="cpu", help="device (default cpu)")
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA copy")
-    p.add_argument("--explain", type=int, default=0, metavar="N",
-                   help="add Grad-CAM overlays of N test faces per dataset to the report, with the randomised-head "
-                   "sanity check (default 0: none)")
-    p.add_argument("--explain-tasks", help="comma-separated tasks for --explain (default: each head's first six)")
-    p.set_defaults(func=_run_eval)
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    tasks = [t.strip() for t in args.explain_tasks.split(",") if t.strip()] if args.explain_tasks else None
-    results = evaluate_checkpoint(args.checkpoint, args.out, args.split, args.compare, args.dataset, args.head,
-                                  args.device, args.batch_size, use_ema=not args.raw, work_dir=args.work_dir,
-                                  explain=args.explain, explain_tasks=tasks)
-    for label, section in results["datasets"].items():
-        parts = [f"{label}: {section['faces']} faces"]
-        binary = section.get("binary", {})
-        if "threshold_0.5" in binary:
-            parts.append(f"mean accuracy {binary['threshold_0.5']['mean_accuracy']:.4f}")
-            if "calibrated" in binary:
-                parts.append(f"calibrated {binary['calibrated']['mean_accuracy']:.4f}")
-        for name, shared in binary.items():  # a task shared across datasets (gender, say) has its own group
-            if isinstance(shared, dict) and "threshold_0.5" in shared:
-                parts.append(f"{name} accuracy {shared['threshold_0.5']['mean_accuracy']:.4f}")
-        for name, age in section["age"].items():
-            parts.append(f"{name} MAE {age['mae']:.2f}")
-        for name, cat in section["categorical"].items():
-            parts.append(f"{name} accuracy {cat['accuracy']:.4f}")
-        print("; ".join(parts))
-    print(f"report: {results['files'].get('markdown', args.out / 'report.md')}")
-    return 0

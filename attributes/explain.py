@@ -14,7 +14,6 @@ Spearman rank correlation between the two maps (1: unchanged ranking).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from engine.errors import FaceganError
 
 __all__ = ["Target", "targets_for", "grad_cam", "randomized_head", "rank_correlation", "explain_faces",
-           "save_overlays", "explain_paths", "register_cli"]
+           "save_overlays", "explain_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +212,7 @@ def explain_paths(checkpoint: str | Path, inputs: list[Path], out_dir: str | Pat
                   device: str = "cpu", use_ema: bool = True, seed: int = 0) -> dict[str, Any]:
     """Align the photos in `inputs`, explain them, and write OUT/gradcam.png and OUT/gradcam.json."""
     from attributes.predict import aligned_photo_batches
-    from attributes.train import load_attribute_model, single_network
+    from attributes.inference import load_attribute_model, single_network
     from engine.checkpoint import atomic_write_text
 
     out_dir = Path(out_dir)
@@ -251,38 +250,3 @@ def explain_paths(checkpoint: str | Path, inputs: list[Path], out_dir: str | Pat
         }
     atomic_write_text(out_dir / "gradcam.json", json.dumps(summary, indent=2))
     return summary
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "explain",
-        help="Grad-CAM heat maps of chosen heads on aligned photos, with a randomised-head sanity check",
-        description="Align each photo as `predict` does and draw, for each chosen task, where the head looks: "
-        "Grad-CAM on a trunk layer (default: the last convolutional block), explaining the predicted answer. "
-        "The sanity check of Adebayo et al. re-draws the head's weights at random and draws the maps again: maps "
-        "that explain the head change (low rank correlation). Writes OUT/gradcam.png and OUT/gradcam.json.",
-    )
-    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan attributes train`")
-    p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders of images")
-    p.add_argument("--out", type=Path, required=True, help="folder for gradcam.png and gradcam.json")
-    p.add_argument("--head", help="which dataset's head (default: the first one trained)")
-    p.add_argument("--tasks", help="comma-separated task names to explain (default: the head's first six)")
-    p.add_argument("--layer", help="trunk layer name to take the activations from (default: the trunk's last conv block)")
-    p.add_argument("--no-sanity", action="store_true", help="skip the randomised-head sanity check")
-    p.add_argument("--seed", type=int, default=0, help="seed of the randomised head (default 0)")
-    p.add_argument("--device", default="cpu", help="device (default cpu)")
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA copy")
-    p.set_defaults(func=_run_explain)
-
-
-def _run_explain(args: argparse.Namespace) -> int:
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    summary = explain_paths(args.checkpoint, args.inputs, args.out, args.head, tasks, args.layer, not args.no_sanity,
-                            args.device, not args.raw, args.seed)
-    print(f"explained {len(summary['faces'])} face(s) x {len(summary['tasks'])} task(s) at layer {summary['layer']}; "
-          f"{len(summary['skipped'])} skipped")
-    if "sanity" in summary:
-        print(f"sanity check: mean rank correlation with a randomised head {summary['sanity']['mean_rank_correlation']:.3f} "
-              "(near 1 would mean the maps ignore the head)")
-    print(f"wrote {args.out / 'gradcam.png'}")
-    return 0

@@ -1,20 +1,31 @@
-"""Running an attribute model over images: batched, eval mode, optional flip test-time augmentation.
+"""Using a trained attribute model: load it from a checkpoint (`load_attribute_model`, one network
+or an ensemble) and run it over images, batched, in eval mode, with optional flip test-time
+augmentation.
 
 Images are uint8 (B, 3, S, S) aligned faces, normalised here exactly as in training
 (`to_model_input`), so training, evaluation and `predict` cannot drift apart.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
 
 from attributes.heads import decode_group
-from attributes.model import AttributeModel
-from data_prep.datasets.schema import TaskKind
+from attributes.model import AttributeEnsemble, AttributeModel, build_attribute_model
+from data_prep.datasets.schema import LabelSchema, TaskKind
+from engine.checkpoint import load_checkpoint, module_weights
+from engine.config import from_dict
+from engine.errors import FaceganError
 
-__all__ = ["to_model_input", "raw_outputs", "predict_images", "predict_cache", "best_thresholds", "binary_validation"]
+if TYPE_CHECKING:  # attributes.config imports the step, which runs these predictions
+    from attributes.config import AttributeRunConfig
+
+__all__ = ["to_model_input", "raw_outputs", "predict_images", "predict_cache", "best_thresholds", "binary_validation",
+           "LoadedModel", "load_attribute_model", "single_network", "run_of", "ensemble_from"]
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
@@ -121,3 +132,71 @@ def group_targets(cache, group) -> tuple[torch.Tensor, torch.Tensor]:
 
 def is_binary(group) -> bool:
     return group.kind is TaskKind.BINARY
+
+
+# ------------------------------------------------------------------ loading a trained model
+@dataclass
+class LoadedModel:
+    model: AttributeModel | AttributeEnsemble
+    config: AttributeRunConfig
+    thresholds: dict[str, torch.Tensor]
+    step: int
+    path: Path
+
+
+def load_attribute_model(checkpoint: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild a trained attribute model (EMA weights by default) from a checkpoint; an ensemble
+    checkpoint (`members: K`) gives an `AttributeEnsemble`."""
+    path = Path(checkpoint)
+    state = load_checkpoint(path, map_location="cpu")
+    config, schemas = run_of(state, path)
+    if state.get("format") == "attribute-ensemble":
+        model = ensemble_from(config, schemas, state["members"], use_ema)
+    else:
+        weights, _ = module_weights(state, "model", use_ema, path)
+        model = _network(config, schemas, weights)
+    model.to(device).eval()
+    thresholds = dict(state.get("step_state", {}).get("thresholds", {}))
+    return LoadedModel(model, config, thresholds, int(state.get("global_step", 0)), path)
+
+
+def single_network(loaded: LoadedModel, tool: str) -> AttributeModel:
+    """`loaded.model` for a tool that reaches inside one network; an ensemble is refused with
+    the member checkpoint to give instead."""
+    from attributes.config import member_dir
+
+    if isinstance(loaded.model, AttributeEnsemble):
+        member = member_dir(loaded.path.parent.parent, 0) / "checkpoints" / loaded.path.name
+        raise FaceganError(f"{loaded.path} is an ensemble of {len(loaded.model.members)} networks, and {tool} works on one: "
+                           f"give it a member's checkpoint, such as {member}")
+    return loaded.model
+
+
+def run_of(state: dict, path: Path) -> tuple[AttributeRunConfig, dict[str, LabelSchema]]:
+    """The run config and label schemas a checkpoint was trained with."""
+    from attributes.config import AttributeRunConfig
+
+    run = dict(state.get("run_config") or {})
+    if "schemas" not in run or "model" not in run:
+        raise FaceganError(f"{path} is not an attribute-model checkpoint (no schemas / model config in it)")
+    schemas = {name: LabelSchema.from_dict(s) for name, s in run.pop("schemas").items()}
+    config = from_dict(AttributeRunConfig, run)
+    config.model.trunk.checkpoint = ""  # the weights come from this checkpoint, not the starting point
+    return config, schemas
+
+
+def _network(config: AttributeRunConfig, schemas: dict[str, LabelSchema], weights: dict) -> AttributeModel:
+    tasks = {name: entry.learned_tasks() for name, entry in config.datasets.items()}
+    model = build_attribute_model(config.model, schemas, tasks)
+    model.load_state_dict(weights)
+    return model
+
+
+def ensemble_from(config: AttributeRunConfig, schemas: dict[str, LabelSchema], members: list[dict],
+                   use_ema: bool) -> AttributeEnsemble:
+    # An ensemble checkpoint keeps each member's {"modules": weights, "ema": weights or None}.
+    return AttributeEnsemble([
+        _network(config, schemas, module_weights({"modules": {"model": m["modules"]}, "ema": {"model": m.get("ema")}},
+                                                 "model", use_ema)[0])
+        for m in members
+    ]).eval()

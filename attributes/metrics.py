@@ -1,4 +1,4 @@
-"""Metrics, selective prediction (risk-coverage, AURC, grades), plots and the evaluation report.
+"""Metrics of attribute predictions and selective prediction (risk-coverage, AURC, grades).
 
 Every metric takes torch tensors or numpy arrays and returns plain Python numbers (JSON-ready);
 a metric with nothing to measure is None (or NaN for the float-valued `aurc`).
@@ -15,49 +15,19 @@ ICLR 2019). Inside a group of tied confidences the group's errors are spread eve
 positions, i.e. the expectation over every ordering of the ties: a constant confidence gives
 AURC = overall error rate. The oracle AURC ranks every correct prediction before every error
 (it depends only on N and the number of errors); E-AURC = AURC - oracle >= 0.
-
-The `results` dict of `write_evaluation_report`
------------------------------------------------
-Top-level scalars (e.g. "checkpoint", "step", "split", "weights", "flip_tta", "compare") are
-listed as run information. "datasets" maps a label to a section:
-
-    {
-      "faces": int, "head": str,                                   # optional
-      "binary": {                                                  # optional
-          "threshold_0.5": binary_attribute_metrics(...),         # variants of the group "binary"
-          "calibrated": binary_attribute_metrics(...),
-          "<other binary group>": {"threshold_0.5": ..., ...},    # other binary groups, nested
-      },
-      "per_attribute_png": "per_attribute_celeba.png",             # optional, relative to out_dir
-      "categorical": {task: categorical_metrics(...) | {"confusion_png": str}},
-      "age": {task: age_metrics(...)},
-      "selective": {group: {
-          "methods": {method: {"aurc": float, "grades": grade_table(...), "count": int,
-                               "accuracy": float, "oracle_aurc"?: float, "e_aurc"?: float}},
-          "curve_png": str,
-      }},
-    }
-
-(`selective_summary` builds one "methods" entry.) Method names used by `attributes.evaluation`:
-"sa_softmax" (1 - p(unrecognizable)), "max_softmax" (same model), "plain_softmax_model" (a
-separately trained plain-softmax model). The report states, per group, which method has the
-lowest AURC, computed from the numbers given.
 """
 from __future__ import annotations
 
-import io
-import json
 import math
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from attributes.sa_softmax import GRADE_LOWER_BOUNDS, GRADES, grade_index
-from engine.checkpoint import atomic_write_bytes, atomic_write_text
 
 __all__ = [
+    "balanced_accuracy",
     "binary_attribute_metrics",
     "categorical_metrics",
     "age_metrics",
@@ -65,12 +35,7 @@ __all__ = [
     "aurc",
     "oracle_aurc",
     "selective_summary",
-    "compare_aurc",
     "grade_table",
-    "plot_risk_coverage",
-    "plot_confusion_matrix",
-    "plot_per_attribute",
-    "write_evaluation_report",
 ]
 
 
@@ -87,6 +52,25 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 # -- classification ---------------------------------------------------------------------------
+def balanced_accuracy(y_true, y_pred) -> float:
+    """Mean per-class recall over the classes present in `y_true`; nan for no items.
+
+    A predicted class that never occurs in `y_true` only counts as an error: it has no recall
+    of its own to average.
+    """
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    if t.ndim != 1 or p.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shapes {t.shape} and {p.shape}")
+    if len(t) != len(p):
+        raise ValueError(f"y_true has {len(t)} items but y_pred has {len(p)}")
+    if len(t) == 0:
+        return float("nan")
+    classes, cls = np.unique(t, return_inverse=True)
+    totals = np.bincount(cls, minlength=len(classes))
+    correct = np.bincount(cls, weights=(t == p), minlength=len(classes))
+    return float(np.mean(correct / totals))
+
+
 def binary_attribute_metrics(probs, targets, mask, names: Sequence[str], threshold: float | Any = 0.5) -> dict[str, Any]:
     """Per-attribute accuracy, balanced accuracy (mean of the recalls of the classes present),
     F1 of the positive class (None without labelled positives), positive rate (prevalence among
@@ -108,9 +92,8 @@ def binary_attribute_metrics(probs, targets, mask, names: Sequence[str], thresho
         count = int(known.sum())
         entry: dict[str, Any] = {"count": count, "threshold": float(thresholds[k])}
         if count:
-            recalls = [float((pred[y == c] == c).mean()) for c in (False, True) if (y == c).any()]
             tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
-            entry.update(accuracy=float((pred == y).mean()), balanced_accuracy=float(np.mean(recalls)),
+            entry.update(accuracy=float((pred == y).mean()), balanced_accuracy=balanced_accuracy(y, pred),
                          positive_rate=float(y.mean()), predicted_positive_rate=float(pred.mean()),
                          positives=int(y.sum()), f1=(2 * tp / (2 * tp + fp + fn)) if y.any() else None)
         else:
@@ -147,7 +130,7 @@ def categorical_metrics(probs, targets, class_names: Sequence[str]) -> dict[str,
     return {
         "count": int(y.size),
         "accuracy": float(diag.sum() / y.size) if y.size else None,
-        "balanced_accuracy": _mean(recall),
+        "balanced_accuracy": balanced_accuracy(y, pred) if y.size else None,
         "macro_precision": _mean(precision),
         "per_class": {name: {"count": int(support[i]), "recall": recall[i], "precision": precision[i]}
                       for i, name in enumerate(class_names)},
@@ -259,295 +242,3 @@ def selective_summary(confidence, correct) -> dict[str, Any]:
     oracle = oracle_aurc(ok.size, int((~ok).sum()))
     return {"aurc": value, "oracle_aurc": oracle, "e_aurc": value - oracle, "count": int(ok.size),
             "accuracy": float(ok.mean()) if ok.size else None, "grades": grade_table(confidence, ok)}
-
-
-# -- plots ------------------------------------------------------------------------------------
-def _figure(width: float, height: float):
-    # an explicit Figure (no pyplot): no global state, no display backend needed
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100)
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-def plot_risk_coverage(curves: Mapping[str, tuple[Any, Any]], path: str | Path, title: str = "Risk-coverage") -> Path:
-    """Risk against coverage, one step curve per method (name -> (coverage, risk))."""
-    fig = _figure(6, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    for name, (coverage, risk) in curves.items():
-        coverage, risk = _np(coverage, np.float64), _np(risk, np.float64)
-        if coverage.size:
-            ax.step(np.concatenate([[0.0], coverage]), np.concatenate([[risk[0]], risk]), where="post", label=name)
-    ax.set_xlabel("coverage")
-    ax.set_ylabel("risk (error rate among covered)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    if curves:
-        ax.legend(loc="upper left")
-    return _save(fig, path)
-
-
-def plot_confusion_matrix(matrix, class_names: Sequence[str], path: str | Path, title: str = "Confusion matrix") -> Path:
-    """Rows true, columns predicted; colour = row-normalised rate, text = counts."""
-    counts = _np(matrix, np.float64)
-    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    c = len(class_names)
-    fig = _figure(max(4.0, 0.6 * c + 2), max(3.5, 0.6 * c + 1.5))
-    ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    ax.set_xticks(range(c), labels=list(class_names), rotation=45, ha="right")
-    ax.set_yticks(range(c), labels=list(class_names))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if c <= 20:
-        for i in range(c):
-            for j in range(c):
-                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center",
-                        color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
-    ax.set_title(title)
-    return _save(fig, path)
-
-
-def plot_per_attribute(acc_dict: Mapping[str, float | None], path: str | Path, title: str = "Accuracy per attribute") -> Path:
-    """Bar chart of a value per attribute (None bars are left empty) with the mean as a line."""
-    names = list(acc_dict)
-    values = [np.nan if acc_dict[n] is None else float(acc_dict[n]) for n in names]
-    fig = _figure(max(6.0, 0.25 * len(names) + 2), 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.bar(range(len(names)), values, color="tab:blue")
-    present = [v for v in values if not np.isnan(v)]
-    if present:
-        mean = float(np.mean(present))
-        ax.axhline(mean, color="tab:red", linestyle="--", label=f"mean {mean:.3f}")
-        ax.legend(loc="lower right")
-    ax.set_xticks(range(len(names)), labels=names, rotation=90, fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title)
-    return _save(fig, path)
-
-
-# -- report -----------------------------------------------------------------------------------
-def _jsonable(value: Any) -> Any:
-    """JSON-safe copy: numpy/torch to lists and numbers, paths to str, NaN/inf to None."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _jsonable(value.detach().cpu().tolist())
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _pct(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{100 * value:.1f}%"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return lines + [""]
-
-
-def _is_binary_metrics(value: Any) -> bool:
-    return isinstance(value, Mapping) and "per_attribute" in value
-
-
-def _binary_groups(binary: Mapping[str, Any]) -> dict[str, dict[str, Mapping]]:
-    """{group: {variant: metrics}} from the section's "binary" entry (see module docstring)."""
-    groups: dict[str, dict[str, Mapping]] = {}
-    for key, value in binary.items():
-        if _is_binary_metrics(value):
-            groups.setdefault("binary", {})[key] = value
-        elif isinstance(value, Mapping):
-            groups[key] = {k: v for k, v in value.items() if _is_binary_metrics(v)}
-    return groups
-
-
-def _binary_lines(groups: dict[str, dict[str, Mapping]], png: str | None) -> list[str]:
-    lines: list[str] = []
-    for group, variants in groups.items():
-        if not variants:
-            continue
-        lines += [f"### Binary attributes ({group})", ""]
-        names = list(next(iter(variants.values()))["per_attribute"])
-        header = ["Attribute"]
-        for variant in variants:
-            header += [f"Accuracy ({variant})", f"Balanced acc. ({variant})"]
-        header += ["Positive rate", "Count"]
-        rows = []
-        for name in names:
-            row: list[Any] = [name]
-            for metrics in variants.values():
-                entry = metrics["per_attribute"].get(name, {})
-                row += [_fmt(entry.get("accuracy")), _fmt(entry.get("balanced_accuracy"))]
-            first = next(iter(variants.values()))["per_attribute"][name]
-            rows.append(row + [_fmt(first.get("positive_rate"), 3), first.get("count", "–")])
-        mean_row: list[Any] = ["**mean**"]
-        for metrics in variants.values():
-            mean_row += [f"**{_fmt(metrics.get('mean_accuracy'))}**", f"**{_fmt(metrics.get('mean_balanced_accuracy'))}**"]
-        rows.append(mean_row + ["", ""])
-        lines += _table(header, rows)
-        if png and group == "binary":
-            lines += [f"![accuracy per attribute]({png})", ""]
-    return lines
-
-
-def _categorical_lines(categorical: Mapping[str, Mapping]) -> list[str]:
-    lines: list[str] = []
-    for task, metrics in categorical.items():
-        lines += [f"### {task}", ""]
-        lines += _table(["Accuracy", "Balanced accuracy", "Macro precision", "Count"],
-                        [[_fmt(metrics.get("accuracy")), _fmt(metrics.get("balanced_accuracy")),
-                          _fmt(metrics.get("macro_precision")), metrics.get("count", "–")]])
-        names, matrix = metrics.get("class_names"), metrics.get("confusion_matrix")
-        if matrix is not None:
-            names = names or [str(i) for i in range(len(matrix))]
-            lines += ["Confusion matrix (rows: true, columns: predicted):", ""]
-            lines += _table(["true \\ pred", *names], [[names[i], *row] for i, row in enumerate(matrix)])
-        if metrics.get("confusion_png"):
-            lines += [f"![confusion matrix of {task}]({metrics['confusion_png']})", ""]
-    return lines
-
-
-def _age_lines(age: Mapping[str, Mapping]) -> list[str]:
-    if not age:
-        return []
-    ks = sorted({int(k) for metrics in age.values() for k in metrics.get("cs", {})} - {5})
-    header = ["Task", "MAE (years)", "CS(5)", *[f"CS({k})" for k in ks], "Count"]
-    rows = [[task, _fmt(m.get("mae"), 3), _fmt(m.get("cs5")), *[_fmt(m.get("cs", {}).get(str(k))) for k in ks],
-             m.get("count", "–")] for task, m in age.items()]
-    return ["### Age", "", *_table(header, rows)]
-
-
-def _with_oracle(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The entry with oracle AURC and E-AURC, derived from count and accuracy when absent."""
-    entry = dict(entry)
-    if entry.get("oracle_aurc") is None and entry.get("count") and entry.get("accuracy") is not None:
-        count = int(entry["count"])
-        entry["oracle_aurc"] = oracle_aurc(count, int(round(count * (1 - entry["accuracy"]))))
-    if entry.get("e_aurc") is None and entry.get("oracle_aurc") is not None and entry.get("aurc") is not None:
-        entry["e_aurc"] = entry["aurc"] - entry["oracle_aurc"]
-    return entry
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def compare_aurc(methods: Mapping[str, Mapping[str, Any]]) -> str:
-    """One sentence naming the method with the lowest AURC (lower is better), from the numbers."""
-    ranked = sorted(((float(m["aurc"]), name) for name, m in methods.items() if _finite(m.get("aurc"))))
-    if len(ranked) < 2:
-        return "Only one confidence measure with an AURC: nothing to compare."
-    (best, winner), others = ranked[0], ranked[1:]
-    ties = [name for value, name in others if math.isclose(value, best, rel_tol=1e-9, abs_tol=1e-12)]
-    if ties:
-        return f"Lowest AURC: tie between `{winner}` and " + ", ".join(f"`{n}`" for n in ties) + f" ({best:.4f})."
-    rest = ", ".join(f"`{name}` ({value:.4f}, {value / best:.2f}x)" if best > 0 else f"`{name}` ({value:.4f})"
-                     for value, name in others)
-    return f"Lowest AURC: **`{winner}`** ({best:.4f}), lower than {rest}."
-
-
-def _selective_lines(selective: Mapping[str, Mapping]) -> list[str]:
-    lines: list[str] = []
-    for group, block in selective.items():
-        methods = {name: _with_oracle(m) for name, m in block.get("methods", {}).items()}
-        if not methods:
-            continue
-        lines += [f"### Selective prediction ({group})", ""]
-        lines += _table(["Method", "AURC", "Oracle AURC", "E-AURC", "Accuracy", "Count"],
-                        [[f"`{name}`", _fmt(m.get("aurc")), _fmt(m.get("oracle_aurc")), _fmt(m.get("e_aurc")),
-                          _pct(m.get("accuracy")), m.get("count", "–")] for name, m in methods.items()])
-        lines += [compare_aurc(methods), ""]
-        graded = {name: m["grades"] for name, m in methods.items() if m.get("grades")}
-        if graded:
-            header = ["Grade", "Confidence"]
-            for name in graded:
-                header += [f"{name}: images", f"{name}: accuracy", f"{name}: coverage"]
-            rows = []
-            for g, letter in enumerate(GRADES):
-                first = next(iter(graded.values()))[g]
-                row: list[Any] = [letter, first.get("range", "")]
-                for table in graded.values():
-                    entry = table[g]
-                    row += [entry.get("count", 0), _pct(entry.get("accuracy")), _pct(entry.get("coverage"))]
-                rows.append(row)
-            lines += ["Grades (confidence S >= 0.8 > A >= 0.6 > B >= 0.4 > C >= 0.2 > D):", ""]
-            lines += _table(header, rows)
-        if block.get("curve_png"):
-            lines += [f"![risk-coverage of {group}]({block['curve_png']})", ""]
-    return lines
-
-
-def write_evaluation_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write `results.json` (every number) and `report.md` (tables and plot links) into
-    `out_dir`; returns {"json": path, "markdown": path}. Structure: module docstring."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    clean = _jsonable(results)
-    json_path, md_path = out / "results.json", out / "report.md"
-    atomic_write_text(json_path, json.dumps(clean, indent=2, allow_nan=False) + "\n")
-
-    lines = ["# Attribute evaluation", ""]
-    info = [(k, v) for k, v in clean.items() if k not in ("datasets", "files") and not isinstance(v, (dict, list))]
-    if info:
-        lines += _table(["", "value"], [[k, _fmt(v)] for k, v in info])
-    datasets = clean.get("datasets", {})
-    summary = []
-    for label, section in datasets.items():
-        groups = _binary_groups(section.get("binary", {}))
-        main_group = groups.get("binary") or next(iter(groups.values()), {})
-        main = next(iter(main_group.values()), None)
-        summary.append([label, section.get("faces", "–"), _fmt(main.get("mean_accuracy")) if main else "–",
-                        ", ".join(f"{t} {_fmt(m.get('accuracy'))}" for t, m in section.get("categorical", {}).items()) or "–",
-                        ", ".join(f"{t} {_fmt(m.get('mae'), 2)}" for t, m in section.get("age", {}).items()) or "–"])
-    if summary:
-        lines += ["## Summary", ""]
-        lines += _table(["Dataset", "Faces", "Mean binary accuracy", "Categorical accuracy", "Age MAE"], summary)
-    for label, section in datasets.items():
-        lines += [f"## {label}", ""]
-        if "faces" in section or "head" in section:
-            lines += [f"{section.get('faces', '?')} faces" + (f", head `{section['head']}`" if section.get("head") else "") + ".", ""]
-        lines += _binary_lines(_binary_groups(section.get("binary", {})), section.get("per_attribute_png"))
-        lines += _categorical_lines(section.get("categorical", {}))
-        lines += _age_lines(section.get("age", {}))
-        lines += _selective_lines(section.get("selective", {}))
-        if section.get("gradcam"):
-            cam = section["gradcam"]
-            lines += ["### Where the head looks (Grad-CAM)", "",
-                      f"Layer `{cam['layer']}`, {cam['faces']} test faces. Sanity check (Adebayo et al.): with the head's "
-                      f"weights re-drawn at random, the maps' mean Spearman rank correlation with these is "
-                      f"{cam['mean_rank_correlation']:.2f} (1 would mean the maps ignore the head; second row of each face).",
-                      "", f"![Grad-CAM]({cam['png']})", ""]
-    atomic_write_text(md_path, "\n".join(lines).rstrip() + "\n")
-    return {"json": json_path, "markdown": md_path}

@@ -1,4 +1,5 @@
-"""`facegan attributes predict`: raw photos -> MTCNN alignment -> every task's prediction as JSON.
+"""Predicting attributes of raw photos (`facegan attributes predict`): MTCNN alignment, then every
+task's prediction, probability, confidence and grade as JSON.
 
 Photos are aligned exactly as the training faces were (the template and size stored in the
 checkpoint), so a prediction on a holiday snapshot sees the same kind of input as training.
@@ -9,7 +10,6 @@ which no face is found, are listed with their reason instead of a prediction.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -21,7 +21,7 @@ import torch
 from engine.checkpoint import atomic_write_text
 from engine.errors import FaceganError
 
-__all__ = ["predict_paths", "aligned_photo_batches", "register_cli", "grade_of"]
+__all__ = ["predict_paths", "aligned_photo_batches", "grade_of"]
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,12 @@ def aligned_photo_batches(inputs: list[Path], size: int, template: str, device: 
 
 
 def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None = None, device: str = "cpu",
-                  batch_size: int = 32, use_ema: bool = True) -> dict[str, Any]:
-    """Predictions for every image file in `inputs` (files or folders)."""
+                  batch_size: int = 32, use_ema: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+    """Predictions for every image file in `inputs` (files or folders); also written as JSON to
+    `out` when given."""
     from attributes.heads import decode_group
     from attributes.inference import calibrated_thresholds, raw_outputs
-    from attributes.train import load_attribute_model
+    from attributes.inference import load_attribute_model
 
     loaded = load_attribute_model(checkpoint, use_ema=use_ema, device=device)
     model = loaded.model
@@ -139,41 +140,13 @@ def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None =
                             "tasks": tasks})
     order = {str(p): i for i, p in enumerate(paths)}
     results.sort(key=lambda r: order.get(r["path"], 0))
-    return {
+    summary = {
         "checkpoint": str(checkpoint), "head": head, "step": loaded.step, "template": template,
         "input_size": model.input_size, "weights": "ema" if use_ema else "raw",
         "grades": "S >= 0.8 > A >= 0.6 > B >= 0.4 > C >= 0.2 > D",
         "counts": {s: sum(r["status"] == s for r in results) for s in ("aligned", "center_crop", "no_face", "unreadable")},
         "images": results,
     }
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="align raw photos and predict every attribute with its confidence grade",
-        description="Align each photo with the MTCNN aligner (the template and size the model was trained with), run "
-        "one dataset head of the model, and write JSON: per image and task the prediction, probability, confidence "
-        "and grade S/A/B/C/D. Unreadable files and photos with no face are listed with their reason.",
-    )
-    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan attributes train`")
-    p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders of images")
-    p.add_argument("--head", help="which dataset's head to use (default: the first one trained)")
-    p.add_argument("--out", type=Path, help="write the JSON here (default: print it)")
-    p.add_argument("--batch-size", type=int, default=32, help="photos aligned and predicted per batch (default 32)")
-    p.add_argument("--device", default="cpu", help="device for alignment and the model (default cpu)")
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA copy")
-    p.set_defaults(func=_run_predict)
-
-
-def _run_predict(args: argparse.Namespace) -> int:
-    result = predict_paths(args.checkpoint, args.inputs, args.head, args.device, args.batch_size, use_ema=not args.raw)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
-        counts = result["counts"]
-        print(f"wrote {args.out}: {counts['aligned'] + counts['center_crop']} face(s) predicted, "
-              f"{counts['no_face']} without a face, {counts['unreadable']} unreadable")
-    else:
-        print(text)
-    return 0
+    if out is not None:
+        atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+    return summary

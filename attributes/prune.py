@@ -1,5 +1,5 @@
-"""`facegan attributes prune`: the second half of network slimming. Prunes a checkpoint trained with
-`--slim` (`attributes/slimming.py`), fine-tunes the smaller model and measures both: parameters,
+"""Network slimming, second half (`facegan attributes prune`): prune a checkpoint trained with
+`--slim` (`attributes.slimming`), fine-tune the smaller model and measure both: parameters,
 FLOPs, CPU images/s side by side in one run, and accuracy before and after."""
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from attributes.evaluation import evaluate_checkpoint, headline_accuracy
+from attributes.evaluate import evaluate_checkpoint, headline_accuracy
+from attributes.inference import load_attribute_model, single_network
 from attributes.slimming import SlimConfig, bn_scales, count_flops, count_parameters, prune_model, sparsity
-from attributes.train import load_attribute_model, single_network, train
+from attributes.train import train
 from engine.checkpoint import atomic_save, atomic_write_text, load_checkpoint
 from engine.config import to_dict
+from engine.errors import FaceganError
 from engine.fold import optimize_for_inference
 
-__all__ = ["prune_checkpoint", "register_cli"]
+__all__ = ["prune_checkpoint"]
 
 
 def _images_per_second(models: dict[str, nn.Module], dataset: str, input_size: int, batch: int = 64,
@@ -138,43 +140,3 @@ def _prune_report(r: dict) -> str:
         f"| CPU images/s, BN folded + channels_last | {s['original_folded']:.0f} | {s['pruned_folded']:.0f} | "
         f"{r['speedup_folded']:.2f}x |", "",
     ])
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser(
-        "prune",
-        help="remove the trunk channels with the smallest BN scales, fine-tune, and measure size, speed and accuracy",
-        description="Network slimming, second half. Train first with L1 on the trunk's BatchNorm scales "
-        "(`attributes train --slim RATIO`: the adaptive coefficient of seed 000 reaches that share of sparse "
-        "channels by itself; --set slim.adaptive=false slim.l1=X for a fixed coefficient). This command then "
-        "removes the RATIO of trunk channels with the smallest |gamma| under one global threshold, rebuilds a smaller "
-        "model that loads as an ordinary checkpoint (OUT/pruned.pt), fine-tunes it (OUT/finetune/), and reports "
-        "parameters, FLOPs, CPU images/s (measured side by side in this run) and accuracy before and after "
-        "(OUT/prune.md, OUT/prune.json). Only the alexnet_bn trunk can be pruned.",
-    )
-    p.add_argument("checkpoint", type=Path, help="a checkpoint of `attributes train` (ideally trained with --slim)")
-    p.add_argument("--out", type=Path, required=True, help="folder for pruned.pt, finetune/, prune.md and prune.json")
-    p.add_argument("--ratio", type=float, default=0.5, help="share of the trunk's channels to remove (default 0.5)")
-    p.add_argument("--min-keep", type=float, default=0.1, help="share of each layer's channels always kept (default 0.1)")
-    p.add_argument("--finetune-steps", type=int, default=500, help="fine-tuning steps after pruning (default 500; 0: none)")
-    p.add_argument("--split", default="test", choices=("val", "test"), help="split for the accuracies (default test)")
-    p.add_argument("--weights", default="raw", choices=("raw", "ema"),
-                   help="prune the trained weights (raw, default: the ones the L1 made sparse) or their moving average "
-                   "(ema, whose BN scales lag the L1); 'original' in the report is the same weights")
-    p.add_argument("--threads", type=int, help="torch CPU threads for fine-tuning and timing")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar while fine-tuning")
-    p.set_defaults(func=_run_prune)
-
-
-def _run_prune(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    report = prune_checkpoint(args.checkpoint, args.out, args.ratio, args.min_keep, args.finetune_steps, args.split,
-                              args.threads, not args.no_progress, args.weights)
-    print(f"channels {report['channels']['original']} -> {report['channels']['pruned']}; parameters "
-          f"{report['parameters']['pruned'] / report['parameters']['original']:.2f}x, FLOPs "
-          f"{report['flops']['pruned'] / report['flops']['original']:.2f}x, CPU speed {report['speedup']:.2f}x")
-    for stage, values in report["accuracy"].items():
-        print(f"{stage}: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in values.items()))
-    print(f"report: {args.out / 'prune.md'}")
-    return 0

@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from engine.checkpoint import module_weights
 from engine.errors import FaceganError
 from engine.modes import eval_mode
 
@@ -189,8 +190,7 @@ def _load_checkpoint(trunk: nn.Module, path: str) -> None:
         raise TrunkError(f"cannot read trunk checkpoint {file}: {exc}") from exc
     if isinstance(state, dict) and isinstance(state.get("modules"), dict) and "model" in state["modules"]:
         # a facegan training checkpoint (an identity model, say): its EMA model's trunk, else the raw one
-        ema = state.get("ema") or {}
-        state = ema.get("model") or state["modules"]["model"]
+        state, _ = module_weights(state, "model", where=file)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -1,6 +1,6 @@
 """Seconds per BEGAN training step through the real Trainer, for one or more presets.
 
-Each preset (a configs/gan/*.yaml file, optionally with --set overrides) trains for
+Each preset (a name such as began64-fast, or a YAML file, optionally with --set overrides) trains for
 `--warmup + --steps` steps on random uint8 faces held in memory (so the data path costs nothing
 and no aligner runs), through `engine.Trainer` exactly as `facegan gan train` does (EMA on,
 grids and checkpoints off). The time of each step is the gap between consecutive calls of the
@@ -12,12 +12,11 @@ process CPU time of each step is reported: with one thread it is the compute the
 and unlike the wall time it does not grow while other processes hold the cores.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/began_step_time.py \\
-        configs/gan/began64-cpu.yaml configs/gan/began64-fast.yaml --steps 20 --threads 1
-    .venv/bin/python benchmarks/began_step_time.py configs/gan/began64-fast.yaml \\
-        configs/gan/dcgan64-cpu.yaml --compare-amp --rounds 3 --threads 2
+        began64-cpu began64-fast --steps 20 --threads 1
+    .venv/bin/python benchmarks/began_step_time.py began64-fast dcgan64-cpu --compare-amp --rounds 3 --threads 2
 
-The trainer settings are the preset's own (`train.amp` included; until 2026-11-25 this script
-built its own and dropped `train.amp`, so an AMP preset was timed in float32).
+The trainer settings are the preset's own (`trainer.amp` included; until 2026-11-25 this script
+built its own and dropped the amp setting, so an AMP preset was timed in float32).
 """
 from __future__ import annotations
 
@@ -32,9 +31,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.config import load_config
+from engine.presets import resolve_preset
 from engine.trainer import Trainer
-from gan.cli import GANRunConfig
-from gan.steps import build_gan_step
+from gan.generators.config import GANRunConfig
+from gan.generators.step import build_gan_step
 
 
 class _Faces(torch.utils.data.Dataset):
@@ -51,7 +51,7 @@ class _Faces(torch.utils.data.Dataset):
 def step_times(config: GANRunConfig, steps: int, warmup: int, threads: int) -> tuple[list[float], list[float]]:
     """(wall seconds, process CPU seconds) of each of `steps` GAN steps after `warmup` untimed ones."""
     size = config.gan.image_size
-    images = torch.randint(0, 256, (max(256, 4 * config.train.batch_size), 3, size, size), dtype=torch.uint8)
+    images = torch.randint(0, 256, (max(256, 4 * config.trainer.batch_size), 3, size, size), dtype=torch.uint8)
     step = build_gan_step(config.gan)
     starts: list[tuple[float, float]] = []
     inner = step.train_step
@@ -63,7 +63,7 @@ def step_times(config: GANRunConfig, steps: int, warmup: int, threads: int) -> t
     step.train_step = timed
     with tempfile.TemporaryDirectory() as out:
         # The preset's own trainer settings (amp, EMA, batch...), with the outputs switched off.
-        train = dataclasses.replace(config.train, out_dir=out, max_steps=warmup + steps + 1, ema_modules=("generator",),
+        train = dataclasses.replace(config.trainer, out_dir=out, max_steps=warmup + steps + 1, ema_modules=("generator",),
                                     log_every=0, checkpoint_every=0, sample_every=0, eval_every=0, progress=False,
                                     tensorboard=False, threads=threads, resume=False, max_seconds=0.0)
         Trainer(step, _Faces(images), train, {}).fit()
@@ -77,7 +77,7 @@ def step_gflops(config: GANRunConfig) -> tuple[float, float]:
     million parameters of G + D)."""
     step = build_gan_step(config.gan)
     g, d = step.generator, step.discriminator
-    b, size = config.train.batch_size, config.gan.image_size
+    b, size = config.trainer.batch_size, config.gan.image_size
     real = torch.rand(b, 3, size, size) * 2 - 1
     with FlopCounterMode(display=False) as counter:
         fake = g(torch.rand(b, config.gan.latent_dim) * 2 - 1)
@@ -89,20 +89,21 @@ def step_gflops(config: GANRunConfig) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("configs", nargs="+", type=Path, help="GAN presets (configs/gan/*.yaml)")
+    parser.add_argument("configs", nargs="+", help="GAN presets: names (began64-fast) or YAML files")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override applied to every preset (repeatable), e.g. train.batch_size=16")
+                        help="override applied to every preset (repeatable), e.g. trainer.batch_size=16")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--compare-amp", action="store_true",
-                        help="time every preset twice, float32 and with train.amp (bfloat16 on a CPU that has it)")
+                        help="time every preset twice, float32 and with trainer.amp (bfloat16 on a CPU that has it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    configs = {str(path): load_config(GANRunConfig, path, args.overrides) for path in args.configs}
+    configs = {str(path): load_config(GANRunConfig, resolve_preset(path, "gan.generators"), args.overrides)
+               for path in args.configs}
     if args.compare_amp:
-        configs = {f"{name} [{'amp' if amp else 'float32'}]": dataclasses.replace(c, train=dataclasses.replace(c.train, amp=amp))
+        configs = {f"{name} [{'amp' if amp else 'float32'}]": dataclasses.replace(c, trainer=dataclasses.replace(c.trainer, amp=amp))
                    for name, c in configs.items() for amp in (False, True)}
     walls: dict[str, list[float]] = {name: [] for name in configs}
     cpus: dict[str, list[float]] = {name: [] for name in configs}
@@ -117,7 +118,7 @@ def main() -> None:
     for name, config in configs.items():
         gflop, mparams = step_gflops(config)
         wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
-        print(f"  {name}: {wall:.3f} s/step wall, {cpu:.3f} s/step CPU, batch {config.train.batch_size}, "
+        print(f"  {name}: {wall:.3f} s/step wall, {cpu:.3f} s/step CPU, batch {config.trainer.batch_size}, "
               f"{gflop:.1f} GFLOP/step ({gflop / cpu:.1f} GFLOP per CPU-second), {mparams:.2f} M parameters")
 
 

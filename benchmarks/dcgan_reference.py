@@ -27,7 +27,7 @@ Differs from upstream (on purpose, so that only the model and its training diffe
 facegan's run):
 - Data: upstream reads a folder of JPEGs through ImageFolder (Resize(64), CenterCrop(64),
   ToTensor, Normalize(0.5, 0.5)). Here the faces are exactly those `facegan gan train --data
-  celeba` trains on: `gan.data.build_gan_dataset` (the CelebA train split, MTCNN-aligned with the
+  celeba` trains on: `gan.generators.data.build_gan_dataset` (the CelebA train split, MTCNN-aligned with the
   thesis template at 64 px, read from the same uint8 cache, random horizontal flips as in
   facegan's run), mapped to [-1, 1] as x / 127.5 - 1 (what ToTensor + Normalize compute).
   Upstream has no flips; `--no-flip` removes them.
@@ -135,7 +135,8 @@ def weights_init(m: nn.Module) -> None:
 
 def _faces(args: argparse.Namespace, out: Path):
     """facegan's training faces, built exactly as `facegan gan train` builds them."""
-    from gan.data import GANDataConfig, build_gan_dataset
+    from gan.generators.config import GANDataConfig
+    from gan.generators.data import build_gan_dataset
 
     data = GANDataConfig(source=args.data, root=args.root, split=args.split, template=args.template,
                          cache_dir=args.cache_dir or "", flip=args.flip)

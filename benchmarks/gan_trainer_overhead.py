@@ -33,8 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine.device import autocast_dtype, choose_device
 from engine.trainer import Trainer, TrainerConfig
-from gan.config import DCGANConfig, GANConfig
-from gan.steps import build_gan_step
+from gan.generators.config import DCGANConfig, GANConfig
+from gan.generators.step import build_gan_step
 
 
 class FaceTensorDataset(torch.utils.data.Dataset):

@@ -9,7 +9,7 @@
    reading, resizing to the model's input, SR, PNG encoding and the manifest, against the bare
    generator forward pass over the same number of images in the same run.
 
-The generators are the ones the presets build (configs/sr/*.yaml); weights are random unless
+The generators are the ones the presets build (gan/sr/presets/*.yaml); weights are random unless
 `--checkpoint` is given, since speed does not depend on the weights. Run on an idle machine:
 
     .venv/bin/python benchmarks/sr_throughput.py --threads 2 --apply
@@ -27,11 +27,11 @@ import torch
 from PIL import Image
 
 from engine.config import load_config
+from engine.presets import resolve_preset
 from engine.fold import count_batchnorms, optimize_for_inference
-from gan.models.srgan import build_sr_generator
-from gan.sr_config import SRRunConfig
+from gan.sr.models import build_sr_generator
+from gan.sr.config import SRRunConfig
 
-PRESETS = Path(__file__).resolve().parents[1] / "configs" / "sr"
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -46,7 +46,7 @@ def _median_time(fn, repeats: int) -> float:
 
 def _generator(preset: Path, checkpoint: str | None) -> torch.nn.Module:
     if checkpoint:
-        from gan.sr_step import load_sr_checkpoint
+        from gan.sr.inference import load_sr_checkpoint
 
         return load_sr_checkpoint(checkpoint).generator.eval()
     run = load_config(SRRunConfig, preset)
@@ -86,7 +86,7 @@ def bench_inference(preset: Path, args: argparse.Namespace) -> None:
 
 
 def bench_apply(preset: Path, args: argparse.Namespace) -> None:
-    from gan.sr_apply import apply_sr
+    from gan.sr.apply import apply_sr
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -95,12 +95,12 @@ def bench_apply(preset: Path, args: argparse.Namespace) -> None:
         if checkpoint is None:
             # A real SR checkpoint from a 1-step training run, so that `sr apply` loads what it always loads.
             from engine.trainer import TrainerConfig
-            from gan.sr_cli import train
+            from gan.sr.train import train
 
             run = load_config(SRRunConfig, preset)
             run.data = type(run.data)(source="synthetic", root=str(tmp / "synthetic"), synthetic_identities=8,
                                       synthetic_images_per_identity=2, eval_images=4)
-            run.train = TrainerConfig(out_dir=str(tmp / "run"), max_steps=1, batch_size=4, progress=False,
+            run.trainer = TrainerConfig(out_dir=str(tmp / "run"), max_steps=1, batch_size=4, progress=False,
                                       ema_modules=("generator",), ema_decay=0.9, checkpoint_every=0, eval_every=0)
             train(run)
             checkpoint = str(tmp / "run" / "checkpoints" / "latest.pt")
@@ -125,9 +125,8 @@ def bench_apply(preset: Path, args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("presets", nargs="*", type=Path,
-                   default=[PRESETS / "x4-16to64-cpu.yaml", PRESETS / "x8-8to64-cpu.yaml"],
-                   help="SR presets whose generators to time (default: the two CPU presets)")
+    p.add_argument("presets", nargs="*", default=["x4-16to64-cpu", "x8-8to64-cpu"],
+                   help="SR presets (names or YAML files) whose generators to time (default: the two CPU presets)")
     p.add_argument("--checkpoint", help="time this SR checkpoint's generator instead of random weights")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5, help="timed calls per variant per round")
@@ -139,6 +138,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s)")
+    args.presets = [resolve_preset(preset, "gan.sr") for preset in args.presets]
     for preset in args.presets:
         bench_inference(preset, args)
     if args.apply:

@@ -33,19 +33,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from data_prep.transforms import gaussian_blur, jpeg_round_trip, resize_images, to_uint8_range, to_unit_range
 from engine.config import ConfigError
 from engine.reproducibility import derive_seed
 
-__all__ = [
-    "DegradationConfig",
-    "Degradation",
-    "resize_images",
-    "bicubic_downsample",
-    "bicubic_upsample",
-    "eval_seeds",
-    "to_unit_range",
-    "to_uint8_range",
-]
+__all__ = ["DegradationConfig", "Degradation", "bicubic_downsample", "bicubic_upsample", "eval_seeds"]
 
 
 @dataclass
@@ -76,29 +68,6 @@ class DegradationConfig:
         return self.blur_prob == 0 and self.noise_prob == 0 and self.jpeg_prob == 0
 
 
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 (or float on that scale) -> float in [-1, 1]."""
-    return images.float() / 127.5 - 1.0
-
-
-def to_uint8_range(images: torch.Tensor) -> torch.Tensor:
-    """float in [-1, 1] -> float on 0..255 (not rounded, not clipped)."""
-    return (images.float() + 1.0) * 127.5
-
-
-def resize_images(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Antialiased bicubic resize of a (B, C, H, W) float batch (any scale, either way).
-
-    Antialiasing widens the filter when shrinking (as PIL does), so detail above the new
-    Nyquist frequency is removed instead of aliased; when enlarging it changes nothing.
-    """
-    if isinstance(size, int):
-        size = (size, size)
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
-
-
 def bicubic_downsample(images: torch.Tensor, scale: int) -> torch.Tensor:
     """Antialiased bicubic downsampling by an integer factor (float in, float out)."""
     height, width = images.shape[-2:]
@@ -115,15 +84,6 @@ def bicubic_upsample(images: torch.Tensor, scale: int) -> torch.Tensor:
 def eval_seeds(config: DegradationConfig, indices: Sequence[int]) -> list[int]:
     """Per-image degradation seeds for evaluation: a function of the config seed and the index."""
     return [derive_seed(config.seed, "eval-degradation", int(i)) for i in indices]
-
-
-def _gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
-    """(B, 2r+1) normalised 1-d Gaussians; sigma 0 gives a delta (no blur)."""
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    safe = sigmas.double().clamp_min(1e-6)[:, None]
-    kernels = torch.exp(-(x[None] ** 2) / (2 * safe**2))
-    kernels = torch.where(sigmas[:, None] > 0, kernels, (x[None] == 0).double())
-    return (kernels / kernels.sum(dim=1, keepdim=True)).float()
 
 
 class Degradation:
@@ -175,36 +135,17 @@ class Degradation:
         return {"use": use, "blur": blur, "noise_sigma": noise_sigma, "quality": quality, "noise": noise}
 
     def _blur(self, images: torch.Tensor, sigmas_hr: torch.Tensor) -> torch.Tensor:
-        if not bool((sigmas_hr > 0).any()):
-            return images
-        b, c, h, w = images.shape
         # The radius follows the configured maximum, not this batch's: an image's result must
         # not depend on which other images share its batch.
         radius = max(1, int(math.ceil(3.0 * self.config.blur_sigma[1] * self.scale)))
-        radius = min(radius, (min(h, w) - 1))  # reflect padding needs pad < size
-        kernels = _gaussian_kernels(sigmas_hr, radius).to(images.device)  # (B, K)
-        k = kernels.repeat_interleave(c, dim=0)  # (B*C, K), one kernel per image and channel
-        x = images.reshape(1, b * c, h, w)
-        x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-        x = F.conv2d(x, k.view(b * c, 1, 1, -1), groups=b * c)
-        x = F.conv2d(x, k.view(b * c, 1, -1, 1), groups=b * c)
-        return x.view(b, c, h, w)
+        return gaussian_blur(images, sigmas_hr, radius)
 
     @staticmethod
     def _jpeg(images_u8: torch.Tensor, use: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-        import io
-
-        import numpy as np
-        from PIL import Image
-
         out = images_u8.clone()
         for i in torch.nonzero(use).flatten().tolist():
-            buffer = io.BytesIO()
-            array = images_u8[i].permute(1, 2, 0).cpu().numpy()
-            Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="JPEG", quality=int(quality[i]), subsampling=2)
-            buffer.seek(0)
-            decoded = np.asarray(Image.open(buffer).convert("RGB"))
-            out[i] = torch.from_numpy(decoded.copy()).permute(2, 0, 1).to(out.device)
+            decoded = jpeg_round_trip(images_u8[i].permute(1, 2, 0).cpu().numpy(), int(quality[i]), subsampling=2)
+            out[i] = torch.from_numpy(decoded).permute(2, 0, 1).to(out.device)
         return out
 
     @torch.no_grad()

@@ -13,12 +13,15 @@ super-resolution and attribute models all go through these two functions.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import FaceganError
 
-__all__ = ["SourceConfig", "open_source", "aligned_cache", "SourceError"]
+__all__ = ["DATA_ENV", "SourceConfig", "open_source", "source_root", "aligned_cache", "SourceError"]
+
+DATA_ENV = "FACEGAN_DATA"  # a folder holding datasets by name (celeba/, lfw/, ...): where an empty root looks
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ class SourceConfig:
     """Where faces come from and how they are normalised."""
 
     source: str = "synthetic"  # synthetic | folder | a data_prep dataset name (celeba, lfw, utkface, ...)
-    root: str = ""  # dataset root or image folder; for synthetic, where to generate (default <out>/data/synthetic)
+    root: str = ""  # dataset root or image folder (default $FACEGAN_DATA/<source>); for synthetic, where to generate (default <out>/data/synthetic)
     align: bool = True  # False: images are already aligned; only centre-crop and resize
     template: str = "thesis"  # aligner template (see `facegan align --help`)
     cache_dir: str = ""  # where the aligned cache goes (default <out>/cache/<source>)
@@ -72,9 +75,7 @@ def open_source(config: SourceConfig, out_dir: str | Path, min_image_size: int =
         domain = None if config.synthetic_domain == "all" else config.synthetic_domain
         dataset = load_synthetic(root, domain=domain)
     else:
-        if not config.root:
-            raise SourceError(f"data source {config.source!r} needs a root folder (--root or ...root=...)")
-        root = Path(config.root).expanduser()
+        root = source_root(config)
         if source == "folder":
             if not root.is_dir():
                 raise SourceError(f"image folder not found: {root}")
@@ -93,6 +94,18 @@ def open_source(config: SourceConfig, out_dir: str | Path, min_image_size: int =
     elif assign_splits and dataset.records and any(r.split is None for r in dataset.records):
         dataset = ensure_splits(dataset, seed=config.split_seed)
     return dataset
+
+
+def source_root(config: SourceConfig) -> Path:
+    """The folder of a dataset source: `root`, else $FACEGAN_DATA/<source> when that exists."""
+    if config.root:
+        return Path(config.root).expanduser()
+    shared = os.environ.get(DATA_ENV)
+    if shared and config.source.lower() != "folder" and (Path(shared).expanduser() / config.source).is_dir():
+        return Path(shared).expanduser() / config.source
+    hint = "" if config.source.lower() == "folder" else f", or set ${DATA_ENV} to a folder that holds {config.source}/"
+    raise SourceError(f"data source {config.source!r} needs its folder: give --root DIR (or --dataset "
+                      f"{config.source}=DIR, or set ...root=DIR){hint}")
 
 
 def aligned_cache(dataset, config: SourceConfig, size: int, out_dir: str | Path, progress: bool = True):

@@ -48,6 +48,7 @@ from tqdm import tqdm
 from data_prep.datasets.base import FaceDataset
 from data_prep.datasets.record import SPLITS, DatasetNotFoundError, LabelFileError, SampleRecord, SkippedSample
 from data_prep.datasets.schema import LabelSchema, Task, TaskKind
+from data_prep.transforms import jpeg_round_trip
 from engine.checkpoint import atomic_write_text, config_fingerprint
 from engine.errors import FaceganError
 from engine.reproducibility import derive_seed
@@ -618,14 +619,7 @@ def _degrade(canvas, p, n, size, u, v) -> torch.Tensor:
 
 
 def _jpeg(images: np.ndarray, qualities: np.ndarray) -> np.ndarray:
-    out = np.empty_like(images)
-    for i, (image, quality) in enumerate(zip(images, qualities)):
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
-        buffer.seek(0)
-        with Image.open(buffer) as decoded:
-            out[i] = np.asarray(decoded.convert("RGB"))
-    return out
+    return np.stack([jpeg_round_trip(image, int(quality), subsampling=None) for image, quality in zip(images, qualities)])
 
 
 def _draw(p: dict[str, np.ndarray], size: int, domain: str) -> tuple[np.ndarray, np.ndarray]:

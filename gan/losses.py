@@ -1,4 +1,4 @@
-"""Adversarial objectives for the face generators, and BEGAN's equilibrium objective.
+"""Adversarial objectives of the face generators and of the SR critic, and BEGAN's equilibrium objective.
 
 - non-saturating (Goodfellow et al. 2014, section 3): D minimises -log sigmoid(D(x)) -
   log(1 - sigmoid(D(G(z)))) and G minimises -log sigmoid(D(G(z))) instead of the saturating
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import ConfigError
+from engine.deprecation import moved_names
 
 __all__ = [
     "AdversarialLoss",
@@ -36,9 +37,6 @@ __all__ = [
     "gradient_penalty",
     "reconstruction_loss",
     "BEGANLoss",
-    "PIXEL_LOSSES",
-    "pixel_loss",
-    "lpips_loss",
 ]
 
 
@@ -207,35 +205,4 @@ class BEGANLoss:
         return float(loss_real) + abs(self.gamma * float(loss_real) - float(loss_fake))
 
 
-# ----------------------------------------------------------------------------------------------
-# Super-resolution: pixel and perceptual terms (gan/sr_step.py)
-# ----------------------------------------------------------------------------------------------
-PIXEL_LOSSES = ("l1", "l2")
-
-
-def pixel_loss(output: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
-    """Mean absolute (l1) or squared (l2) difference, in float32.
-
-    L1 is the default for SR: it converges to higher PSNR than L2 in practice (Lim et al. 2017,
-    EDSR; Zhao et al. 2017), because L2 gives tiny gradients to the small errors that dominate
-    once the image is roughly right.
-    """
-    if output.shape != target.shape:
-        raise ValueError(f"pixel_loss: shapes differ: {tuple(output.shape)} vs {tuple(target.shape)}")
-    diff = output.float() - target.float()
-    if kind == "l1":
-        return diff.abs().mean()
-    if kind == "l2":
-        return diff.pow(2).mean()
-    raise ConfigError(f"unknown pixel loss {kind!r}; choose one of {PIXEL_LOSSES}")
-
-
-def lpips_loss(lpips_model: Callable[..., torch.Tensor], output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean LPIPS distance between images in [-1, 1] (the range the lpips package expects).
-
-    `lpips_model`: a frozen `lpips.LPIPS` from `gan.metrics.lpips_loader.load_lpips`; gradients
-    flow to `output` only. Computed in float32 outside autocast (AlexNet features of float16
-    inputs lose the small differences the metric measures).
-    """
-    with torch.autocast(device_type=output.device.type, enabled=False):
-        return lpips_model(output.float(), target.float()).mean()
+__getattr__ = moved_names(__name__, {name: "gan.sr.losses" for name in ("PIXEL_LOSSES", "pixel_loss", "lpips_loss")})

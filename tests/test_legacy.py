@@ -29,7 +29,7 @@ def _copy_run(name: str, tmp_path: Path) -> Path:
 
 
 def test_a_pre_move_gan_checkpoint_samples_the_same_faces(tmp_path):
-    from gan.cli import load_generator_step
+    from gan.generators.inference import load_generator_step
 
     step, _ = load_generator_step(LEGACY / "gan_run" / "checkpoints" / "latest.pt")
     faces = step.sample(4, generator=torch.Generator().manual_seed(0))
@@ -45,7 +45,7 @@ def test_a_pre_move_sr_checkpoint_super_resolves_the_same_pixels(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from gan.sr_step import load_sr_checkpoint, super_resolve
+    from gan.sr.inference import load_sr_checkpoint, super_resolve
 
     checkpoint = LEGACY / "sr_run" / "checkpoints" / "latest.pt"
     loaded = load_sr_checkpoint(checkpoint)
@@ -64,7 +64,7 @@ def test_a_pre_move_sr_checkpoint_super_resolves_the_same_pixels(tmp_path):
 
 def test_a_pre_move_attribute_checkpoint_predicts_and_evaluates_alike(tmp_path, capsys):
     from attributes.inference import raw_outputs
-    from attributes.train import load_attribute_model
+    from attributes.inference import load_attribute_model
     from data_prep.assets import ASTRONAUT_JPG
 
     run = _copy_run("attributes_run", tmp_path)
@@ -99,13 +99,14 @@ def test_a_pre_move_run_resumes_from_its_own_config_file(tmp_path, family, secti
 def test_cached_work_keeps_its_fingerprints(tmp_path, monkeypatch):
     """Aligned caches, the study's SR stages and its cells are found by these names: a change
     to them would rebuild or retrain what users already have."""
-    import gan.sr_cli
+    import gan.sr.train
     from data_prep.align.aligner import AlignConfig, FaceAligner
     from data_prep.cache import source_fingerprint
     from data_prep.datasets.base import FaceDataset
     from data_prep.datasets.record import SampleRecord
     from data_prep.datasets.schema import LabelSchema, Task, TaskKind
     from engine.config import load_config
+    from engine.presets import resolve_preset
     from transfer.arms import recipe_for
     from transfer.config import StudyConfig
     from transfer.study import _cell_fingerprint, prepare_sr_stage
@@ -123,12 +124,12 @@ def test_cached_work_keeps_its_fingerprints(tmp_path, monkeypatch):
         "unaligned_32": source_fingerprint(dataset, 32, None),
     } == expected["aligned_cache"]
 
-    config = load_config(StudyConfig, Path(__file__).resolve().parents[1] / "configs" / "transfer" / "synthetic-quick.yaml")
+    config = load_config(StudyConfig, resolve_preset("synthetic-quick", "transfer"))
     for name, entry in config.domains.items():
         entry.root = f"/studies/data/{name}"
         entry.cache_dir = f"/studies/cache/{name}-64"
     trained = []
-    monkeypatch.setattr(gan.sr_cli, "train", trained.append)
+    monkeypatch.setattr(gan.sr.train, "train", trained.append)
     checkpoint, _ = prepare_sr_stage("wild", config, tmp_path / "study", progress=False)
     assert len(trained) == 1 and checkpoint.parent.parent.name == expected["study_sr_stage_folder"]
 

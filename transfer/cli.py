@@ -14,8 +14,8 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     from attributes import cli as attributes_cli
     from data_prep import cli as data_prep_cli
-    from gan import cli as gan_cli
-    from gan import sr_cli
+    from gan.generators import cli as generators_cli
+    from gan.sr import cli as sr_cli
     from transfer import demo, study_cli
 
     parser = argparse.ArgumentParser(
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     data_prep_cli.register(subparsers)
-    gan_cli.register(subparsers)
+    generators_cli.register(subparsers)
     sr_cli.register(subparsers)
     attributes_cli.register(subparsers)
     study_cli.register(subparsers)

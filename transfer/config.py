@@ -42,8 +42,8 @@ class SRStageConfig:
     """The SR model of one target domain: trained on that domain's train split only."""
 
     checkpoint: str = ""  # an existing `facegan sr train` checkpoint; empty: the study trains one (a cached stage)
-    config: str = "configs/sr/x4-16to64-cpu.yaml"  # the SR preset used to train one
-    overrides: list[str] = field(default_factory=list)  # KEY=VALUE for that preset, e.g. train.max_seconds=600
+    config: str = "x4-16to64-cpu"  # the SR preset (a name, or a YAML file) used to train one; "": the defaults
+    overrides: list[str] = field(default_factory=list)  # KEY=VALUE for that preset, e.g. trainer.max_seconds=600
 
 
 @dataclass

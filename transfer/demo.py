@@ -195,9 +195,8 @@ def _section_gan(config: DemoConfig, report: Report) -> None:
     from dataclasses import replace
 
     from engine.trainer import TrainerConfig
-    from gan.cli import GANRunConfig, train
-    from gan.config import DCGANConfig, GANConfig
-    from gan.data import GANDataConfig
+    from gan.generators.config import DCGANConfig, GANConfig, GANDataConfig, GANRunConfig
+    from gan.generators.train import train
 
     out = config.out_dir / "gan"
     batch_size = min(32, config.num_identities * config.images_per_identity)  # studio images only
@@ -208,12 +207,12 @@ def _section_gan(config: DemoConfig, report: Report) -> None:
                            synthetic_identities=config.num_identities,
                            synthetic_images_per_identity=config.images_per_identity,
                            synthetic_seed=config.seed, synthetic_domain="studio"),
-        train=TrainerConfig(out_dir=str(out), max_steps=config.gan_steps, batch_size=batch_size, seed=config.seed,
-                            ema_decay=0.99, ema_modules=("generator",), sample_every=config.gan_steps,
-                            checkpoint_every=0, log_every=5, progress=config.progress),
+        trainer=TrainerConfig(out_dir=str(out), max_steps=config.gan_steps, batch_size=batch_size, seed=config.seed,
+                              ema_decay=0.99, ema_modules=("generator",), sample_every=config.gan_steps,
+                              checkpoint_every=0, log_every=5, progress=config.progress),
     )
     if (out / "checkpoints" / "latest.pt").is_file():
-        run.train = replace(run.train, resume=True)  # a rerun of the demo continues, or finds it done
+        run.trainer = replace(run.trainer, resume=True)  # a rerun of the demo continues, or finds it done
     result = train(run)
     step = result["global_step"]
     report.heading("4. Face generator (DCGAN)")
@@ -240,9 +239,9 @@ def _section_sr(config: DemoConfig, report: Report) -> None:
 
     from data_prep.sources import aligned_cache, open_source
     from engine.trainer import TrainerConfig
-    from gan.sr_cli import train
-    from gan.sr_config import SRConfig, SRDataConfig, SRModelConfig, SRRunConfig
-    from gan.sr_eval import evaluate_sr, metric_table
+    from gan.sr.config import SRConfig, SRDataConfig, SRModelConfig, SRRunConfig
+    from gan.sr.evaluate import evaluate_sr, metric_table
+    from gan.sr.train import train
 
     out = config.out_dir / "sr"
     # A short adversarial tail with a narrow critic: one WGAN-GP step costs ten pixel steps on a CPU.
@@ -253,13 +252,13 @@ def _section_sr(config: DemoConfig, report: Report) -> None:
                                         critic_channels=16, critic_max_channels=64),
                     pretrain_steps=pretrain, seed=config.seed, num_samples=4),
         data=_synthetic_source(config, SRDataConfig, eval_images=32),
-        train=TrainerConfig(out_dir=str(out), max_steps=config.sr_steps, batch_size=batch_size, seed=config.seed,
-                            ema_decay=0.99, ema_modules=("generator",), sample_every=0, eval_every=config.sr_steps,
-                            checkpoint_every=0, log_every=10, best_metric="psnr_y", best_mode="max",
-                            progress=config.progress),
+        trainer=TrainerConfig(out_dir=str(out), max_steps=config.sr_steps, batch_size=batch_size, seed=config.seed,
+                              ema_decay=0.99, ema_modules=("generator",), sample_every=0, eval_every=config.sr_steps,
+                              checkpoint_every=0, log_every=10, best_metric="psnr_y", best_mode="max",
+                              progress=config.progress),
     )
     if (out / "checkpoints" / "latest.pt").is_file():
-        run.train = replace(run.train, resume=True)
+        run.trainer = replace(run.trainer, resume=True)
     result = train(run)
     checkpoint = out / "checkpoints" / "latest.pt"
     # The held-out people of the same aligned cache the run trained from.
@@ -288,7 +287,7 @@ def _section_attributes(config: DemoConfig, report: Report) -> None:
     from dataclasses import replace
 
     from attributes.config import AttributeRunConfig, DatasetEntry
-    from attributes.evaluation import evaluate_checkpoint
+    from attributes.evaluate import evaluate_checkpoint
     from attributes.heads import HeadConfig
     from attributes.model import ModelConfig
     from attributes.sa_softmax import GRADE_LOWER_BOUNDS, GRADES
@@ -359,9 +358,9 @@ def _section_transfer(config: DemoConfig, report: Report) -> None:
                   "head": {"conv_channels": 32, "reduce_channels": 16, "feature_dim": 64}},
         "budget": {"steps": config.transfer_steps, "batch_size": batch, "ema_decay": 0.9},
         "sr": {"wild": {"config": "", "overrides": [
-            f"train.max_steps={sr_steps}", f"sr.pretrain_steps={sr_steps}", "sr.model.channels=16", "sr.model.num_blocks=2",
-            "sr.model.min_channels=16", f"train.eval_every={sr_steps}", "train.sample_every=0",
-            f"train.checkpoint_every={sr_steps}", "data.eval_images=16", f"train.batch_size={min(16, batch)}"]}},
+            f"trainer.max_steps={sr_steps}", f"sr.pretrain_steps={sr_steps}", "sr.model.channels=16", "sr.model.num_blocks=2",
+            "sr.model.min_channels=16", f"trainer.eval_every={sr_steps}", "trainer.sample_every=0",
+            f"trainer.checkpoint_every={sr_steps}", "data.eval_images=16", f"trainer.batch_size={min(16, batch)}"]}},
         "stats": {"n_boot": 300}, "strips": 4, "domain_gap_embedded_faces": 40, "out_dir": str(out),
     })
     results = run_study(study, progress=config.progress)

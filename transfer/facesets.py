@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from attributes.train import prepare_datasets
+from attributes.data import prepare_datasets
 from data_prep.face_array import FaceArray
 from data_prep.images import luma
 from engine.checkpoint import config_fingerprint
@@ -202,8 +202,9 @@ class FaceSets:
 
     def _upsampler(self, target: str, use_sr: bool) -> Callable[[torch.Tensor, list[int]], torch.Tensor]:
         """HR faces -> the SR model's degradation -> SR (or bicubic) -> back at the study's size."""
-        from gan.degrade import Degradation, bicubic_upsample, resize_images, to_uint8_range, to_unit_range
-        from gan.sr_step import load_sr_checkpoint, super_resolve
+        from data_prep.degrade import Degradation, bicubic_upsample
+        from data_prep.transforms import resize_images, to_uint8_range, to_unit_range
+        from gan.sr.inference import load_sr_checkpoint, super_resolve
 
         if target not in self._sr_models:
             self._sr_models[target] = load_sr_checkpoint(self.sr_checkpoints[target], device=self.device)

@@ -35,6 +35,8 @@ from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
 
+from attributes.metrics import balanced_accuracy
+
 __all__ = [
     "METRICS",
     "Interval",
@@ -73,21 +75,6 @@ def accuracy(y_true: Any, y_pred: Any) -> float:
     if len(t) == 0:
         return float("nan")
     return float(np.mean(t == p))
-
-
-def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
-    """Mean per-class recall over the classes present in `y_true`; nan for no items.
-
-    A predicted class that never occurs in `y_true` only counts as an error: it has no recall
-    of its own to average.
-    """
-    t, p = _labels(y_true, y_pred)
-    if len(t) == 0:
-        return float("nan")
-    classes, cls = np.unique(t, return_inverse=True)
-    totals = np.bincount(cls, minlength=len(classes))
-    correct = np.bincount(cls, weights=(t == p), minlength=len(classes))
-    return float(np.mean(correct / totals))
 
 
 def majority_baseline(train_labels: Any, y_true: Any) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from engine.device import choose_device, configure_threads
 from engine.errors import FaceganError
 from engine.trainer import Trainer, TrainerConfig
 from transfer.arms import Recipe, recipe_for, faces_for_testing
-from transfer.config import ARM_NAMES, StudyConfig
+from transfer.config import ARM_NAMES, SRStageConfig, StudyConfig
 from transfer.facesets import FaceSets
 
 __all__ = ["run_study", "StudyError", "Cell", "parse_direction"]
@@ -133,17 +133,18 @@ def _check_sr_checkpoint(path: Path, domain: str, config: StudyConfig) -> None:
 def prepare_sr_stage(domain: str, config: StudyConfig, out_dir: Path, progress: bool) -> tuple[Path, float]:
     """The SR checkpoint of a target domain, trained here if not given; returns (path, seconds
     spent now: 0 when it was given or cached)."""
-    from gan.sr_cli import train as train_sr
-    from gan.sr_config import SRRunConfig
+    from engine.presets import resolve_preset
+    from gan.sr.config import SRRunConfig
+    from gan.sr.train import train as train_sr
 
     stage = config.sr.get(domain)
     if stage is not None and stage.checkpoint:
         path = Path(stage.checkpoint)
         _check_sr_checkpoint(path, domain, config)
         return path, 0.0
-    preset = stage.config if stage is not None else "configs/sr/x4-16to64-cpu.yaml"
+    preset = stage.config if stage is not None else SRStageConfig().config
     overrides = list(stage.overrides) if stage is not None else []
-    sr_config = load_config(SRRunConfig, preset or None, overrides)
+    sr_config = load_config(SRRunConfig, resolve_preset(preset, "gan.sr") if preset else None, overrides)
     entry = to_dict(config.domains[domain])
     data = to_dict(sr_config.data)
     for key in data:
@@ -152,23 +153,24 @@ def prepare_sr_stage(domain: str, config: StudyConfig, out_dir: Path, progress: 
     data["split"] = "train"
     data["eval_split"] = "val"
     from engine.config import from_dict
-    from gan.sr_config import SRDataConfig
+    from gan.sr.config import SRDataConfig
 
     sr_config.data = from_dict(SRDataConfig, data)
     if sr_config.sr.model.output_size != config.model.trunk.input_size:
         log.warning("the SR model of %s outputs %d px; its faces are resized to the study's %d px",
                     domain, sr_config.sr.model.output_size, config.model.trunk.input_size)
+    # "train" is the name facegan 0.1 gave the trainer section: kept, so that cached stages stay valid.
     fingerprint = config_fingerprint({"sr": to_dict(sr_config.sr), "data": data,
-                                      "train": {k: v for k, v in to_dict(sr_config.train).items() if k != "out_dir"}})
+                                      "train": {k: v for k, v in to_dict(sr_config.trainer).items() if k != "out_dir"}})
     folder = out_dir / "stages" / f"sr-{domain}-{fingerprint}"
     done = folder / "stage.json"
     if done.is_file():
         return Path(json.loads(done.read_text())["checkpoint"]), 0.0
-    sr_config.train.out_dir = str(folder)
-    sr_config.train.progress = progress
+    sr_config.trainer.out_dir = str(folder)
+    sr_config.trainer.progress = progress
     if config.budget.threads:
-        sr_config.train.threads = config.budget.threads
-    sr_config.train.resume = (folder / "checkpoints" / "latest.pt").is_file()
+        sr_config.trainer.threads = config.budget.threads
+    sr_config.trainer.resume = (folder / "checkpoints" / "latest.pt").is_file()
     log.info("SR stage for %s: training %s in %s", domain, preset, folder)
     start = time.perf_counter()
     train_sr(sr_config)

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from engine.config import load_config
+from engine.presets import resolve_preset
 
 __all__ = ["register"]
 
@@ -52,7 +53,7 @@ def build_config(args: argparse.Namespace):
                  "budget.device": args.device,
                  "seeds": f"[{args.seeds}]" if args.seeds else None}
     overrides = [f"{k}={v}" for k, v in shortcuts.items() if v is not None]
-    return load_config(StudyConfig, args.config, overrides + list(args.overrides))
+    return load_config(StudyConfig, resolve_preset(args.config, "transfer"), overrides + list(args.overrides))
 
 
 def _run(args: argparse.Namespace) -> int:

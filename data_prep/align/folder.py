@@ -20,11 +20,9 @@ transform are scaled back to the file's full size.
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +33,8 @@ import numpy as np
 from PIL import Image
 
 from data_prep.align.aligner import AlignConfig, AlignResult, FaceAligner
+from data_prep.folder_job import (ManifestAppender, ManifestError, clean_stale_temporaries, read_rows, repair_manifest,
+                                  unique_output_names)
 from data_prep.images import ImageLoadError, list_images, load_rgb
 from engine.checkpoint import atomic_write_bytes, atomic_write_text
 from engine.errors import FaceganError
@@ -87,38 +87,10 @@ def _fmt_matrix(matrix) -> str:
 
 def read_manifest(path: Path | str) -> list[dict[str, str]]:
     """The complete rows of a manifest.csv (a trailing row cut short by a kill is ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-    text = data.decode("utf-8")
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is not None and tuple(reader.fieldnames) != MANIFEST_COLUMNS:
-        raise AlignRunError(
-            f"{path}: unexpected columns {reader.fieldnames}; this is not a manifest written by this version "
-            "of `facegan align` (use a new DST folder)"
-        )
-    return list(reader)
-
-
-def _repair_manifest(path: Path) -> None:
-    """Cut a partial last line (a kill mid-write) so appended rows start on a fresh line."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
-
-
-def _output_names(keys: Sequence[str], fmt: str) -> dict[str, str]:
-    suffix = "." + fmt
-    plain = {key: str(Path(key).with_suffix(suffix).as_posix()) for key in keys}
-    counts: dict[str, int] = {}
-    for name in plain.values():
-        counts[name] = counts.get(name, 0) + 1
-    return {key: (name if counts[name] == 1 else key + suffix) for key, name in plain.items()}
+    try:
+        return read_rows(path, MANIFEST_COLUMNS)
+    except ManifestError as exc:
+        raise AlignRunError(f"{exc}; this is not a manifest written by this version of `facegan align`") from None
 
 
 def _folder_inputs(src: Path, dst: Path) -> list[AlignInput]:
@@ -195,14 +167,6 @@ def _encode(face: np.ndarray, fmt: str, jpeg_quality: int) -> bytes:
     else:
         Image.fromarray(face).save(buffer, format="JPEG", quality=jpeg_quality, subsampling=0)
     return buffer.getvalue()
-
-
-def _clean_stale_temporaries(dst: Path) -> None:
-    # atomic writes use ".<name>.<random>.tmp" beside the target; a SIGKILL can leave one.
-    pattern = re.compile(r"^\..+\.(png|jpg|csv|json)\.[^.]+\.tmp$")
-    for path in dst.rglob(".*.tmp"):
-        if path.is_file() and pattern.match(path.name):
-            path.unlink(missing_ok=True)
 
 
 def _check_settings(dst: Path, config: AlignConfig, fmt: str) -> None:
@@ -300,39 +264,32 @@ def align_folder(
 
     inputs = _dataset_inputs(dataset, src) if dataset is not None else _folder_inputs(src, dst)
     # Output names are decided over every input, so a --limit run names files as the full run will.
-    outputs = _output_names([item.key for item in inputs], fmt)
+    keys = [item.key for item in inputs]
+    outputs = dict(zip(keys, unique_output_names(keys, "." + fmt)))
     if limit is not None:
         inputs = inputs[:limit]
 
     dst.mkdir(parents=True, exist_ok=True)
     _check_settings(dst, config, fmt)
-    _clean_stale_temporaries(dst)
+    clean_stale_temporaries(dst)
     manifest_path = dst / "manifest.csv"
-    _repair_manifest(manifest_path)
+    repair_manifest(manifest_path)
     done = {row["source"] for row in read_manifest(manifest_path)}
     pending = [item for item in inputs if item.key not in done]
 
     started = time.perf_counter()
     processed = 0
-    new_file = not manifest_path.is_file() or manifest_path.stat().st_size == 0
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(inputs), initial=len(inputs) - len(pending), unit="img", desc="align", file=sys.stderr)
     try:
-        with open(manifest_path, "a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
-            if new_file:
-                writer.writeheader()
-                handle.flush()
+        with ManifestAppender(manifest_path, MANIFEST_COLUMNS, lineterminator="\r\n") as manifest:
             for batch_index, start in enumerate(range(0, len(pending), config.batch_size)):
                 batch = pending[start : start + config.batch_size]
                 rows = _process_batch(batch, aligner, dst, outputs, fmt, jpeg_quality)
-                # Rows go in only now that every image of the batch is in place.
-                writer.writerows(rows)
-                handle.flush()
-                os.fsync(handle.fileno())
+                manifest.write(rows)  # only now that every image of the batch is in place
                 processed += len(batch)
                 if bar is not None:
                     bar.update(len(batch))

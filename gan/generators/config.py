@@ -1,4 +1,12 @@
-"""The GAN run configuration: the single source of truth for the face generators.
+"""The face generators' run configuration: the single source of truth, presets in presets/*.yaml.
+
+    GANRunConfig
+      gan: GANConfig          the maths: family (DCGAN or BEGAN), geometry, noise, losses
+        dcgan: DCGANConfig
+        began: BEGANConfig
+      data: GANDataConfig     where the training faces come from (data_prep.sources.SourceConfig)
+      trainer: TrainerConfig  the engine's schedule: steps, batch, EMA, checkpoints
+
 
 Defaults follow the papers:
 - DCGAN (Radford et al. 2016, arXiv:1511.06434): 100-d uniform noise, 1024 channels at 4x4,
@@ -20,13 +28,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from data_prep.sources import SourceConfig
 from engine.config import ConfigError
+from engine.trainer import TrainerConfig
+from gan.generators.models.dcgan import DISCRIMINATOR_NORMS, SUPPORTED_SIZES
+from gan.generators.models.latent import LATENT_DISTRIBUTIONS
 from gan.losses import GAN_LOSSES
-from gan.models.dcgan import DISCRIMINATOR_NORMS, SUPPORTED_SIZES
-from gan.models.latent import LATENT_DISTRIBUTIONS
 
-__all__ = ["DCGANConfig", "BEGANConfig", "GANConfig", "GAN_MODELS"]
+__all__ = ["DCGANConfig", "BEGANConfig", "GANConfig", "GAN_MODELS", "GANDataConfig", "GANRunConfig", "default_trainer"]
 
 GAN_MODELS = ("dcgan", "began")
 
@@ -102,7 +113,7 @@ class BEGANConfig:
     lr: float = 1e-4  # both networks
     betas: tuple[float, float] = (0.5, 0.999)
     lr_halve_every: int = 0  # halve both learning rates every this many steps; 0 keeps them fixed
-    # Speed options for small CPU budgets (gan/models/began.py explains each); off = the paper.
+    # Speed options for small CPU budgets (gan/generators/models/began.py explains each); off = the paper.
     convs_per_scale: tuple[int, ...] | None = None  # 3x3 convs per block, 8x8 first; None: 2 each
     fast_elu: bool = False  # same ELU, computed from exp (faster on CPU)
     channels_last: bool = False  # NHWC convolution weights
@@ -137,7 +148,7 @@ class GANConfig:
     """One face-generator run: which family, the image geometry, the noise and the sample grids.
 
     `model` picks the family; only that family's section is used. BEGAN is the default because it
-    is the model the thesis found to give the more robust, realistic faces (SPEC section 3).
+    is the model the thesis found to give the more robust, realistic faces.
     """
 
     model: str = "began"  # dcgan | began
@@ -169,3 +180,33 @@ class GANConfig:
     def resolved(self) -> "GANConfig":
         """A copy with the paper defaults filled in for every field left at None / auto."""
         return dataclasses.replace(self, dcgan=self.dcgan.resolved(), began=self.began.resolved())
+
+
+@dataclass
+class GANDataConfig(SourceConfig):
+    """The training faces: a source (synthetic by default), aligned at the GAN's resolution.
+
+    `cache_dir` defaults to <out>/cache. `align: false` only centre-crops and resizes, for
+    folders that already hold aligned faces.
+    """
+
+    split: str = "train"  # which split to train on; "all" uses every image
+    flip: bool = True  # random horizontal flips (faces are near-symmetric; doubles the data)
+
+
+def default_trainer() -> TrainerConfig:
+    return TrainerConfig(
+        out_dir="runs/gan", max_steps=2000, batch_size=64, ema_decay=0.999, ema_modules=("generator",),
+        sample_every=250, checkpoint_every=500, log_every=10,
+    )
+
+
+@dataclass
+class GANRunConfig:
+    """Everything one `facegan gan train` run needs."""
+
+    LEGACY_SECTIONS: ClassVar[dict[str, str]] = {"train": "trainer"}  # facegan 0.1 called it `train`
+
+    gan: GANConfig = field(default_factory=GANConfig)
+    data: GANDataConfig = field(default_factory=GANDataConfig)
+    trainer: TrainerConfig = field(default_factory=default_trainer)

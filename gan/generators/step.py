@@ -19,14 +19,15 @@ import torch
 from torch import nn
 from torch.optim import Adam, Optimizer
 
+from engine import schedules
 from engine.config import ConfigError
 from engine.distributed import all_reduce_mean
 from engine.errors import FaceganError
 from engine.modes import eval_mode
 from engine.reproducibility import derive_seed
-from gan.config import GANConfig
+from gan.generators.config import GANConfig
+from gan.generators.models import build_began, build_dcgan, sample_latent, slerp
 from gan.losses import BEGANLoss, get_gan_loss
-from gan.models import build_began, build_dcgan, sample_latent, slerp
 
 if TYPE_CHECKING:
     from engine.trainer import StepContext
@@ -320,7 +321,9 @@ class BEGANStep(GANStep):
         """The paper halves the rate when M_global stalls; here on a fixed schedule, a function
         of the step alone so that a resume needs no extra state."""
         b = self.config.began
-        return b.lr * (0.5 ** (step // b.lr_halve_every) if b.lr_halve_every else 1.0)
+        if not b.lr_halve_every:
+            return b.lr
+        return schedules.learning_rate(step, b.lr, "step", step_every=b.lr_halve_every, step_gamma=0.5)
 
     def train_step(self, batch: Any, step: int) -> dict[str, float]:
         ctx = self._require_setup()

@@ -5,7 +5,7 @@ Inputs and how they reach the model's LR size (S_lr; the output is S_hr = scale 
 - a folder (SRC): every file below it (sorted; non-images are listed as skipped). The images are
   assumed to be faces aligned like the training data (outputs of `facegan align`, or a
   dataset's aligned crops, with the checkpoint's template); they are NOT aligned here. Each is
-  centre-cropped to a square and resized with antialiased bicubic (gan.degrade.resize_images,
+  centre-cropped to a square and resized with antialiased bicubic (data_prep.transforms.resize_images,
   the resampling of training) to S_lr x S_lr; an image already at S_lr is used unchanged.
 - a dataset (--dataset NAME --root DIR): opened with data_prep.sources, aligned once through the
   aligned-face cache at S_hr with the checkpoint's template (as in training), and each aligned
@@ -35,7 +35,6 @@ import csv
 import io
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +44,12 @@ import numpy as np
 import torch
 import yaml
 
+from data_prep.folder_job import ManifestAppender, read_rows, unique_output_names
 from engine.checkpoint import atomic_write_bytes, atomic_write_text
 from engine.errors import FaceganError
+from gan.sr.inference import lr_from_image
 
-__all__ = ["apply_sr", "lr_from_image", "read_manifest", "MANIFEST_FILE", "SCHEMA_FILE", "SKIPPED_FILE", "INFO_FILE",
+__all__ = ["apply_sr", "read_manifest", "MANIFEST_FILE", "SCHEMA_FILE", "SKIPPED_FILE", "INFO_FILE",
            "SRApplyError"]
 
 log = logging.getLogger(__name__)
@@ -74,34 +75,6 @@ class _Item:
     row: int | None = None  # dataset mode: position in the aligned cache view
 
 
-def lr_from_image(image: np.ndarray, lr_size: int) -> torch.Tensor:
-    """HxWx3 uint8 -> 3 x lr_size x lr_size uint8: centre square crop, antialiased bicubic resize."""
-    from gan.degrade import resize_images
-
-    height, width = image.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    square = torch.from_numpy(np.ascontiguousarray(image[top:top + side, left:left + side])).permute(2, 0, 1)
-    if side == lr_size:
-        return square.contiguous()
-    resized = resize_images(square[None].float(), lr_size)[0]
-    return resized.clamp_(0, 255).round_().to(torch.uint8)
-
-
-def _output_names(relatives: Sequence[Path]) -> list[str]:
-    """Relative output paths (.png), unique even when a.jpg and a.png both exist."""
-    names = [r.with_suffix(".png").as_posix() for r in relatives]
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    out = []
-    for relative, name in zip(relatives, names):
-        if counts[name] > 1 and relative.suffix.lower() != ".png":
-            name = relative.with_name(f"{relative.stem}.{relative.suffix.lstrip('.')}.png").as_posix()
-        out.append(name)
-    return out
-
-
 def _relative_to(path: Path, root: Path | None) -> Path:
     if root is not None:
         try:
@@ -123,15 +96,7 @@ def _cell(task, value) -> str:
 
 def read_manifest(path: Path | str) -> list[dict[str, str]]:
     """The rows of a labels.csv written by `sr apply` (complete lines only)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    if not text.endswith("\n"):
-        lines = lines[:-1]  # a row cut short by a crash
-    reader = csv.DictReader(io.StringIO("\n".join(lines) + "\n"))
-    return [row for row in reader if row.get("path")]
+    return [row for row in read_rows(path) if row.get("path")]
 
 
 def _csv_line(values: Sequence[str]) -> str:
@@ -163,7 +128,7 @@ def _folder_inputs(src: Path, lr_size: int) -> _Inputs:
     paths = list_images(src)
     if not paths:
         raise SRApplyError(f"no files found below {src}")
-    outputs = _output_names([p.relative_to(src) for p in paths])
+    outputs = unique_output_names([p.relative_to(src).as_posix() for p in paths], ".png", keep_own_suffix=True)
     items = [_Item(source=p.relative_to(src).as_posix(), output=o) for p, o in zip(paths, outputs)]
     min_side = min(MIN_SIDE, lr_size)
 
@@ -200,12 +165,13 @@ def _dataset_inputs(name: str, root: str, split: str, template: str, align: bool
         skipped.append((item.source, reason.strip(), detail.strip()))
     records = cache.records
     dataset_root = Path(dataset.root) if dataset.root is not None else (Path(root) if root else None)
-    outputs = _output_names([_relative_to(Path(r.path), dataset_root) for r in records])
+    outputs = unique_output_names([_relative_to(Path(r.path), dataset_root).as_posix() for r in records], ".png",
+                                  keep_own_suffix=True)
     items = [_Item(source=str(r.path), output=o, labels=dict(r.labels), identity=r.identity, split=r.split, row=i)
              for i, (r, o) in enumerate(zip(records, outputs))]
 
     def loader(batch: Sequence[_Item], size: int):
-        from gan.degrade import resize_images
+        from data_prep.transforms import resize_images
 
         hr = cache.get_batch([item.row for item in batch]).float()
         lr = resize_images(hr, size).clamp_(0, 255).round_().to(torch.uint8)
@@ -231,17 +197,17 @@ def _header(inputs: _Inputs) -> list[str]:
     return header + inputs.schema.names
 
 
-def _row(item: _Item, header: Sequence[str], schema) -> list[str]:
+def _row(item: _Item, header: Sequence[str], schema) -> dict[str, str]:
     fixed = {"path": item.output, "source": item.source, "identity": item.identity or "", "split": item.split or ""}
-    values = []
+    row = {}
     for column in header:
         if column in fixed:
-            values.append(fixed[column])
+            row[column] = fixed[column]
         elif column in item.labels:
-            values.append(_cell(schema[column], item.labels[column]))
+            row[column] = _cell(schema[column], item.labels[column])
         else:
-            values.append("")
-    return values
+            row[column] = ""
+    return row
 
 
 def _write_skipped(path: Path, skipped: list[tuple[str, str, str]]) -> None:
@@ -289,7 +255,7 @@ def apply_sr(
     from engine.checkpoint import load_checkpoint
     from engine.fold import optimize_for_inference
     from gan.metrics.batch import to_uint8
-    from gan.sr_step import load_sr_checkpoint
+    from gan.sr.inference import load_sr_checkpoint
 
     if (src is None) == (dataset is None):
         raise SRApplyError("give either an input folder (src) or a dataset name, not both and not neither")
@@ -367,7 +333,7 @@ def apply_sr(
     bar = tqdm(total=len(inputs.items), initial=len(inputs.items) - len(pending), desc="sr apply", unit="img",
                disable=not progress, dynamic_ncols=True)
     try:
-        with open(manifest_path, "a", encoding="utf-8") as manifest:
+        with ManifestAppender(manifest_path, header) as manifest:
             for batch in _batches(pending, batch_size):
                 ready: list[_Item] = []
                 images: list[torch.Tensor] = []
@@ -387,9 +353,7 @@ def apply_sr(
                         target = dst / item.output
                         target.parent.mkdir(parents=True, exist_ok=True)
                         atomic_write_bytes(target, _png_bytes(array))
-                        manifest.write(_csv_line(_row(item, header, inputs.schema)))
-                        manifest.flush()
-                        os.fsync(manifest.fileno())
+                        manifest.write([_row(item, header, inputs.schema)])
                         written += 1
                         bar.update(1)
                 _write_skipped(dst / SKIPPED_FILE, skipped)

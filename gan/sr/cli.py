@@ -1,82 +1,19 @@
-"""`facegan sr train | apply | eval`: the face super-resolution GAN from the command line.
+"""`facegan sr train | apply | eval`: parse the arguments and call one library function each.
 
-`train` builds the HR faces (through the aligned cache), the `SRStep` and the engine Trainer;
-`apply` super-resolves a folder or a dataset into a labelled folder (gan/sr_apply.py); `eval`
-measures a checkpoint against bicubic upsampling (gan/sr_eval.py).
+`train` -> gan.sr.train, `apply` -> gan.sr.apply (a folder or a dataset into a labelled folder),
+`eval` -> gan.sr.evaluate (against bicubic upsampling).
 """
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-import numpy as np
-
-from engine.config import load_config, save_config, to_dict
 from engine.errors import FaceganError
-from engine.trainer import Trainer
-from gan.sr_config import SRDataConfig, SRRunConfig
+from engine.training_flags import add_training_flags, run_config_from_args
 
-__all__ = ["build_sr_data", "train", "register", "PRESETS_DIR"]
+__all__ = ["register"]
 
-log = logging.getLogger(__name__)
-
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "sr"
-
-
-def _evenly_spaced(count: int, wanted: int) -> list[int]:
-    if wanted >= count:
-        return list(range(count))
-    return sorted({int(i) for i in np.linspace(0, count - 1, wanted).round()})
-
-
-def build_sr_data(config: SRDataConfig, hr_size: int, out_dir: str | Path, progress: bool = True):
-    """(training faces, held-out HR faces as (N, 3, S, S) uint8 or None), aligned at `hr_size`.
-
-    Every source goes through `data_prep.sources`: opened (synthetic by default), aligned once
-    at the HR size into the aligned-face cache, and split; training reads the cache's memory maps.
-    """
-    from data_prep.sources import aligned_cache, open_source
-    from gan.data import RandomHorizontalFlip
-
-    out_dir = Path(out_dir)
-    dataset = open_source(config, out_dir, min_image_size=hr_size)
-    cache = aligned_cache(dataset, config, hr_size, out_dir, progress=progress)
-    train_view = cache if config.split == "all" else cache.subset(split=config.split)
-    if len(train_view) == 0:
-        raise FaceganError(f"{config.source}: no faces in split {config.split!r} (use data.split=all)")
-    eval_hr = None
-    if config.eval_split != "none" and config.eval_images > 0:
-        held_out = cache.subset(split=config.eval_split)
-        if len(held_out) == 0:
-            log.warning("%s has no faces in split %r: no periodic evaluation or sample strips", config.source, config.eval_split)
-        else:
-            eval_hr = held_out.get_batch(_evenly_spaced(len(held_out), config.eval_images))
-    if config.flip:
-        train_view.transform = RandomHorizontalFlip()
-    return train_view, eval_hr
-
-
-def train(config: SRRunConfig) -> dict:
-    """Build the data, the SR step and the Trainer, run it, and return the Trainer's result."""
-    from gan.sr_step import SRStep
-
-    out_dir = Path(config.train.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sr_config = config.sr.resolved(config.train.max_steps)
-    config.sr = sr_config
-    save_config(config, out_dir / "config.yaml")
-    hr_size = sr_config.model.output_size
-    dataset, eval_hr = build_sr_data(config.data, hr_size, out_dir, progress=config.train.progress)
-    step = SRStep(sr_config, eval_hr=eval_hr)
-    run_config = {"sr": to_dict(sr_config), "data": to_dict(config.data)}
-    m = sr_config.model
-    log.info("training x%d SR, %d -> %d px, on %d faces from %s; adversarial from step %s", m.scale, m.input_size,
-             m.output_size, len(dataset), config.data.source, sr_config.pretrain_steps if sr_config.adversarial else "never")
-    return Trainer(step, dataset, config.train, run_config).fit()
-
-
-# ----------------------------------------------------------------------------------- CLI
+PRESETS = "gan.sr"
 _DATA_HELP = "synthetic (default), folder, or a dataset name such as celeba, lfw, utkface (data.source)"
 
 
@@ -84,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sr = subparsers.add_parser(
         "sr",
         help="face super-resolution GAN: train, apply to folders or datasets, evaluate",
-        description="Face super-resolution (SPEC section 4): a residual generator of common / up / down blocks, "
+        description="Face super-resolution (the thesis's residual SR-GAN, after Ledig et al. 2017): a generator of "
+        "common / up / down blocks, "
         "pretrained on the pixel loss and fine-tuned with a Wasserstein critic. `train` fits it on any dataset (default: "
         "the built-in synthetic faces) through the aligned-face cache; `apply` super-resolves a folder or a whole "
         "dataset into a folder that keeps the labels; `eval` reports PSNR, SSIM, LPIPS and identity similarity beside "
@@ -102,23 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "alone, later ones add the critic. Writes OUT/config.yaml, OUT/checkpoints/{latest,best}.pt, sample strips "
         "(LR | bicubic | SR | HR) to OUT/samples/, metrics to OUT/metrics.jsonl and TensorBoard logs.",
     )
-    p.add_argument("--config", type=Path,
-                   help=f"YAML preset (see {PRESETS_DIR}: x4-16to64-cpu.yaml, x8-8to64-cpu.yaml, x8-16to128.yaml, ...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any setting by its dotted path (repeatable), e.g. train.max_steps=500")
-    p.add_argument("--out", help="run folder (train.out_dir; default runs/sr)")
+    add_training_flags(p, PRESETS, default_out="runs/sr", help={
+        "steps": "optimiser steps to train for (trainer.max_steps; also the cosine schedule's length)",
+        "seed": "seed of the data order and degradations (trainer.seed); sr.seed sets the initial weights"})
     p.add_argument("--dataset", "--data", dest="dataset", help=_DATA_HELP)
     p.add_argument("--root", help="dataset root or image folder (data.root)")
-    p.add_argument("--steps", type=int, help="optimiser steps to train for (train.max_steps; also the cosine schedule's length)")
-    p.add_argument("--minutes", type=float, help="wall-clock training budget; stops and saves when spent (train.max_seconds)")
-    p.add_argument("--batch-size", type=int, help="global batch size, split over processes (train.batch_size)")
-    p.add_argument("--seed", type=int, help="seed of the data order and degradations (train.seed); sr.seed sets the initial weights")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (train.threads)")
-    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (train.amp)")
-    p.add_argument("--deterministic", action="store_true", help="bit-reproducible kernels, slower (train.deterministic)")
-    p.add_argument("--resume", action="store_true", help="continue OUT's latest checkpoint exactly where it stopped")
-    p.add_argument("--force", action="store_true", help="with --resume: allow a changed configuration")
     p.set_defaults(func=_run_train)
 
     p = sub.add_parser(
@@ -191,19 +117,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    shortcuts = {
-        "train.out_dir": args.out, "data.source": args.dataset, "data.root": args.root, "train.max_steps": args.steps,
-        "train.batch_size": args.batch_size, "train.max_seconds": args.minutes * 60 if args.minutes else None,
-        "train.seed": args.seed, "train.device": args.device, "train.threads": args.threads,
-        "train.amp": True if args.amp else None, "train.deterministic": True if args.deterministic else None,
-        "train.resume": True if args.resume else None, "train.force_resume": True if args.force else None,
-    }
-    overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None] + list(args.overrides)
-    config = load_config(SRRunConfig, args.config, overrides)
+    from gan.sr.config import SRRunConfig
+    from gan.sr.train import train
+
+    config = run_config_from_args(SRRunConfig, args, {"data.source": args.dataset, "data.root": args.root})
     result = train(config)
-    out = Path(config.train.out_dir)
     print(f"{result['status']} at step {result['global_step']} in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}")
-    strips = sorted((out / "samples").glob("strips_*.png"))
+    strips = sorted((Path(config.trainer.out_dir) / "samples").glob("strips_*.png"))
     if strips:
         print(f"latest sample strips: {strips[-1]}")
     return 130 if result["status"] == "interrupted" else 0
@@ -211,7 +131,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_apply(args: argparse.Namespace) -> int:
     from engine.device import choose_device, configure_threads
-    from gan.sr_apply import apply_sr
+    from gan.sr.apply import apply_sr
 
     if args.dataset:
         if len(args.paths) != 1:
@@ -237,7 +157,7 @@ def _run_apply(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from engine.device import choose_device
-    from gan.sr_eval import evaluate_sr
+    from gan.sr.evaluate import evaluate_sr
 
     result = evaluate_sr(
         args.checkpoint, dataset=args.dataset, root=args.root, folder=args.folder, split=args.split, num=args.num,

@@ -1,13 +1,13 @@
-"""The face super-resolution run configuration: one dataclass tree, presets in configs/sr/.
+"""The face super-resolution run configuration: one dataclass tree, presets in presets/*.yaml.
 
     SRRunConfig
       sr: SRConfig             the maths: networks, degradation, losses, optimiser, phases
         model: SRModelConfig
-        degradation: DegradationConfig   (gan/degrade.py)
+        degradation: DegradationConfig   (data_prep/degrade.py)
         loss: SRLossConfig
         optim: SROptimConfig
       data: SRDataConfig       where the HR faces come from (data_prep.sources.SourceConfig)
-      train: TrainerConfig     the engine's schedule: steps, batch, EMA, checkpoints
+      trainer: TrainerConfig   the engine's schedule: steps, batch, EMA, checkpoints
 
 Training has two phases inside one run: steps [0, pretrain_steps) use the pixel loss (plus
 LPIPS if weighted) alone; from `pretrain_steps` on, the adversarial term and the critic updates
@@ -15,19 +15,22 @@ join. `pretrain_steps < 0` never starts the adversarial phase. The critic and bo
 exist from step 0, so a checkpoint from either phase resumes exactly.
 
 `sr` is written into every checkpoint (run_config["sr"], degradation included) and is what
-`facegan sr apply|eval` rebuild the generator from.
+`facegan sr apply|eval` rebuild the generator from (gan.sr.inference).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from data_prep.sources import SourceConfig
 from engine.config import ConfigError
+from engine.schedules import SCHEDULES
 from engine.trainer import TrainerConfig
-from gan.degrade import DegradationConfig
-from gan.losses import GAN_LOSSES, PIXEL_LOSSES
-from gan.models.srgan import SR_ACTIVATIONS, SR_NORMS
+from data_prep.degrade import DegradationConfig
+from gan.losses import GAN_LOSSES
+from gan.sr.losses import PIXEL_LOSSES
+from gan.sr.models import SR_ACTIVATIONS, SR_NORMS
 
 __all__ = [
     "SRModelConfig",
@@ -36,12 +39,13 @@ __all__ = [
     "SRConfig",
     "SRDataConfig",
     "SRRunConfig",
+    "default_trainer",
     "PIXEL_LOSS_NAMES",
     "LR_SCHEDULES",
 ]
 
 PIXEL_LOSS_NAMES = PIXEL_LOSSES
-LR_SCHEDULES = ("cosine", "step", "constant")
+LR_SCHEDULES = SCHEDULES
 
 
 def _check(condition: bool, where: str, message: str) -> None:
@@ -51,7 +55,7 @@ def _check(condition: bool, where: str, message: str) -> None:
 
 @dataclass
 class SRModelConfig:
-    """Generator and critic geometry (gan/models/srgan.py)."""
+    """Generator and critic geometry (gan/sr/models.py)."""
 
     input_size: int = 16  # LR side in pixels
     output_size: int = 64  # HR side; output_size / input_size is the scale (2, 4, 8 or 16)
@@ -59,7 +63,7 @@ class SRModelConfig:
     num_blocks: int = 8  # common blocks at the LR resolution
     down_blocks: int = 0  # hourglass depth at LR: down blocks before the common blocks, up blocks after
     min_channels: int = 16  # the width halves at every x2 up block, down to this
-    norm: str = "batch"  # generator blocks: batch (the SPEC's) | layer | none
+    norm: str = "batch"  # generator blocks: batch (the thesis's) | layer | none
     activation: str = "prelu"  # relu | prelu | lrelu
     residual: str = "bicubic"  # bicubic: predict a correction to bicubic upsampling | none
     critic_channels: int = 32  # critic width at the HR resolution; doubles per down block
@@ -125,7 +129,7 @@ class SROptimConfig:
     min_lr_ratio: float = 0.02  # cosine: the last step's lr / lr
     step_every: int = 0  # step: multiply by step_gamma every this many steps
     step_gamma: float = 0.5
-    total_steps: int = 0  # cosine length; 0: the run's train.max_steps (filled in by `facegan sr train`)
+    total_steps: int = 0  # cosine length; 0: the run's trainer.max_steps (filled in by `facegan sr train`)
 
     def __post_init__(self) -> None:
         _check(self.lr > 0 and self.critic_lr > 0, "optim.lr/critic_lr", "must be positive")
@@ -187,7 +191,7 @@ class SRDataConfig(SourceConfig):
         _check(self.eval_images >= 0, "data.eval_images", f"must be >= 0, got {self.eval_images}")
 
 
-def _default_trainer() -> TrainerConfig:
+def default_trainer() -> TrainerConfig:
     return TrainerConfig(
         out_dir="runs/sr", max_steps=4000, batch_size=16, ema_decay=0.999, ema_modules=("generator",),
         sample_every=500, eval_every=500, checkpoint_every=500, log_every=20, best_metric="psnr_y", best_mode="max",
@@ -196,8 +200,10 @@ def _default_trainer() -> TrainerConfig:
 
 @dataclass
 class SRRunConfig:
-    """Everything one `facegan sr train` run needs; presets in configs/sr/*.yaml."""
+    """Everything one `facegan sr train` run needs."""
+
+    LEGACY_SECTIONS: ClassVar[dict[str, str]] = {"train": "trainer"}  # facegan 0.1 called it `train`
 
     sr: SRConfig = field(default_factory=SRConfig)
     data: SRDataConfig = field(default_factory=SRDataConfig)
-    train: TrainerConfig = field(default_factory=_default_trainer)
+    trainer: TrainerConfig = field(default_factory=default_trainer)

@@ -5,7 +5,7 @@ Protocol (every choice is also written into the JSON and Markdown reports):
 - HR faces: a dataset split aligned through the aligned-face cache at the model's HR size with the
   checkpoint's training template (as in training), or a folder of aligned faces centre-cropped and
   resized (antialiased bicubic) to the HR size. At most `num` faces, evenly spaced.
-- LR inputs: the checkpoint's degradation (gan/degrade.py) with per-image seeds
+- LR inputs: the checkpoint's degradation (data_prep/degrade.py) with per-image seeds
   (`eval_seeds`: a function of the degradation seed and the face's position), or with
   `degradation="clean"` plain antialiased bicubic downsampling. SR and bicubic see the same LR.
 - Bicubic baseline: torch's bicubic upsampling (a = -0.75, align_corners=False) of the LR image.
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_prep.selection import evenly_spaced
 from engine.checkpoint import atomic_write_text
 from engine.errors import FaceganError
 
@@ -39,12 +40,6 @@ log = logging.getLogger(__name__)
 METRICS_HIGHER_IS_BETTER = {
     "psnr_rgb": True, "psnr_y": True, "ssim_rgb": True, "ssim_y": True, "lpips": False, "identity": True,
 }
-
-
-def _evenly_spaced(count: int, wanted: int) -> list[int]:
-    if wanted >= count:
-        return list(range(count))
-    return sorted({int(i) for i in np.linspace(0, count - 1, wanted).round()})
 
 
 def _dataset_faces(name: str, root: str, split: str, template: str, align: bool, hr_size: int, num: int,
@@ -63,10 +58,10 @@ def _dataset_faces(name: str, root: str, split: str, template: str, align: bool,
         if len(dataset) == 0:
             raise FaceganError(f"{name}: no images in split {split!r}; choose another --split (or all)")
     # Only the faces that will be measured are aligned (a full dataset would take much longer).
-    keep = _evenly_spaced(len(dataset), max(num, 1) + max(8, num // 20))  # a margin for faces the aligner skips
+    keep = evenly_spaced(len(dataset), max(num, 1) + max(8, num // 20))  # a margin for faces the aligner skips
     dataset = dataset.with_records([dataset.records[i] for i in keep])
     cache = aligned_cache(dataset, config, hr_size, out_dir, progress=progress)
-    rows = _evenly_spaced(len(cache), num)
+    rows = evenly_spaced(len(cache), num)
     skipped = [{"source": s.source, "reason": s.reason} for s in cache.skipped]
     description = {"dataset": name, "root": root, "split": split, "align": align, "template": template,
                    "faces": len(rows), "selection": "evenly spaced over the split",
@@ -77,7 +72,7 @@ def _dataset_faces(name: str, root: str, split: str, template: str, align: bool,
 
 def _folder_faces(folder: Path, hr_size: int, num: int) -> tuple[torch.Tensor, dict, list]:
     from data_prep.images import ImageLoadError, list_images, load_rgb
-    from gan.sr_apply import lr_from_image
+    from gan.sr.inference import lr_from_image
 
     if not folder.is_dir():
         raise FaceganError(f"evaluation folder not found: {folder}")
@@ -90,7 +85,7 @@ def _folder_faces(folder: Path, hr_size: int, num: int) -> tuple[torch.Tensor, d
             skipped.append({"source": str(path), "reason": exc.reason, "detail": exc.detail})
     if not faces:
         raise FaceganError(f"no readable images below {folder}")
-    chosen = _evenly_spaced(len(faces), num)
+    chosen = evenly_spaced(len(faces), num)
     description = {"folder": str(folder), "faces": len(chosen), "selection": "evenly spaced over the sorted files",
                    "resize": "centre square crop, antialiased bicubic to the HR size (faces assumed aligned)"}
     return torch.stack([faces[i] for i in chosen]), description, skipped
@@ -173,10 +168,11 @@ def evaluate_sr(
     `hr_faces` ((N, 3, S, S) uint8) replaces the dataset / folder, for callers that hold faces already.
     """
     from engine.logging import save_image_grid
-    from gan.degrade import Degradation, DegradationConfig, bicubic_upsample, eval_seeds, to_unit_range
+    from data_prep.degrade import Degradation, DegradationConfig, bicubic_upsample, eval_seeds
+    from data_prep.transforms import to_unit_range
     from gan.metrics.batch import to_uint8
     from gan.metrics.image import psnr, ssim
-    from gan.sr_step import load_sr_checkpoint, make_strips, super_resolve
+    from gan.sr.inference import load_sr_checkpoint, make_strips, super_resolve
 
     if sum(x is not None for x in (dataset, folder, hr_faces)) != 1:
         raise FaceganError("evaluate_sr needs exactly one of dataset, folder or hr_faces")
@@ -268,7 +264,7 @@ def evaluate_sr(
 
     strips_path = out_dir / "strips.png"
     count = min(strips, len(hr))
-    picks = _evenly_spaced(len(hr), count)
+    picks = evenly_spaced(len(hr), count)
     strip_images = make_strips(lr_unit[picks], to_unit_range(bicubic[picks]), to_unit_range(sr[picks]), to_unit_range(hr[picks]))
     save_image_grid(strip_images, strips_path, nrow=4)
 

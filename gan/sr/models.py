@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from gan.sr_config import SRModelConfig
+    from gan.sr.config import SRModelConfig
 
 __all__ = [
     "SR_NORMS",

@@ -5,7 +5,7 @@
             {"sr": to_dict(cfg)}).fit()
 
 Each step takes a batch of HR faces, makes their LR inputs with the configured degradation
-(gan/degrade.py; every image's randomness is seeded from the run seed, the rank, the step and
+(data_prep/degrade.py; every image's randomness is seeded from the run seed, the rank, the step and
 its position, so a resumed run degrades exactly as an uninterrupted one), and updates:
 
 - pretraining, steps [0, pretrain_steps): the generator on the pixel loss (+ LPIPS if weighted);
@@ -23,49 +23,32 @@ WGAN-GP. `evaluate` reports PSNR / SSIM of the EMA generator on held-out faces b
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.optim import Adam, Optimizer
 
-from engine.config import ConfigError, from_dict
+from data_prep.degrade import Degradation, bicubic_upsample, eval_seeds
+from data_prep.transforms import to_unit_range
+from engine import schedules
+from engine.config import ConfigError
 from engine.errors import FaceganError
-from engine.modes import eval_mode
 from engine.reproducibility import derive_seed
-from gan.degrade import Degradation, bicubic_upsample, eval_seeds, to_unit_range
-from gan.losses import get_gan_loss, lpips_loss, pixel_loss
-from gan.models.srgan import SRCritic, SRGenerator, build_sr_critic, build_sr_generator
-from gan.sr_config import SRConfig
+from gan.losses import get_gan_loss
+from gan.sr.config import SRConfig
+from gan.sr.inference import make_strips, super_resolve
+from gan.sr.losses import lpips_loss, pixel_loss
+from gan.sr.models import SRCritic, SRGenerator, build_sr_critic, build_sr_generator
 
 if TYPE_CHECKING:
     from engine.trainer import StepContext
 
-__all__ = ["SRInputError", "SRStep", "LoadedSR", "load_sr_checkpoint", "super_resolve", "make_strips"]
+__all__ = ["SRInputError", "SRStep"]
 
 
 class SRInputError(FaceganError, ValueError):
     """A training batch is not a batch of HR faces of the configured size."""
-
-
-
-
-@torch.no_grad()
-def super_resolve(generator: nn.Module, lr: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """SR images in [-1, 1] (clamped) of LR images in [-1, 1], in eval mode, batch by batch."""
-    device = next(generator.parameters()).device
-    with eval_mode(generator):
-        return torch.cat([generator(chunk.to(device)).float().clamp(-1.0, 1.0) for chunk in lr.split(batch_size)])
-
-
-def make_strips(lr: torch.Tensor, bicubic: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-    """(4N, C, H, W): per face LR (nearest, to HR size) | bicubic | SR | HR, face after face."""
-    size = hr.shape[-2:]
-    lr_big = torch.nn.functional.interpolate(lr.float(), size=size, mode="nearest")
-    return torch.stack([lr_big, bicubic.float(), sr.float(), hr.float()], dim=1).flatten(0, 1)
 
 
 class SRStep:
@@ -153,15 +136,8 @@ class SRStep:
     def learning_rate(self, step: int) -> float:
         """The generator's learning rate at `step` (warm-up, then the schedule)."""
         o = self.config.optim
-        if o.warmup_steps and step < o.warmup_steps:
-            return o.lr * (step + 1) / o.warmup_steps
-        if o.schedule == "constant":
-            return o.lr
-        if o.schedule == "step":
-            return o.lr * o.step_gamma ** ((step - o.warmup_steps) // o.step_every)
-        span = max(1, o.total_steps - o.warmup_steps)
-        t = min(1.0, max(0.0, (step - o.warmup_steps) / span))
-        return o.lr * (o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t)))
+        return schedules.learning_rate(step, o.lr, o.schedule, warmup_steps=o.warmup_steps, total_steps=o.total_steps,
+                                       min_lr_ratio=o.min_lr_ratio, step_every=o.step_every, step_gamma=o.step_gamma)
 
     def is_adversarial(self, step: int) -> bool:
         return self.config.adversarial and step >= self.config.pretrain_steps
@@ -316,50 +292,3 @@ class SRStep:
         sr = super_resolve(self.inference_generator(), lr).cpu()
         bicubic = bicubic_upsample(lr, self.config.model.scale).clamp(-1, 1)
         return {"strips": make_strips(lr, bicubic, sr, to_unit_range(self.eval_hr[:n]))}
-
-
-# ------------------------------------------------------------------------------------------
-# Loading a trained model
-# ------------------------------------------------------------------------------------------
-@dataclass
-class LoadedSR:
-    """A trained SR generator (eval mode) with the config it was trained with."""
-
-    generator: SRGenerator
-    config: SRConfig
-    run_config: dict
-    step: int
-    path: Path
-    ema: bool
-
-    @property
-    def scale(self) -> int:
-        return self.config.model.scale
-
-    @property
-    def input_size(self) -> int:
-        return self.config.model.input_size
-
-    @property
-    def output_size(self) -> int:
-        return self.config.model.output_size
-
-
-def load_sr_checkpoint(checkpoint: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedSR:
-    """Rebuild the generator of a `facegan sr train` checkpoint (its EMA weights when kept)."""
-    from engine.checkpoint import load_checkpoint
-
-    path = Path(checkpoint)
-    state = load_checkpoint(path, map_location="cpu")
-    run = state.get("run_config") or {}
-    if "sr" not in run:
-        raise FaceganError(f"{path} is not a facegan SR checkpoint (no sr config inside)")
-    config = from_dict(SRConfig, run["sr"])
-    generator = build_sr_generator(config.model)
-    weights = state.get("ema", {}).get("generator") if use_ema else None
-    used_ema = weights is not None
-    if weights is None:
-        weights = state["modules"]["generator"]
-    generator.load_state_dict(weights)
-    generator.to(device).eval()
-    return LoadedSR(generator, config, run, int(state.get("global_step", 0)), path, used_ema)

@@ -104,7 +104,7 @@ def test_shared_binary_task_keeps_its_own_thresholds_and_accuracy(tmp_path, trai
 
 def test_training_on_every_face_holds_nothing_out_and_eval_says_so(trained, tmp_path, train_attributes, capsys):
     from attributes.config import DatasetEntry
-    from attributes.train import prepare_datasets
+    from attributes.data import prepare_datasets
 
     shared = trained.parent  # the module's synthetic faces and cache
     run = train_attributes(shared, "all", 4, "--set", "datasets.synthetic.train_split=all")

@@ -8,7 +8,8 @@ import torch
 
 from attributes.heads import HeadConfig
 from attributes.model import AttributeEnsemble, ModelConfig, build_attribute_model
-from attributes.train import load_attribute_model, member_dir
+from attributes.config import member_dir
+from attributes.inference import load_attribute_model
 from attributes.trunks import TrunkConfig
 from data_prep.datasets.schema import LabelSchema, Task, TaskKind
 from engine.checkpoint import load_checkpoint

@@ -8,19 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from attributes.evaluate import (
+from attributes.metrics import (
     age_metrics,
     aurc,
     binary_attribute_metrics,
     categorical_metrics,
-    compare_aurc,
     grade_table,
     oracle_aurc,
+    risk_coverage,
+    selective_summary,
+)
+from attributes.report import (
+    compare_aurc,
     plot_confusion_matrix,
     plot_per_attribute,
     plot_risk_coverage,
-    risk_coverage,
-    selective_summary,
     write_evaluation_report,
 )
 
@@ -150,7 +152,7 @@ def _results(tmp_path, sa_conf, max_conf, correct):
     curves = {m: risk_coverage(c, correct) for m, c in (("sa_softmax", sa_conf), ("max_softmax", max_conf))}
     png = plot_risk_coverage(curves, tmp_path / "rc_celeba.png", "celeba")
     methods = {"sa_softmax": selective_summary(sa_conf, correct),
-               # the shape `attributes.evaluation` writes: no oracle/E-AURC, derived by the report
+               # the shape `attributes.evaluate` writes: no oracle/E-AURC, derived by the report
                "max_softmax": {"aurc": aurc(max_conf, correct), "grades": grade_table(max_conf, correct),
                                "count": len(correct), "accuracy": float(correct.mean())}}
     return {

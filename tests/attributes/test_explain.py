@@ -90,7 +90,7 @@ def test_explain_command_and_the_randomised_head_sanity_check(tmp_path, train_at
     assert (report / section["png"]).is_file() and "Grad-CAM" in (report / "report.md").read_text()
 
     # randomising a copy's head leaves the original model and the copy's trunk untouched
-    from attributes.train import load_attribute_model
+    from attributes.inference import load_attribute_model
 
     model = load_attribute_model(checkpoint).model
     before = {k: v.clone() for k, v in model.state_dict().items()}

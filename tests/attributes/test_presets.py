@@ -1,5 +1,6 @@
-"""Every attribute preset under configs/attributes loads, and its templates exist."""
+"""Every attribute preset that ships with the package loads, and its templates exist."""
 from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ from attributes.config import AttributeRunConfig
 from data_prep.align.templates import get_template
 from engine.config import load_config
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "attributes"
+PRESET_DIR = Path(str(resources.files("attributes") / "presets"))
 PRESETS = sorted(PRESET_DIR.glob("*.yaml"))
 
 
@@ -23,7 +24,8 @@ def test_portrait_preset_differs_from_celeba64_only_in_alignment_and_folders():
     base = load_config(AttributeRunConfig, PRESET_DIR / "celeba64.yaml")
     portrait = load_config(AttributeRunConfig, PRESET_DIR / "celeba64-portrait.yaml")
     assert portrait.datasets["celeba"].template == "portrait" and base.datasets["celeba"].template == "thesis"
-    assert portrait.datasets["celeba"].cache_dir != base.datasets["celeba"].cache_dir
+    # presets name no cache folder: each run aligns into its own OUT/cache
+    assert not portrait.datasets["celeba"].cache_dir and portrait.trainer.out_dir != base.trainer.out_dir
     for section in ("model", "optim", "augment", "eval"):
         assert getattr(portrait, section) == getattr(base, section)
     assert portrait.trainer.max_steps == base.trainer.max_steps and portrait.trainer.batch_size == base.trainer.batch_size
@@ -34,7 +36,7 @@ def test_every_face_preset_is_the_portrait_model_with_the_closeup_crop_on_every_
     everyone = load_config(AttributeRunConfig, PRESET_DIR / "celeba64-closeup-all.yaml")
     assert everyone.datasets["celeba"].train_split == "all" and portrait.datasets["celeba"].train_split == "train"
     assert everyone.datasets["celeba"].template == "closeup" and portrait.datasets["celeba"].template == "portrait"
-    assert everyone.datasets["celeba"].cache_dir != portrait.datasets["celeba"].cache_dir  # other faces, other cache
+    assert everyone.trainer.out_dir != portrait.trainer.out_dir  # other faces, other cache (OUT/cache)
     everyone.datasets["celeba"] = replace(everyone.datasets["celeba"], train_split="train", template="portrait",
                                           cache_dir=portrait.datasets["celeba"].cache_dir)
     assert everyone.datasets == portrait.datasets  # the same people and split otherwise

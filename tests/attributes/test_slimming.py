@@ -133,7 +133,7 @@ def test_slimmed_training_then_prune_command(tmp_path, train_attributes):
     assert report["slim"]["target"] == 0.5  # the settings it was trained with
     assert report["images_per_second"]["pruned"] > 0 and "FLOPs per face" in (out / "prune.md").read_text()
     # the pruned model is an ordinary checkpoint
-    from attributes.train import load_attribute_model
+    from attributes.inference import load_attribute_model
 
     loaded = load_attribute_model(out / "pruned.pt")
     assert loaded.config.model.trunk.channels == pruned

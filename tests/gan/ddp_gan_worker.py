@@ -8,8 +8,8 @@ import torch.distributed as dist
 from torch.utils.data import TensorDataset
 
 from engine.trainer import Trainer, TrainerConfig
-from gan.config import BEGANConfig, DCGANConfig, GANConfig
-from gan.steps import BEGANStep, DCGANStep
+from gan.generators.config import BEGANConfig, DCGANConfig, GANConfig
+from gan.generators.step import BEGANStep, DCGANStep
 
 
 def _configs():

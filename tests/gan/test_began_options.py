@@ -1,17 +1,15 @@
 """BEGAN's CPU speed options: each keeps the paper's function and changes only what it says."""
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from engine.config import ConfigError, load_config
-from gan.cli import GANRunConfig
-from gan.config import BEGANConfig, GANConfig
-from gan.models import BEGANDiscriminator, BEGANGenerator, build_began
-from gan.models.began import FastELU
+from engine.presets import resolve_preset
+from gan.generators.config import BEGANConfig, GANConfig, GANRunConfig
+from gan.generators.models import BEGANDiscriminator, BEGANGenerator, build_began
+from gan.generators.models.began import FastELU
 
-PRESETS = Path(__file__).resolve().parents[2] / "configs" / "gan"
 
 
 def _convs(module: nn.Module) -> list[nn.Conv2d]:
@@ -64,9 +62,9 @@ def test_config_fields_reach_the_networks_and_are_validated():
 
 
 def test_fast_preset_builds_the_slim_networks():
-    run = load_config(GANRunConfig, PRESETS / "began64-fast.yaml")
+    run = load_config(GANRunConfig, resolve_preset("began64-fast", "gan.generators"))
     assert run.gan.began.convs_per_scale == (2, 2, 1, 1) and run.gan.began.fast_elu and run.gan.began.channels_last
-    assert run.train.amp  # bfloat16 where the CPU has it: 1.45x more steps in the budget
+    assert run.trainer.amp  # bfloat16 where the CPU has it: 1.45x more steps in the budget
     generator, discriminator = build_began(run.gan)
     assert len(_convs(generator)) == 7
     # pyramid decoders: 64 channels at 8x8 in both, n = 16 at full size

@@ -9,12 +9,12 @@ def test_train_resume_and_sample(tmp_path):
     out = tmp_path / "run"
     common = ["gan", "train", "--model", "dcgan", "--image-size", "32", "--out", str(out),
             "--batch-size", "8", "--set", "data.synthetic_identities=6", "--set", "data.synthetic_images_per_identity=2",
-            "--set", "gan.dcgan.g_channels=32", "--set", "gan.dcgan.d_channels=32", "--set", "train.sample_every=2",
-            "--set", "train.progress=false", "--set", "gan.num_samples=4", "--threads", "1"]
+            "--set", "gan.dcgan.g_channels=32", "--set", "gan.dcgan.d_channels=32", "--set", "trainer.sample_every=2",
+            "--set", "trainer.progress=false", "--set", "gan.num_samples=4", "--threads", "1"]
     args = [*common, "--steps", "4"]
     assert main(args) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["gan"]["model"] == "dcgan" and saved["train"]["max_steps"] == 4
+    assert saved["gan"]["model"] == "dcgan" and saved["trainer"]["max_steps"] == 4
     assert (out / "samples" / "samples_0000004.png").is_file()
     assert load_checkpoint(out / "checkpoints" / "latest.pt")["global_step"] == 4
     # Resuming with more steps continues; resuming with a changed model setting is refused.

@@ -2,7 +2,7 @@
 import pytest
 
 from engine.config import ConfigError, from_dict, load_config, to_dict
-from gan.config import BEGANConfig, DCGANConfig, GANConfig
+from gan.generators.config import BEGANConfig, DCGANConfig, GANConfig
 
 
 def test_defaults_follow_the_papers():

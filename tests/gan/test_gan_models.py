@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from gan.config import DCGANConfig, GANConfig
-from gan.models import (
+from gan.generators.config import DCGANConfig, GANConfig
+from gan.generators.models import (
     BEGANDiscriminator,
     BEGANGenerator,
     DCGANDiscriminator,

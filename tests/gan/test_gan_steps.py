@@ -12,8 +12,8 @@ from engine.distributed import DistributedInfo
 from engine.errors import FaceganError
 from engine.trainer import Step, StepContext, Trainer, TrainerConfig
 from engine.config import to_dict
-from gan.config import BEGANConfig, DCGANConfig, GANConfig
-from gan.steps import BEGANStep, DCGANStep, GANInputError, build_gan_step
+from gan.generators.config import BEGANConfig, DCGANConfig, GANConfig
+from gan.generators.step import BEGANStep, DCGANStep, GANInputError, build_gan_step
 
 
 def _dcgan_cfg(**dcgan) -> GANConfig:

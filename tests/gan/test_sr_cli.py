@@ -8,7 +8,7 @@ from PIL import Image
 
 from data_prep.datasets.folder_csv import load_folder_csv
 from engine.checkpoint import load_checkpoint
-from gan.sr_apply import read_manifest
+from gan.sr.apply import read_manifest
 from transfer.cli import main
 
 
@@ -24,7 +24,7 @@ def sr_run(tmp_path_factory):
             "--set", "data.root=" + str(root / "synthetic"), "--set", "data.synthetic_identities=8",
             "--set", "data.synthetic_images_per_identity=2", "--set", "data.eval_images=4",
             "--set", "data.test_fraction=0.25", "--set", "data.val_fraction=0.25",
-            "--set", "train.progress=false", "--set", "train.log_every=1", "--set", "train.eval_every=5", "--set", "train.sample_every=5"]
+            "--set", "trainer.progress=false", "--set", "trainer.log_every=1", "--set", "trainer.eval_every=5", "--set", "trainer.sample_every=5"]
     assert main(args) == 0
     return root, out
 

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engine.config import ConfigError
-from gan.degrade import Degradation, DegradationConfig, bicubic_downsample, eval_seeds, resize_images
+from data_prep.degrade import Degradation, DegradationConfig, bicubic_downsample, eval_seeds
+from data_prep.transforms import resize_images
 
 
 def _faces(n: int = 6, size: int = 32, seed: int = 0) -> torch.Tensor:

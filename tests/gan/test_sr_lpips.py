@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from gan.losses import lpips_loss, pixel_loss
+from gan.sr.losses import lpips_loss, pixel_loss
 from gan.metrics.lpips_loader import (
     BACKBONE_FILES,
     LPIPS_BACKBONE_ENV,
@@ -104,8 +104,8 @@ def test_lpips_metric_and_loss(made_alexnet):
 def test_sr_step_uses_lpips_when_weighted(made_alexnet, no_weights):
     from engine.distributed import DistributedInfo
     from engine.trainer import StepContext
-    from gan.sr_config import SRConfig, SRLossConfig, SRModelConfig, SROptimConfig
-    from gan.sr_step import SRStep
+    from gan.sr.config import SRConfig, SRLossConfig, SRModelConfig, SROptimConfig
+    from gan.sr.step import SRStep
 
     model_config = SRModelConfig(input_size=8, output_size=32, channels=8, num_blocks=1, min_channels=4, critic_channels=4)
     config = SRConfig(model=model_config, loss=SRLossConfig(lpips_weight=0.5), optim=SROptimConfig(total_steps=10))

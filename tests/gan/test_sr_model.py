@@ -6,8 +6,8 @@ from torch import nn
 
 from engine.config import ConfigError
 from engine.fold import ChannelAffine, count_batchnorms, optimize_for_inference
-from gan.models import CommonBlock, DownBlock, SRCritic, SRGenerator, UpBlock, build_sr_critic, build_sr_generator
-from gan.sr_config import SRModelConfig
+from gan.sr.models import CommonBlock, DownBlock, SRCritic, SRGenerator, UpBlock, build_sr_critic, build_sr_generator
+from gan.sr.config import SRModelConfig
 
 
 def test_common_block_keeps_the_shape_and_has_the_specified_branch():

@@ -11,9 +11,10 @@ from engine.checkpoint import load_checkpoint
 from engine.config import ConfigError, from_dict, to_dict
 from engine.distributed import DistributedInfo
 from engine.trainer import Step, StepContext, Trainer, TrainerConfig
-from gan.degrade import DegradationConfig
-from gan.sr_config import SRConfig, SRLossConfig, SRModelConfig, SROptimConfig
-from gan.sr_step import SRInputError, SRStep, load_sr_checkpoint
+from data_prep.degrade import DegradationConfig
+from gan.sr.config import SRConfig, SRLossConfig, SRModelConfig, SROptimConfig
+from gan.sr.inference import load_sr_checkpoint
+from gan.sr.step import SRInputError, SRStep
 
 
 def _cfg(pretrain_steps: int = 3, **kw) -> SRConfig:

@@ -128,10 +128,10 @@ def _tiny_config(out):
     from engine.config import from_dict
 
     domain = {"source": "synthetic", "synthetic_identities": 40, "test_fraction": 0.3, "val_fraction": 0.1}
-    sr_overrides = ["train.max_steps=6", "sr.pretrain_steps=4", "train.max_seconds=0", "sr.model.channels=8",
+    sr_overrides = ["trainer.max_steps=6", "sr.pretrain_steps=4", "trainer.max_seconds=0", "sr.model.channels=8",
                     "sr.model.num_blocks=1", "sr.model.min_channels=8", "sr.model.critic_channels=4",
-                    "sr.model.critic_max_channels=8", "train.eval_every=6", "train.sample_every=0",
-                    "train.checkpoint_every=6", "data.eval_images=8", "train.tensorboard=false"]
+                    "sr.model.critic_max_channels=8", "trainer.eval_every=6", "trainer.sample_every=0",
+                    "trainer.checkpoint_every=6", "data.eval_images=8", "trainer.tensorboard=false"]
     return from_dict(StudyConfig, {
         "name": "tiny", "domains": {"studio": {**domain, "synthetic_domain": "studio"},
                                     "wild": {**domain, "synthetic_domain": "wild"}},
@@ -140,7 +140,7 @@ def _tiny_config(out):
                   "head": {"conv_channels": 8, "reduce_channels": 8, "feature_dim": 16}},
         "budget": {"steps": 8, "batch_size": 16, "ema_decay": 0.5, "threads": 1},
         "optim": {"warmup_steps": 2},
-        "sr": {"wild": {"config": "configs/sr/x4-16to64-cpu.yaml", "overrides": sr_overrides}},
+        "sr": {"wild": {"config": "x4-16to64-cpu", "overrides": sr_overrides}},
         "stats": {"n_boot": 200}, "strips": 3, "domain_gap_faces": 30, "out_dir": str(out),
     })
 
@@ -218,7 +218,7 @@ def test_rerun_reads_every_cell_back_instead_of_training(study):
 def test_cli_dry_run_and_bad_config_errors(tmp_path, capsys):
     from transfer.cli import main
 
-    preset = "configs/transfer/lfw-celeba-quick.yaml"
+    preset = "lfw-celeba-quick"
     assert main(["transfer", "run", preset, "--dry-run"]) == 0
     assert "13 distinct recipe(s)" in capsys.readouterr().out
     assert main(["transfer", "run", preset, "--dry-run", "--set", "arms=[source_only,magic]"]) == 2

@@ -5,13 +5,12 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from gan.models.began import BEGANDecoder, BEGANDiscriminator, BEGANEncoder, BEGANGenerator, build_began
-from gan.models.dcgan import DCGANDiscriminator, DCGANGenerator, build_dcgan, dcgan_init_
-from gan.models.latent import LATENT_DISTRIBUTIONS, sample_latent, slerp
-from gan.models.srgan import CommonBlock, DownBlock, SRCritic, SRGenerator, UpBlock, build_sr_critic, build_sr_generator
+from gan.generators.models.began import BEGANDecoder, BEGANDiscriminator, BEGANEncoder, BEGANGenerator, build_began
+from gan.generators.models.dcgan import DCGANDiscriminator, DCGANGenerator, build_dcgan, dcgan_init_
+from gan.generators.models.latent import LATENT_DISTRIBUTIONS, sample_latent, slerp
 
 if TYPE_CHECKING:
-    from gan.config import GANConfig
+    from gan.generators.config import GANConfig
 
 __all__ = [
     "DCGANGenerator",
@@ -27,13 +26,6 @@ __all__ = [
     "LATENT_DISTRIBUTIONS",
     "sample_latent",
     "slerp",
-    "CommonBlock",
-    "UpBlock",
-    "DownBlock",
-    "SRGenerator",
-    "SRCritic",
-    "build_sr_generator",
-    "build_sr_critic",
 ]
 
 

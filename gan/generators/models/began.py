@@ -53,7 +53,7 @@ from torch import nn
 from torch.nn import functional as F
 
 if TYPE_CHECKING:
-    from gan.config import GANConfig
+    from gan.generators.config import GANConfig
 
 __all__ = ["FastELU", "BEGANDecoder", "BEGANEncoder", "BEGANGenerator", "BEGANDiscriminator", "build_began"]
 

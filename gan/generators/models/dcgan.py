@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # the config imports nothing from the models; keep it that way at run time
-    from gan.config import GANConfig
+    from gan.generators.config import GANConfig
 
 __all__ = [
     "SUPPORTED_SIZES",
