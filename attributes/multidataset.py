@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data_prep.images import luma
+from data_prep.transforms import jitter_colour
 from engine.reproducibility import derive_seed
 
 __all__ = ["SamplerConfig", "balancing_weights", "ParallelDatasets", "combine_losses", "augment_batch"]
@@ -210,15 +211,11 @@ def _rotate_and_zoom(images: torch.Tensor, rotate: float, scale: float, generato
 
 def _jitter_colour(images: torch.Tensor, amount: float, generator: torch.Generator | None) -> torch.Tensor:
     """Brightness, contrast and saturation of each [-1, 1] image scaled by factors uniform in
-    1 +- `amount`, in that order, as torchvision's ColorJitter does, clamped back to [-1, 1]."""
+    1 +- `amount`, as torchvision's ColorJitter does (contrast about the luma mean), clamped to [-1, 1]."""
     b = images.shape[0]
     factors = (1.0 + (torch.rand(3, b, generator=generator) * 2 - 1) * amount).to(images.device, images.dtype)
     brightness, contrast, saturation = (f.view(b, 1, 1, 1) for f in factors)
-    images = ((images + 1) * brightness - 1).clamp(-1, 1)  # brightness scales intensity, black stays black
-    mean = luma(images).mean(dim=(2, 3), keepdim=True)
-    images = ((images - mean) * contrast + mean).clamp(-1, 1)
-    grey = luma(images)
-    return ((images - grey) * saturation + grey).clamp(-1, 1)
+    return jitter_colour(images, brightness, contrast, saturation, black=-1.0, clamp=(-1.0, 1.0), contrast_pivot="luma")
 
 
 def _erase_rectangles(images: torch.Tensor, probability: float, generator: torch.Generator | None) -> torch.Tensor:

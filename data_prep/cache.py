@@ -22,7 +22,6 @@ is stale, and `build_cache` rebuilds it (or refuses, with ``on_stale="error"``).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -39,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 from torch.utils.data import Dataset
 
-from data_prep.align.templates import Template, get_template, template_names
+from data_prep.align.templates import Template, get_template
 from data_prep.datasets.base import FaceDataset
 from data_prep.datasets.record import SPLITS, SampleRecord, SkippedSample
 from data_prep.datasets.schema import LabelSchema, Task, TaskKind
@@ -56,7 +55,7 @@ __all__ = [
     "build_cache",
     "source_fingerprint",
     "resize_square",
-    "register_cli",
+    "cache_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -628,64 +627,20 @@ class AlignedFaceCache(Dataset):
         return f"AlignedFaceCache({self.summary()})"
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-
-def register_cli(data_sub: argparse._SubParsersAction) -> None:
-    parser = data_sub.add_parser(
-        "cache",
-        help="align a dataset once into memory-mapped uint8 shards for fast training",
-        description="Read a dataset, align every face with the MTCNN aligner (or, with --no-align, only "
-        "centre-crop and resize already-aligned images) and store the faces with their labels in OUT as "
-        "raw uint8 shards plus index.json. Unreadable images and images without a face are left out and "
-        "listed in index.json. An interrupted build resumes; a cache of another source is rebuilt.",
-    )
-    parser.add_argument("out", type=Path, help="cache folder to create (or resume, or reuse)")
-    parser.add_argument("--dataset", required=True,
-                        help="dataset reader name (celeba, lfw, utkface, ... or synthetic); "
-                        "see `facegan data info --help`")
-    parser.add_argument("--root", type=Path, required=True, help="the dataset's folder")
-    parser.add_argument("--size", type=int, default=64, help="side of the cached faces in pixels (default 64)")
-    parser.add_argument("--no-align", action="store_true",
-                        help="do not detect or align: centre-crop and resize (for already-aligned images)")
-    parser.add_argument("--template", default="thesis",
-                        help=f"alignment template: one of {template_names()} or a template file (default thesis)")
-    parser.add_argument("--split", choices=SPLITS, default=None, help="cache only this split (default: all)")
-    parser.add_argument("--shard-size", type=int, default=None,
-                        help="faces per shard file (default: about 64 MiB per shard)")
-    parser.add_argument("--workers", type=int, default=2, help="threads that decode images (default 2; 0 = none)")
-    parser.add_argument("--device", default="auto", help="device for detection and warping (auto, cpu, cuda)")
-    parser.add_argument("--on-stale", choices=("rebuild", "error"), default="rebuild",
-                        help="what to do when OUT holds a cache of another source (default rebuild)")
-    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-    parser.set_defaults(func=_run_cli)
-
-
-def _load_source(name: str, root: Path) -> FaceDataset:
+def cache_dataset(name: str, root: str | Path, out: str | Path, size: int = 64, align: bool = True,
+                  template: str = "thesis", split: str | None = None, shard_size: int | None = None, workers: int = 2,
+                  device: str = "auto", progress: bool = True, on_stale: str = "rebuild") -> "AlignedFaceCache":
+    """Read dataset `name` at `root` (only `split` when given), align every face (or only
+    centre-crop and resize with `align=False`) and cache it in `out` (`facegan data cache`)."""
     from data_prep.datasets.registry import load_dataset
 
-    return load_dataset(name, root)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    from engine.device import configure_threads
-
-    configure_threads()
-    dataset = _load_source(args.dataset, args.root)
-    if args.split is not None:
-        dataset = dataset.subset(args.split)
+    dataset = load_dataset(name, root)
+    if split is not None:
+        dataset = dataset.subset(split)
     aligner = None
-    if not args.no_align:
+    if align:
         from data_prep.align.aligner import AlignConfig, FaceAligner
 
-        aligner = FaceAligner(AlignConfig(output_size=args.size, template=args.template, device=args.device))
-    cache = build_cache(dataset, args.out, args.size, aligner=aligner, shard_size=args.shard_size,
-                        num_workers=args.workers, progress=not args.no_progress, on_stale=args.on_stale)
-    print(cache.summary())
-    skipped = cache.skipped
-    for item in skipped[:10]:
-        print(f"  skipped {item}")
-    if len(skipped) > 10:
-        print(f"  ... and {len(skipped) - 10} more (listed in {cache.path / INDEX_FILE})")
-    return 0
+        aligner = FaceAligner(AlignConfig(output_size=size, template=template, device=device))
+    return build_cache(dataset, out, size, aligner=aligner, shard_size=shard_size, num_workers=workers,
+                       progress=progress, on_stale=on_stale)

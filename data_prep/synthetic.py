@@ -27,7 +27,6 @@ This data is not a stand-in for real faces: no number measured on it transfers t
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -66,7 +65,7 @@ __all__ = [
     "synthetic_fingerprint",
     "is_complete",
     "write_preview",
-    "register_cli",
+    "write_synthetic",
 ]
 
 log = logging.getLogger(__name__)
@@ -912,41 +911,10 @@ def write_preview(dataset: FaceDataset, path: str | Path, per_domain: int = 16, 
     return path
 
 
-def register_cli(data_sub: argparse._SubParsersAction) -> None:
-    defaults = SyntheticConfig()
-    parser = data_sub.add_parser(
-        "synth",
-        help="write the built-in synthetic face dataset",
-        description="Draw procedural cartoon faces with known labels (Smiling, Eyeglasses, Male, Bangs, "
-        "Wearing_Hat, Hair_Color, Age), 5 landmarks and identities, in a clean 'studio' and a degraded "
-        "'wild' domain. Writes OUT/images/<domain>/*.png, OUT/labels.csv and OUT/schema.json. Rerunning "
-        "with the same options reuses a complete dataset; an interrupted one is regenerated.",
-    )
-    parser.add_argument("out", type=Path, help="output folder (created; must be empty or a previous synth output)")
-    parser.add_argument("--num-identities", type=int, default=defaults.num_identities,
-                        help=f"number of people (default {defaults.num_identities})")
-    parser.add_argument("--images-per-identity", type=int, default=defaults.images_per_identity,
-                        help=f"images of each person in each domain (default {defaults.images_per_identity})")
-    parser.add_argument("--size", type=int, default=defaults.image_size,
-                        help=f"image side in pixels (default {defaults.image_size})")
-    parser.add_argument("--domains", nargs="+", default=list(defaults.domains), choices=DOMAINS,
-                        help="domains to draw (default: studio wild)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default 0)")
-    parser.add_argument("--preview", type=Path, default=None,
-                        help="also write a PNG grid of samples of every domain with their labels")
-    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-    parser.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    from engine.device import configure_threads
-
-    configure_threads()
-    config = SyntheticConfig(num_identities=args.num_identities, images_per_identity=args.images_per_identity,
-                             image_size=args.size, domains=tuple(args.domains), seed=args.seed)
-    root = generate_synthetic(args.out, config, progress=not args.no_progress)
+def write_synthetic(out: str | Path, config: SyntheticConfig, preview: str | Path | None = None,
+                    progress: bool = True) -> tuple[FaceDataset, Path | None]:
+    """Generate (or reuse) the synthetic dataset in `out` (`facegan data synth`); with `preview`,
+    also write a sample sheet there. Returns the dataset and the preview's path."""
+    root = generate_synthetic(out, config, progress=progress)
     dataset = load_synthetic(root)
-    print(dataset.summary())
-    if args.preview is not None:
-        print(f"preview: {write_preview(dataset, args.preview)}")
-    return 0
+    return dataset, (write_preview(dataset, preview) if preview is not None else None)

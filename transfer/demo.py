@@ -11,7 +11,6 @@ It runs for real whatever the package can do end to end on a fresh machine with 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import time
@@ -23,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from transfer.report import Report
 
-__all__ = ["DemoConfig", "run_demo", "register"]
+__all__ = ["DemoConfig", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -413,49 +412,3 @@ def run_demo(config: DemoConfig) -> Path:
     report.text(f"Total demo time {time.perf_counter() - started:.1f} s.")
     _, html_path = report.write("report")
     return html_path
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="run the whole pipeline on built-in data and write report.html",
-        description="Run every part of facegan end to end on the bundled photo and the built-in synthetic faces "
-        "(no downloads), and write report.html and report.md that show the results as pictures and tables.",
-    )
-    defaults = DemoConfig()
-    parser.add_argument("--out", type=Path, default=defaults.out_dir, help=f"output folder (default {defaults.out_dir})")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for the synthetic data and sampling")
-    parser.add_argument("--num-identities", type=int, default=defaults.num_identities,
-                        help=f"synthetic identities to generate (default {defaults.num_identities})")
-    parser.add_argument("--images-per-identity", type=int, default=defaults.images_per_identity,
-                        help=f"synthetic images per identity and domain (default {defaults.images_per_identity})")
-    parser.add_argument("--gan-steps", type=int, default=defaults.gan_steps,
-                        help=f"training steps of the demo's DCGAN (default {defaults.gan_steps}; 0 skips it)")
-    parser.add_argument("--sr-steps", type=int, default=defaults.sr_steps,
-                        help=f"training steps of the demo's x4 SR model (default {defaults.sr_steps}; 0 skips it)")
-    parser.add_argument("--attribute-steps", type=int, default=defaults.attribute_steps,
-                        help=f"training steps of the demo's attribute model (default {defaults.attribute_steps}; 0 skips it)")
-    parser.add_argument("--transfer-steps", type=int, default=defaults.transfer_steps,
-                        help=f"training steps of each arm of the demo's cross-domain study (default {defaults.transfer_steps}; "
-                        "0 skips it)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $FACEGAN_THREADS or all cores)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    config = DemoConfig(
-        out_dir=args.out,
-        seed=args.seed,
-        num_identities=args.num_identities,
-        images_per_identity=args.images_per_identity,
-        threads=args.threads,
-        gan_steps=args.gan_steps,
-        sr_steps=args.sr_steps,
-        attribute_steps=args.attribute_steps,
-        transfer_steps=args.transfer_steps,
-        progress=not args.no_progress,
-    )
-    path = run_demo(config)
-    print(f"report: {path.resolve()}")
-    return 0

@@ -19,6 +19,7 @@ import torch
 from attributes.data import prepare_datasets
 from data_prep.face_array import FaceArray
 from data_prep.images import luma
+from data_prep.transforms import gaussian_blur, jitter_colour
 from engine.checkpoint import config_fingerprint
 from engine.config import to_dict
 from engine.errors import FaceganError
@@ -64,32 +65,20 @@ def augment_faces(faces: torch.Tensor, seeds: list[int], config: AugmentMixConfi
     for face, seed in zip(faces.float(), seeds):
         g = torch.Generator().manual_seed(int(seed))
         u = torch.rand(8, generator=g, dtype=torch.float64).tolist()
-        x = face * (1 - config.brightness + 2 * config.brightness * u[0])
-        mean = x.mean()
-        x = (x - mean) * (1 - config.contrast + 2 * config.contrast * u[1]) + mean
-        gray = luma(x)
-        x = (x - gray) * (1 - config.saturation + 2 * config.saturation * u[2]) + gray
+        # on 0..255, unclamped until the end, contrast about the mean of all the face's values
+        x = jitter_colour(face, 1 - config.brightness + 2 * config.brightness * u[0],
+                          1 - config.contrast + 2 * config.contrast * u[1],
+                          1 - config.saturation + 2 * config.saturation * u[2], black=0.0, contrast_pivot="mean")
         if u[3] < config.grayscale_prob:
             x = luma(x).expand(3, -1, -1)
         if u[4] < config.blur_prob:
             sigma = config.blur_sigma[0] + u[5] * (config.blur_sigma[1] - config.blur_sigma[0])
-            x = _gaussian_blur(x, sigma)
+            x = gaussian_blur(x[None], [sigma])[0]
         if u[6] < config.noise_prob:
             sigma = config.noise_sigma[0] + u[7] * (config.noise_sigma[1] - config.noise_sigma[0])
             x = x + torch.randn(x.shape, generator=g) * sigma
         out.append(x.round().clamp(0, 255).to(torch.uint8))
     return torch.stack(out) if out else faces.clone()
-
-
-def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(np.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    x = torch.nn.functional.pad(image.unsqueeze(0), (radius,) * 4, mode="reflect")
-    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
-    x = torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
-    return x[0]
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""`facegan transfer run`: the cross-domain attribute study (SPEC §6) as one resumable command.
+"""The cross-domain attribute study (`facegan transfer run`) as one resumable command.
 
-    config = load_config(StudyConfig, "configs/transfer/lfw-celeba-quick.yaml")
+    config = load_config(StudyConfig, resolve_preset("lfw-celeba-quick", "transfer"))
     results = run_study(config)          # writes report.html, results.md, results.json
 
 What happens, in order:
@@ -10,7 +10,7 @@ What happens, in order:
    `facegan sr train` on that domain's TRAIN split only (or given as a checkpoint, which is
    checked to have seen that split only). A stage is cached under a fingerprint of its config.
 3. Cells: each distinct training recipe (`transfer.arms`) x seed is trained with the attribute
-   trainer for the same budget, and its EMA model predicts every domain's test split. Two arms
+   trainer (`attributes.train.fit`) for the same budget, and its EMA model predicts every domain's test split. Two arms
    with the same recipe (source-only A->B and target-only B->A; joint in both directions)
    share one cell. A cell's predictions are cached under a fingerprint of everything it
    depends on; an interrupted cell resumes from its last checkpoint.
@@ -31,21 +31,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from attributes.inference import predict_cache
+from attributes.config import AttributeRunConfig, EvalConfig
+from attributes.data import DatasetSplits
+from attributes.inference import load_attribute_model, predict_cache
 from attributes.model import build_attribute_model
-from attributes.multidataset import ParallelDatasets
-from attributes.step import AttributeStep, AugmentConfig, LossConfig, SAConfig
+from attributes.train import fit
 from data_prep.datasets.schema import TaskKind
-from engine.checkpoint import atomic_write_text, config_fingerprint, load_checkpoint
+from engine.checkpoint import atomic_write_text, config_fingerprint, load_checkpoint, module_weights
 from engine.config import ConfigError, load_config, to_dict
 from engine.device import choose_device, configure_threads
 from engine.errors import FaceganError
-from engine.trainer import Trainer, TrainerConfig
+from data_prep.sources import source_root
+from engine.trainer import TrainerConfig
 from transfer.arms import Recipe, recipe_for, faces_for_testing
 from transfer.config import ARM_NAMES, SRStageConfig, StudyConfig
 from transfer.facesets import FaceSets
 
-__all__ = ["run_study", "StudyError", "Cell", "parse_direction"]
+__all__ = ["run_study", "plan_study", "StudyError", "Cell", "parse_direction", "cell_run_config", "load_cell_model"]
 
 log = logging.getLogger(__name__)
 
@@ -233,53 +235,57 @@ def _adopt_legacy_cell(recipe: Recipe, seed: int, config: StudyConfig, sr_checkp
         legacy.rename(folder)
 
 
-def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool) -> None:
-    recipe = cell.recipe
-    train_sets = {name: sets.get(faces) for name, faces in recipe.train}
-    for i, faces in enumerate(recipe.unlabelled):
-        train_sets[f"unlabelled{i}:{faces.split('/')[0]}"] = sets.get(faces)
-    schemas = {name: train_sets[name].schema for name, _ in recipe.train}
-    model_config = replace(config.model, head=replace(config.model.head, share_tasks=list(config.tasks), sa_softmax=False))
-    torch.manual_seed(cell.seed)
-    model = build_attribute_model(model_config, schemas, {name: list(config.tasks) for name in schemas})
-    step_args = dict(
-        batch_size=recipe.batch_size, max_steps=config.budget.steps, optim=config.optim, loss=LossConfig(),
-        sa=SAConfig(), augment=AugmentConfig(), flip_tta=True, calibrate_thresholds=False,
-    )
-    val_sets: dict[str, Any] = {}
-    if recipe.domain_adversarial:
-        from attributes.trunks import feature_shape
-        from transfer.dann import DANNStep, DomainClassifier
-
-        channels = feature_shape(model.trunk, model.input_size)[0]
-        torch.manual_seed(cell.seed + 1)
-        step = DANNStep(model, train_sets, val_sets, domain_classifier=DomainClassifier(channels, config.options.dann_hidden),
-                        weight=config.options.dann_weight, **step_args)
-    else:
-        step = AttributeStep(model, train_sets, val_sets, **step_args)
-    if model_config.head.pos_weight:
-        # balanced accuracy is the headline, and the domains' priors differ (LFW-a is 75% male):
-        # each cell weights positives by its own labelled training faces' prevalence
-        step.set_pos_weights()
-    budget = config.budget
-    trainer_config = TrainerConfig(
+def cell_run_config(cell: Cell, config: StudyConfig, progress: bool = True) -> AttributeRunConfig:
+    """The attribute run a cell is: its recipe's domains with the study's tasks (every task head
+    shared across them, plain softmax), the study's model and optimiser, and its budget."""
+    recipe, budget = cell.recipe, config.budget
+    model = replace(config.model, head=replace(config.model.head, share_tasks=list(config.tasks), sa_softmax=False))
+    trainer = TrainerConfig(
         out_dir=str(cell.folder), max_steps=budget.steps, batch_size=recipe.batch_size, seed=cell.seed,
         ema_decay=budget.ema_decay, ema_modules=("model",), eval_every=0, sample_every=0,
-        checkpoint_every=max(50, budget.steps // 4), log_every=max(1, min(20, budget.steps // 10)), threads=budget.threads or None, device=budget.device,
-        progress=progress, resume=(cell.folder / "checkpoints" / "latest.pt").is_file(),
+        checkpoint_every=max(50, budget.steps // 4), log_every=max(1, min(20, budget.steps // 10)),
+        threads=budget.threads or None, device=budget.device, progress=progress,
+        resume=(cell.folder / "checkpoints" / "latest.pt").is_file(),
     )
-    run_config = {"study_cell": recipe.key(), "seed": cell.seed, "fingerprint": cell.fingerprint}
-    Trainer(step, ParallelDatasets(train_sets, seed=cell.seed), trainer_config, run_config).fit()
+    datasets = {name: replace(config.domains[name], tasks=list(config.tasks)) for name, _ in recipe.train}
+    return AttributeRunConfig(datasets=datasets, model=model, optim=config.optim,
+                              eval=EvalConfig(flip_tta=True, calibrate_thresholds=False), trainer=trainer)
+
+
+def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool) -> None:
+    """Train a cell with the attribute trainer: its checkpoints open in `attributes eval` and
+    `predict` like any attribute model's."""
+    recipe = cell.recipe
+    data = {name: DatasetSplits(name, sets.get(faces), None, None, sets.get(faces).schema) for name, faces in recipe.train}
+    unlabelled = {f"unlabelled{i}:{faces.split('/')[0]}": sets.get(faces) for i, faces in enumerate(recipe.unlabelled)}
+    make_step = None
+    if recipe.domain_adversarial:
+        def make_step(model, train_sets, val_sets, settings):
+            from attributes.trunks import feature_shape
+            from transfer.dann import DANNStep, DomainClassifier
+
+            channels = feature_shape(model.trunk, model.input_size)[0]
+            torch.manual_seed(cell.seed + 1)
+            return DANNStep(model, train_sets, val_sets,
+                            domain_classifier=DomainClassifier(channels, config.options.dann_hidden),
+                            weight=config.options.dann_weight, **settings)
+    # What facegan 0.1 recorded for a cell, so that a cell it left unfinished resumes.
+    legacy = {"study_cell": recipe.key(), "seed": cell.seed, "fingerprint": cell.fingerprint}
+    fit(cell_run_config(cell, config, progress), data, unlabelled=unlabelled, make_step=make_step,
+        legacy_run_configs=[legacy])
 
 
 def load_cell_model(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch.device):
     """The cell's trained attribute model (EMA weights), in eval mode."""
-    state = load_checkpoint(cell.folder / "checkpoints" / "latest.pt", map_location="cpu")
+    path = cell.folder / "checkpoints" / "latest.pt"
+    state = load_checkpoint(path, map_location="cpu")
+    if "schemas" in (state.get("run_config") or {}):
+        return load_attribute_model(path, device=device).model
+    # A cell trained by facegan 0.1 recorded no label schemas: rebuild its model from the study.
     schemas = {name: sets.get(faces).schema for name, faces in cell.recipe.train}
-    model_config = replace(config.model, head=replace(config.model.head, share_tasks=list(config.tasks), sa_softmax=False))
-    model = build_attribute_model(model_config, schemas, {name: list(config.tasks) for name in schemas})
-    weights = (state.get("ema") or {}).get("model") or state["modules"]["model"]
-    model.load_state_dict(weights)
+    run = cell_run_config(cell, config)
+    model = build_attribute_model(run.model, schemas, {name: list(config.tasks) for name in schemas})
+    model.load_state_dict(module_weights(state, "model", where=path)[0])
     return model.to(device).eval()
 
 
@@ -333,7 +339,7 @@ def _run_cell(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch.dev
 # ------------------------------------------------------------------------------------------
 def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the study of `config`; returns the results written to results.json."""
-    from transfer.analysis import analyse
+    from transfer.analysis import analyse, sentences
     from transfer.study_report import write_study_report
 
     directions = validate(config)
@@ -378,6 +384,8 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
     timings["cells_trained_now"] = sum(o["seconds"] for o in outputs.values() if not o["cached"])
 
     results = analyse(config, directions, recipes, assignment, outputs, sets)
+    results["summary"] = [line for task, per_direction in results["tasks"].items()
+                          for direction in per_direction.values() for line in sentences(direction, task)]
     results["timings"] = {**timings, "sr_stages": sr_seconds,
                           "cell_seconds": {cells[f].folder.name: round(o["seconds"], 1) for f, o in outputs.items()}}
     results["sr_checkpoints"] = {d: str(p) for d, p in sets.sr_checkpoints.items()}
@@ -396,14 +404,43 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def _settle_locations(config: StudyConfig, out_dir: Path) -> None:
-    """Give every domain a fixed cache folder (and synthetic ones a fixed image folder), so
-    that the SR stages read the very faces, splits and cache the cells do."""
+    """Give every domain a fixed folder and cache folder, so that the SR stages read the very
+    faces, splits and cache the cells do. A rerun in the same study folder keeps the locations
+    its study.yaml recorded where they are the same folders, and the cache folders the config
+    leaves open: cached stages and cells are named by fingerprints that include them."""
     size = config.model.trunk.input_size
+    previous = _recorded_domains(out_dir)
     for name, entry in config.domains.items():
-        if entry.source == "synthetic" and not entry.root:
-            entry.root = str(out_dir / "data" / "synthetic")
+        before = previous.get(name) or {}
+        if not entry.root:
+            entry.root = str(out_dir / "data" / "synthetic") if entry.source == "synthetic" else str(source_root(entry))
+        old_root = str(before.get("root") or "")
+        if old_root and old_root != entry.root and Path(old_root).resolve() == Path(entry.root).resolve():
+            entry.root = old_root
         if not entry.cache_dir:
-            entry.cache_dir = str(out_dir / "cache" / f"{name}-{size}")
+            entry.cache_dir = str(before.get("cache_dir") or out_dir / "cache" / f"{name}-{size}")
+
+
+def _recorded_domains(out_dir: Path) -> dict:
+    """The domains of the study.yaml an earlier run wrote in `out_dir` ({} when there is none)."""
+    import yaml
+
+    path = out_dir / "study.yaml"
+    try:
+        recorded = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return {}
+    domains = recorded.get("domains") if isinstance(recorded, dict) else None
+    return domains if isinstance(domains, dict) else {}
+
+
+def plan_study(config: StudyConfig) -> dict[str, list[str]]:
+    """The distinct trainings a study needs (by recipe), each with the arm x direction pairs it serves."""
+    distinct: dict[str, list[str]] = {}
+    for s, t in validate(config):
+        for arm in config.arms:
+            distinct.setdefault(str(recipe_for(arm, s, t, config).key()), []).append(f"{arm} {s}->{t}")
+    return distinct
 
 
 def check_config(config: StudyConfig) -> None:

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 

@@ -5,6 +5,8 @@ Every reader has the signature `reader(root, split=None, **options) -> FaceDatas
 
 from __future__ import annotations
 
+import inspect
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,10 +17,13 @@ from data_prep.datasets.chalearn import load_chalearn_lap, load_fotw
 from data_prep.datasets.folder_csv import load_folder_csv
 from data_prep.datasets.lfw import load_lfw
 from data_prep.datasets.morph import load_morph
+from data_prep.datasets.schema import TaskKind
+from data_prep.datasets.textio import DatasetOptionError
 from data_prep.datasets.utkface import load_utkface
 from engine.errors import FaceganError
 
-__all__ = ["DATASETS", "UnknownDatasetError", "available_datasets", "get_reader", "load_dataset"]
+__all__ = ["DATASETS", "UnknownDatasetError", "available_datasets", "get_reader", "load_dataset", "read_dataset",
+           "describe_dataset"]
 
 def _load_synthetic(root: str | Path, split: str | None = None, *, domain: str | None = None) -> FaceDataset:
     """The built-in synthetic faces (`data_prep.synthetic`), imported on use: that module
@@ -74,3 +79,64 @@ def get_reader(name: str) -> Callable[..., FaceDataset]:
 def load_dataset(name: str, root: Path | str, **kwargs: Any) -> FaceDataset:
     """Read dataset `name` from `root`; `kwargs` go to its reader (e.g. split='test')."""
     return get_reader(name)(root, **kwargs)
+
+
+def read_dataset(name: str, root: Path | str, split: str | None = None, options: dict[str, Any] | None = None) -> FaceDataset:
+    """`load_dataset` with reader options checked against what the reader takes (the options of
+    `facegan data info`), and `split` ("train", "val", "test") when given."""
+    options = dict(options or {})
+    if split is not None:
+        options["split"] = split
+    reader = get_reader(name)
+    accepted = [p.name for p in inspect.signature(reader).parameters.values() if p.kind is p.KEYWORD_ONLY or p.name == "split"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DatasetOptionError(f"dataset {name!r} has no option(s) {unknown}; it takes {accepted}")
+    return load_dataset(name, root, **options)
+
+
+def _task_line(dataset: FaceDataset, task_index: int) -> str:
+    task = dataset.schema.tasks[task_index]
+    values = [r.labels[task.name] for r in dataset.records if task.name in r.labels]
+    head = f"  {task.name:<22} {task.kind.value:<11} labelled {len(values):>7}/{len(dataset)}"
+    if not values:
+        return head
+    if task.kind is TaskKind.BINARY:
+        return f"{head}  positive {100.0 * sum(values) / len(values):5.1f}%"
+    if task.kind is TaskKind.REGRESSION:
+        mean = sum(values) / len(values)
+        return f"{head}  range {min(values):g}..{max(values):g}  mean {mean:.1f}"
+    counts = Counter(int(v) for v in values)
+    classes = ", ".join(f"{name} {counts.get(i, 0)}" for i, name in enumerate(task.classes))
+    return f"{head}  {classes}"
+
+
+def describe_dataset(dataset: FaceDataset, max_skipped: int = 10) -> str:
+    """The multi-line summary `facegan data info` prints."""
+    lines = [
+        f"{dataset.name}: {len(dataset)} images, {len(dataset.identities())} identities, {len(dataset.schema)} tasks"
+    ]
+    if dataset.root is not None:
+        lines.append(f"root: {dataset.root}")
+    by_split: dict[str, list] = {}
+    for record in dataset.records:
+        by_split.setdefault(str(record.split), []).append(record)
+    lines.append("splits:")
+    for split in sorted(
+        by_split,
+        key=lambda s: ("train", "val", "test", "None").index(s) if s in ("train", "val", "test", "None") else 9,
+    ):
+        records = by_split[split]
+        identities = {r.identity for r in records if r.identity is not None}
+        lines.append(f"  {split:<6} {len(records):>7} images  {len(identities):>6} identities")
+    folds = Counter(r.meta["fold"] for r in dataset.records if "fold" in r.meta)
+    if folds:
+        lines.append("folds: " + ", ".join(f"{fold}: {count}" for fold, count in sorted(folds.items())))
+    lines.append("tasks:")
+    lines.extend(_task_line(dataset, i) for i in range(len(dataset.schema)))
+    lines.append(f"skipped: {len(dataset.skipped)}")
+    for item in dataset.skipped[:max_skipped]:
+        lines.append(f"  {item}")
+    if len(dataset.skipped) > max_skipped:
+        lines.append(f"  ... and {len(dataset.skipped) - max_skipped} more")
+    return "\n".join(lines)

@@ -195,7 +195,7 @@ def align_cli(argv: list[str]) -> int:
     import argparse
     import sys
 
-    from data_prep.align import cli
+    from data_prep import cli
     from engine.errors import FaceganError
 
     parser = argparse.ArgumentParser(prog="facegan")
@@ -211,7 +211,7 @@ def align_cli(argv: list[str]) -> int:
 def test_cli_help_names_every_option():
     import argparse
 
-    from data_prep.align import cli
+    from data_prep import cli
 
     parser = argparse.ArgumentParser(prog="facegan")
     cli.register(parser.add_subparsers(dest="command"))

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from data_prep import cache as cache_module
+from data_prep import cli as data_prep_cli
 from data_prep.cache import AlignedFaceCache, CacheError, StaleCacheError, build_cache, resize_square, source_fingerprint
 from data_prep.datasets.base import FaceDataset
 from data_prep.datasets.record import SampleRecord
@@ -281,9 +281,9 @@ def test_transform_is_applied_by_getitem_only(tmp_path, synth):
 
 
 def test_cli_caches_the_synthetic_dataset(tmp_path, synth, capsys):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    cache_module.register_cli(sub)
+    commands = argparse.ArgumentParser().add_subparsers(dest="command")
+    data_prep_cli.register(commands)
+    parser = commands.choices["data"]
     out = tmp_path / "c"
     args = parser.parse_args(["cache", str(out), "--dataset", "synthetic", "--root", str(synth.root),
                               "--size", "16", "--no-align", "--split", "val", "--workers", "0", "--no-progress"])

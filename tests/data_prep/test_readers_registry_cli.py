@@ -9,14 +9,15 @@ import pytest
 from PIL import Image
 
 from data_prep.datasets import DATASETS, DatasetOptionError, UnknownDatasetError, available_datasets, load_dataset
-from data_prep.datasets import cli as datasets_cli
+from data_prep import cli as data_prep_cli
 
 
 def _parser():
+    """The `facegan data` parser (its subcommands info, synth, cache)."""
     parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="data_command")
-    datasets_cli.register(sub)
-    return parser
+    commands = parser.add_subparsers(dest="command")
+    data_prep_cli.register(commands)
+    return commands.choices["data"]
 
 
 def test_registry_names_and_errors(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_prep import cli as data_prep_cli
 from data_prep import synthetic
 from data_prep.datasets.record import DatasetNotFoundError, LabelFileError
 from data_prep.images import load_rgb
@@ -286,9 +287,9 @@ def test_invalid_configs_are_refused(tmp_path):
 
 
 def test_cli_writes_data_and_preview(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    synthetic.register_cli(sub)
+    commands = argparse.ArgumentParser().add_subparsers(dest="command")
+    data_prep_cli.register(commands)
+    parser = commands.choices["data"]
     preview = tmp_path / "preview.png"
     args = parser.parse_args(["synth", str(tmp_path / "out"), "--num-identities", "4", "--images-per-identity", "2",
                               "--size", "32", "--seed", "9", "--preview", str(preview), "--no-progress"])

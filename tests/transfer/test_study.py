@@ -205,6 +205,20 @@ def test_sr_and_bicubic_sets_are_degraded_copies_of_the_source_faces(study):
     assert len(mixed) == 2 * len(original)
 
 
+def test_a_cell_checkpoint_opens_in_attributes_eval_and_predict(study, tmp_path, capsys):
+    from data_prep.assets import ASTRONAUT_JPG
+    from transfer.cli import main
+
+    out, _ = study
+    checkpoint = next((out / "cells").glob("joint-*/checkpoints/latest.pt"))
+    assert main(["attributes", "eval", str(checkpoint), "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "studio:" in printed and "wild:" in printed and "Male accuracy" in printed  # both domains' test people
+    assert main(["attributes", "predict", str(checkpoint), str(ASTRONAUT_JPG), "--head", "wild"]) == 0
+    prediction = json.loads(capsys.readouterr().out)
+    assert set(prediction["images"][0]["tasks"]) == {"Male"}
+
+
 def test_rerun_reads_every_cell_back_instead_of_training(study):
     from transfer.study import run_study
 
@@ -249,7 +263,9 @@ def test_class_balanced_cells_weight_positives_by_their_own_training_prior(study
         def fit(self):
             pass
 
-    monkeypatch.setattr(study_module, "Trainer", NoTraining)
+    import attributes.train  # a cell trains through the attribute trainer's one assembly
+
+    monkeypatch.setattr(attributes.train, "Trainer", NoTraining)
     cell = study_module.Cell(recipe, 0, "x", out / "unused-cell")
     for cfg, weighted in ((config, False), (balanced, True)):
         study_module._train_cell(cell, cfg, sets, progress=False)
