@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from engine.training_flags import add_training_flags, run_config_from_args
+from engine.options import add_command, add_runtime_options, add_training_flags, run_config_from_args
 
 __all__ = ["register"]
 
@@ -15,82 +15,81 @@ PRESETS = "attributes"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    group = subparsers.add_parser(
-        "attributes",
-        help="multi-dataset face-attribute models with SA-softmax confidence grades",
-        description="Face attributes: `train` learns one shared trunk with a head per dataset from several datasets at "
-        "once (CelebA, LFW, UTKFace, MORPH, Adience, ChaLearn, a folder+CSV, or the built-in synthetic faces); `eval` "
-        "reports accuracy, balanced accuracy, age MAE/CS(5), confusion matrices and SA-softmax grades with "
-        "risk-coverage curves; `predict` aligns raw photos and writes each task's prediction and grade as JSON; "
-        "`verify`, `explain`, `prune` and `distill` test identity models, draw Grad-CAM maps, slim and distil.",
-    )
+    group = add_command(
+        subparsers, "attributes", "multi-dataset face-attribute models with SA-softmax confidence grades",
+        """Face attributes: `train` learns one shared trunk with a head per dataset from several
+        datasets at once (CelebA, LFW, UTKFace, MORPH, Adience, ChaLearn, a folder+CSV, or the built-in
+        synthetic faces); `eval` reports accuracy, balanced accuracy, age MAE/CS(5), confusion matrices and
+        SA-softmax grades with risk-coverage curves; `predict` aligns raw photos and writes each task's
+        prediction and grade as JSON; `verify`, `explain`, `prune` and `distill` test identity models, draw
+        Grad-CAM maps, slim and distil.""")
     sub = group.add_subparsers(dest="attributes_command", metavar="ATTRIBUTES_COMMAND", required=True)
 
-    p = sub.add_parser(
-        "train",
-        help="train an attribute model on one or more datasets",
-        description="Train an attribute model. Settings come from the dataclass defaults, then --config, then the "
-        "options below, then --set KEY=VALUE overrides (e.g. --set model.head.sa_softmax=true). Every step draws "
-        "one batch of trainer.batch_size faces from EACH dataset; an epoch is one pass over the largest dataset "
-        "(smaller ones cycle). Writes OUT/config.yaml, OUT/checkpoints/{latest,best}.pt, OUT/metrics.jsonl, "
-        "OUT/curves.png and TensorBoard logs in OUT/tensorboard/.",
-    )
+    p = add_command(sub, "train", "train an attribute model on one or more datasets",
+        """Train an attribute model. Settings come from the dataclass defaults, then --config, then the
+        options below, then --set KEY=VALUE overrides (e.g. --set model.head.sa_softmax=true). Every step draws
+        one batch of trainer.batch_size faces from EACH dataset; an epoch is one pass over the largest dataset
+        (smaller ones cycle). Writes OUT/config.yaml, OUT/checkpoints/{latest,best}.pt, OUT/metrics.jsonl,
+        OUT/curves.png and TensorBoard logs in OUT/tensorboard/.""")
     add_training_flags(p, PRESETS, default_out="runs/attributes", help={
         "batch_size": "faces per dataset per step (trainer.batch_size)",
         "seed": "seed of weights, data order and augmentation (trainer.seed)",
         "minutes": "wall-clock budget; stops, evaluates and saves when spent (trainer.max_seconds)"})
     p.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="NAME[=ROOT]",
-                   help="add a training dataset (repeatable): a data_prep name and its folder, e.g. "
-                   "celeba=/data/celeba; 'synthetic' needs no folder")
+                   help="""add a training dataset (repeatable): a data_prep name and its folder, e.g.
+                       celeba=/data/celeba; 'synthetic' needs no folder""")
     p.add_argument("--trunk", help="alexnet_bn, resnet10, resnet18, resnet34 or resnet50 (model.trunk.name; ResNet widths and stem: model.trunk.resnet_width, model.trunk.resnet_stem_stride)")
     p.add_argument("--init-from", metavar="CKPT",
-                   help="start the trunk from this checkpoint's trunk: a facegan run (an identity model trained with "
-                   "--identity, say; EMA weights when present), a trunk state_dict or torchvision ResNet weights "
-                   "(model.trunk.checkpoint); the heads start fresh")
+                   help="""start the trunk from this checkpoint's trunk: a facegan run (an identity model trained
+                       with --identity, say; EMA weights when present), a trunk state_dict or torchvision ResNet
+                       weights (model.trunk.checkpoint); the heads start fresh""")
     p.add_argument("--input-size", type=int, choices=(64, 128, 224), help="face size in pixels (model.trunk.input_size)")
     p.add_argument("--sa-softmax", action="store_true", help="SA-softmax heads with dynamic tags (model.head.sa_softmax)")
     p.add_argument("--identity", action="store_true",
-                   help="also learn each dataset's face identity: a categorical task 'Identity' with one class per person "
-                   "of its training split (datasets.NAME.identity); evaluate it with `attributes verify`")
+                   help="""also learn each dataset's face identity: a categorical task 'Identity' with one class per
+                       person of its training split (datasets.NAME.identity); evaluate it with `attributes verify`""")
     p.add_argument("--pos-weight", action="store_true",
                    help="class-balanced BCE: positives of a binary attribute weighted (1-p)/p (model.head.pos_weight)")
     p.add_argument("--balanced-sampling", action="store_true",
-                   help="draw faces with replacement, weighted by the inverse frequency of their label values, so rare "
-                   "attributes and small classes come up more often (sampler.balance=inverse_frequency; sampler.power)")
+                   help="""draw faces with replacement, weighted by the inverse frequency of their label values, so
+                       rare attributes and small classes come up more often (sampler.balance=inverse_frequency;
+                       sampler.power)""")
     p.add_argument("--f-measure", type=float, metavar="WEIGHT",
-                   help="add the relaxed F-measure loss (beta^2 = loss.f_measure_beta2, default 0.3) to the BCE of binary "
-                   "attributes, with this weight (loss.f_measure); not on SA-softmax heads")
+                   help="""add the relaxed F-measure loss (beta^2 = loss.f_measure_beta2, default 0.3) to the BCE of
+                       binary attributes, with this weight (loss.f_measure); not on SA-softmax heads""")
     p.add_argument("--f-measure-variant", choices=("floss", "logfloss"),
                    help="1 - F (floss, default) or -log F (logfloss) (loss.f_measure_variant)")
     p.add_argument("--center-loss", type=float, metavar="WEIGHT",
-                   help="add the center loss on the head embeddings of SINGLE-LABEL heads only (identity and categorical "
-                   "tasks), with this weight (loss.center); the centres move at their own rate loss.center_alpha")
+                   help="""add the center loss on the head embeddings of SINGLE-LABEL heads only (identity and
+                       categorical tasks), with this weight (loss.center); the centres move at their own rate
+                       loss.center_alpha""")
     p.add_argument("--contrastive-center-loss", type=float, metavar="WEIGHT",
-                   help="add the contrastive-center loss (delta = loss.contrastive_delta, default 1) on single-label heads "
-                   "only (identity and categorical tasks), with this weight (loss.contrastive_center)")
+                   help="""add the contrastive-center loss (delta = loss.contrastive_delta, default 1) on
+                       single-label heads only (identity and categorical tasks), with this weight
+                       (loss.contrastive_center)""")
     p.add_argument("--exclusive", type=float, metavar="WEIGHT",
-                   help="add exclusive regularisation of the classifier weights of single-label heads only (identity and "
-                   "categorical tasks), with this weight (loss.exclusive)")
+                   help="""add exclusive regularisation of the classifier weights of single-label heads only
+                       (identity and categorical tasks), with this weight (loss.exclusive)""")
     p.add_argument("--slim", type=float, metavar="RATIO",
-                   help="L1 on the trunk's BatchNorm scales whose coefficient adapts itself (Liu et al. 2017, with a feedback rule) until this share "
-                   "of channels is sparse, ready for `attributes prune` (slim.target; alexnet_bn trunk only)")
+                   help="""L1 on the trunk's BatchNorm scales whose coefficient adapts itself (Liu et al. 2017, with
+                       a feedback rule) until this share of channels is sparse, ready for `attributes prune`
+                       (slim.target; alexnet_bn trunk only)""")
     p.add_argument("--teacher", metavar="CKPT",
-                   help="also learn from this trained model's outputs on every head (knowledge distillation, "
-                   "distill.teacher; distill.temperature, distill.weight); `attributes distill` adds the baseline")
+                   help="""also learn from this trained model's outputs on every head (knowledge distillation,
+                       distill.teacher; distill.temperature, distill.weight); `attributes distill` adds the baseline""")
     p.add_argument("--members", type=int, metavar="K",
-                   help="train K copies (seeds SEED..SEED+K-1, each in OUT/members/k, each on the full step budget) and "
-                        "average their outputs into one model in OUT/checkpoints (members)")
+                   help="""train K copies (seeds SEED..SEED+K-1, each in OUT/members/k, each on the full step
+                       budget) and average their outputs into one model in OUT/checkpoints (members)""")
     p.set_defaults(func=_run_train)
 
-    p = sub.add_parser(
-        "eval",
-        help="accuracy, balanced accuracy, age MAE/CS(5), grades and risk-coverage of a trained model",
-        description="Evaluate an attribute checkpoint on held-out faces and write OUT/report.md, OUT/results.json and "
-        "PNG plots (per-attribute accuracy, confusion matrices, risk-coverage curves). By default every dataset the "
-        "model was trained on is read and split exactly as in training and its test split is used. Selective "
-        "prediction compares SA-softmax confidence (SA heads) with the max-softmax confidence of the same model and, "
-        "with --compare, with a separately trained plain-softmax model; the report says which has the lower AURC.",
-    )
+    p = add_command(
+        sub, "eval", "accuracy, balanced accuracy, age MAE/CS(5), grades and risk-coverage of a trained model",
+        """Evaluate an attribute checkpoint on held-out faces and write OUT/report.md, OUT/results.json
+        and PNG plots (per-attribute accuracy, confusion matrices, risk-coverage curves). By default every
+        dataset the model was trained on is read and split exactly as in training and its test split is used.
+        Selective prediction compares SA-softmax confidence (SA heads) with the max-softmax confidence of the
+        same model and, with --compare, with a separately trained plain-softmax model; the report says which has
+        the lower AURC.""")
     p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan attributes train`")
     p.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and the plots")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="which split to evaluate (default test)")
@@ -98,41 +97,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", metavar="NAME=ROOT", help="evaluate on this dataset instead (cross-domain), e.g. lfw=/data/lfw")
     p.add_argument("--head", help="with --dataset: which trained head to apply (default: the first)")
     p.add_argument("--work-dir", type=Path, help="where aligned caches of --dataset go (default: the run folder)")
-    p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass (default 256)")
-    p.add_argument("--device", default="cpu", help="device (default cpu)")
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA copy")
+    add_runtime_options(p, batch_size=256)
     p.add_argument("--explain", type=int, default=0, metavar="N",
-                   help="add Grad-CAM overlays of N test faces per dataset to the report, with the randomised-head "
-                   "sanity check (default 0: none)")
+                   help="""add Grad-CAM overlays of N test faces per dataset to the report, with the randomised-head
+                       sanity check (default 0: none)""")
     p.add_argument("--explain-tasks", help="comma-separated tasks for --explain (default: each head's first six)")
     p.set_defaults(func=_run_eval)
 
-
-    p = sub.add_parser(
-        "predict",
-        help="align raw photos and predict every attribute with its confidence grade",
-        description="Align each photo with the MTCNN aligner (the template and size the model was trained with), run "
-        "one dataset head of the model, and write JSON: per image and task the prediction, probability, confidence "
-        "and grade S/A/B/C/D. Unreadable files and photos with no face are listed with their reason.",
-    )
+    p = add_command(sub, "predict", "align raw photos and predict every attribute with its confidence grade",
+        """Align each photo with the MTCNN aligner (the template and size the model was trained with),
+        run one dataset head of the model, and write JSON: per image and task the prediction, probability,
+        confidence and grade S/A/B/C/D. Unreadable files and photos with no face are listed with their reason.""")
     p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan attributes train`")
     p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders of images")
     p.add_argument("--head", help="which dataset's head to use (default: the first one trained)")
     p.add_argument("--out", type=Path, help="write the JSON here (default: print it)")
-    p.add_argument("--batch-size", type=int, default=32, help="photos aligned and predicted per batch (default 32)")
-    p.add_argument("--device", default="cpu", help="device for alignment and the model (default cpu)")
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA copy")
+    add_runtime_options(p, batch_size=32, batch_help="photos aligned and predicted per batch")
     p.set_defaults(func=_run_predict)
 
-
-    p = sub.add_parser(
-        "verify",
-        help="face verification accuracy of an identity model on unseen people (LFW protocol, ROC)",
-        description="Verify pairs of faces of people held out from training, with the embedding of a model trained "
-        "with `attributes train --identity`. Same- and different-person pairs are drawn deterministically in "
-        "person-disjoint folds and saved as OUT/pairs.txt in LFW's format; each fold is scored with the threshold "
-        "that is best on the other folds. Writes OUT/results.json, OUT/report.md and OUT/roc.png.",
-    )
+    p = add_command(
+        sub, "verify", "face verification accuracy of an identity model on unseen people (LFW protocol, ROC)",
+        """Verify pairs of faces of people held out from training, with the embedding of a model trained
+        with `attributes train --identity`. Same- and different-person pairs are drawn deterministically in
+        person-disjoint folds and saved as OUT/pairs.txt in LFW's format; each fold is scored with the threshold
+        that is best on the other folds. Writes OUT/results.json, OUT/report.md and OUT/roc.png.""")
     p.add_argument("checkpoint", type=Path, help="a checkpoint of `facegan attributes train --identity`")
     p.add_argument("--out", type=Path, required=True, help="folder for pairs.txt, results.json, report.md and roc.png")
     p.add_argument("--on", help="which of the model's datasets to draw people from (default: the first with an identity head)")
@@ -143,20 +131,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment and the pair draw")
     p.add_argument("--pairs-file", type=Path, help="use the pairs of this pairs.txt instead of drawing new ones")
     p.add_argument("--work-dir", type=Path, help="where aligned caches go (default: the run folder)")
-    p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass (default 256)")
-    p.add_argument("--device", default="cpu", help="device (default cpu)")
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA copy")
+    add_runtime_options(p, batch_size=256)
     p.set_defaults(func=_run_verify)
 
-
-    p = sub.add_parser(
-        "explain",
-        help="Grad-CAM heat maps of chosen heads on aligned photos, with a randomised-head sanity check",
-        description="Align each photo as `predict` does and draw, for each chosen task, where the head looks: "
-        "Grad-CAM on a trunk layer (default: the last convolutional block), explaining the predicted answer. "
-        "The sanity check of Adebayo et al. re-draws the head's weights at random and draws the maps again: maps "
-        "that explain the head change (low rank correlation). Writes OUT/gradcam.png and OUT/gradcam.json.",
-    )
+    p = add_command(
+        sub, "explain", "Grad-CAM heat maps of chosen heads on aligned photos, with a randomised-head sanity check",
+        """Align each photo as `predict` does and draw, for each chosen task, where the head looks:
+        Grad-CAM on a trunk layer (default: the last convolutional block), explaining the predicted answer. The
+        sanity check of Adebayo et al. re-draws the head's weights at random and draws the maps again: maps that
+        explain the head change (low rank correlation). Writes OUT/gradcam.png and OUT/gradcam.json.""")
     p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan attributes train`")
     p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", type=Path, required=True, help="folder for gradcam.png and gradcam.json")
@@ -165,22 +148,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", help="trunk layer name to take the activations from (default: the trunk's last conv block)")
     p.add_argument("--no-sanity", action="store_true", help="skip the randomised-head sanity check")
     p.add_argument("--seed", type=int, default=0, help="seed of the randomised head (default 0)")
-    p.add_argument("--device", default="cpu", help="device (default cpu)")
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA copy")
+    add_runtime_options(p)
     p.set_defaults(func=_run_explain)
 
-
-    p = sub.add_parser(
-        "prune",
-        help="remove the trunk channels with the smallest BN scales, fine-tune, and measure size, speed and accuracy",
-        description="Network slimming, second half. Train first with L1 on the trunk's BatchNorm scales "
-        "(`attributes train --slim RATIO`: the adaptive coefficient (Zhao 2020, ch. 5) reaches that share of sparse "
-        "channels by itself; --set slim.adaptive=false slim.l1=X for a fixed coefficient). This command then "
-        "removes the RATIO of trunk channels with the smallest |gamma| under one global threshold, rebuilds a smaller "
-        "model that loads as an ordinary checkpoint (OUT/pruned.pt), fine-tunes it (OUT/finetune/), and reports "
-        "parameters, FLOPs, CPU images/s (measured side by side in this run) and accuracy before and after "
-        "(OUT/prune.md, OUT/prune.json). Only the alexnet_bn trunk can be pruned.",
-    )
+    p = add_command(
+        sub, "prune", "remove the trunk channels with the smallest BN scales, fine-tune, and measure size, speed and accuracy",
+        """Network slimming, second half. Train first with L1 on the trunk's BatchNorm scales
+        (`attributes train --slim RATIO`: the adaptive coefficient (Zhao 2020, ch. 5) reaches that share of
+        sparse channels by itself; --set slim.adaptive=false slim.l1=X for a fixed coefficient). This command
+        then removes the RATIO of trunk channels with the smallest |gamma| under one global threshold, rebuilds
+        a smaller model that loads as an ordinary checkpoint (OUT/pruned.pt), fine-tunes it (OUT/finetune/), and
+        reports parameters, FLOPs, CPU images/s (measured side by side in this run) and accuracy before and
+        after (OUT/prune.md, OUT/prune.json). Only the alexnet_bn trunk can be pruned.""")
     p.add_argument("checkpoint", type=Path, help="a checkpoint of `attributes train` (ideally trained with --slim)")
     p.add_argument("--out", type=Path, required=True, help="folder for pruned.pt, finetune/, prune.md and prune.json")
     p.add_argument("--ratio", type=float, default=0.5, help="share of the trunk's channels to remove (default 0.5)")
@@ -188,22 +167,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-steps", type=int, default=500, help="fine-tuning steps after pruning (default 500; 0: none)")
     p.add_argument("--split", default="test", choices=("val", "test"), help="split for the accuracies (default test)")
     p.add_argument("--weights", default="raw", choices=("raw", "ema"),
-                   help="prune the trained weights (raw, default: the ones the L1 made sparse) or their moving average "
-                   "(ema, whose BN scales lag the L1); 'original' in the report is the same weights")
-    p.add_argument("--threads", type=int, help="torch CPU threads for fine-tuning and timing")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar while fine-tuning")
+                   help="""prune the trained weights (raw, default: the ones the L1 made sparse) or their moving
+                       average (ema, whose BN scales lag the L1); 'original' in the report is the same weights""")
+    add_runtime_options(p, device=None, raw=False, progress=True)
     p.set_defaults(func=_run_prune)
 
-
-    p = sub.add_parser(
-        "distill",
-        help="train a smaller student from a trained teacher's outputs, beside the same student trained alone",
-        description="Knowledge distillation on every head: KL at temperature T for binary, categorical and SA-softmax "
-        "heads (SA over all N+1 outputs), L2 to the teacher's value for age. The student is the teacher's run config "
-        "with its trunk at half width, changed further by --set (e.g. --set model.trunk.width=0.125). Trains "
-        "OUT/student (with the teacher) and OUT/alone (same student, config, seed and steps, labels only), evaluates "
-        "them and the teacher, and writes OUT/distill.md and OUT/distill.json.",
-    )
+    p = add_command(
+        sub, "distill", "train a smaller student from a trained teacher's outputs, beside the same student trained alone",
+        """Knowledge distillation on every head: KL at temperature T for binary, categorical and
+        SA-softmax heads (SA over all N+1 outputs), L2 to the teacher's value for age. The student is the
+        teacher's run config with its trunk at half width, changed further by --set (e.g. --set
+        model.trunk.width=0.125). Trains OUT/student (with the teacher) and OUT/alone (same student, config,
+        seed and steps, labels only), evaluates them and the teacher, and writes OUT/distill.md and
+        OUT/distill.json.""")
     p.add_argument("teacher", type=Path, help="a checkpoint of `attributes train`")
     p.add_argument("--out", type=Path, required=True, help="folder for student/, alone/, the evaluations and distill.md")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -213,8 +189,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="training steps of each student (default: the teacher's)")
     p.add_argument("--no-baseline", action="store_true", help="do not train the student alone")
     p.add_argument("--split", default="test", choices=("val", "test"), help="split for the comparison (default test)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_runtime_options(p, device=None, raw=False, progress=True)
     p.set_defaults(func=_run_distill)
 
 
@@ -342,9 +317,7 @@ def _run_explain(args: argparse.Namespace) -> int:
 
 def _run_prune(args: argparse.Namespace) -> int:
     from attributes.prune import prune_checkpoint
-    from engine.device import configure_threads
 
-    configure_threads(args.threads)
     report = prune_checkpoint(args.checkpoint, args.out, args.ratio, args.min_keep, args.finetune_steps, args.split,
                               args.threads, not args.no_progress, args.weights)
     print(f"channels {report['channels']['original']} -> {report['channels']['pruned']}; parameters "

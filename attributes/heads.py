@@ -1,6 +1,6 @@
 """Heads built from data_prep label schemas, and what their outputs mean.
 
-Every dataset gets its own sub-network on the shared trunk's feature map (SPEC §5):
+Every dataset gets its own sub-network on the shared trunk's feature map (Yu 2017, sec. 3.5):
 3x3 conv -> 1x1 conv -> fc_feature -> one output layer per task group. A task group is
 - all binary attributes of the dataset together (one linear layer, T outputs, or 3T with
   SA-softmax: "no", "yes" and "unrecognizable" for each attribute);

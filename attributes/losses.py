@@ -1,18 +1,18 @@
-"""Joint-supervision losses of SPEC §7: terms added, with a weight, to a head's softmax or BCE loss.
+"""Joint-supervision losses (Zhao 2020; Tong 2024): terms added, with a weight, to a head's softmax or BCE loss.
 
 Feature-space losses, for single-label heads (identity and categorical tasks), on the head's
 fc_feature output x_i (before dropout) with label y_i and learned class centres c_j:
 - center loss (Wen et al., ECCV 2016): 1/2 ||x_i - c_{y_i}||^2. Its centres follow Wen's own
   update rule, at their own rate alpha, rather than the optimizer (`update_centers`);
-- contrastive-center loss (Qi & Su 2017; seed 004, eq. 7):
+- contrastive-center loss (Qi & Su 2017; Tong 2024, eq. 7):
   1/2 ||x_i - c_{y_i}||^2 / (sum_{j != y_i} ||x_i - c_j||^2 + delta), delta = 1. Its centres are
   trained by gradient descent with the network, as the seed says;
-- exclusive regularisation (seed 000, ch. 4, eq. 4.16), on the classifier's weight rows W_n:
+- exclusive regularisation (Zhao 2020, ch. 4, eq. 4.16), on the classifier's weight rows W_n:
   mean over classes n of max_{m != n} cos(W_n, W_m). It pushes every class's weight away from
   its nearest neighbour, so features of different classes spread apart.
 
 For binary attributes:
-- relaxed F-measure loss (seed 000, ch. 3, eqs. 3.10-3.14): with probabilities p_i and labels
+- relaxed F-measure loss (Zhao 2020, ch. 3, eqs. 3.10-3.14): with probabilities p_i and labels
   y_i, TP = sum p y, FP = sum p (1 - y), FN = sum (1 - p) y, and
   F = (1 + b2) TP / (b2 (TP + FN) + TP + FP), b2 = beta^2 = 0.3; the loss is 1 - F ("floss") or
   -log F ("logfloss"), computed per attribute over the batch, then averaged over attributes.
@@ -49,7 +49,7 @@ def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Ten
 
 def contrastive_center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor,
                             delta: float = 1.0, reduction: str = "mean") -> torch.Tensor:
-    """1/2 ||x_i - c_{y_i}||^2 / (sum_{j != y_i} ||x_i - c_j||^2 + delta) per sample (seed 004, eq. 7)."""
+    """1/2 ||x_i - c_{y_i}||^2 / (sum_{j != y_i} ||x_i - c_j||^2 + delta) per sample (Tong 2024, eq. 7)."""
     # squared differences, not cdist: cdist's gradient is undefined at zero distance
     distances = (features.unsqueeze(1) - centers.unsqueeze(0)).pow(2).sum(-1)
     own = distances.gather(1, labels.view(-1, 1)).squeeze(1)

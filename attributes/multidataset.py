@@ -1,6 +1,6 @@
 """Dataset-parallel batches and loss weighting.
 
-Every training step draws one batch from each dataset (SPEC §5). `ParallelDatasets` presents
+Every training step draws one batch from each dataset (Yu 2017, sec. 3.7.2). `ParallelDatasets` presents
 that to the Trainer as a single map-style dataset: item `i` is a dict with one sample of every
 dataset, so the Trainer's seeded, sharded, resumable sampler drives all of them at once and a
 collated batch is {dataset: {"image", "targets", "mask", "index"}}.

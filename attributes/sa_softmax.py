@@ -1,4 +1,4 @@
-"""SA-softmax (self-assessment softmax) with dynamic tags (SPEC §5).
+"""SA-softmax (self-assessment softmax) with dynamic tags (Yu 2017, sec. 3.6).
 
 A classifier over N classes gets one more output, class index N ("unrecognizable", the
 N+1-th class of the thesis). Every (training image, task) pair carries a 4-tuple
@@ -86,7 +86,7 @@ class SATagState:
         true_labels: `[num_images, num_tasks]` class indices; ignored where `valid` is False.
         valid: `[num_images, num_tasks]` which entries have a label. Entries without one are
             never counted or relabelled and their current label is always -1.
-        threshold: accuracy in a window below which a tag flips (SPEC: 0.5).
+        threshold: accuracy in a window below which a tag flips (the thesis's: 0.5).
 
     Labels are kept as int16 and counters as int32: CelebA (202,599 x 40) then costs ~100 MB
     instead of ~260 MB, in memory and in every checkpoint.

@@ -1,11 +1,11 @@
-"""Network slimming (Liu et al., ICCV 2017) of the AlexNet-BN trunk, with seed 000's adaptive L1 rule.
+"""Network slimming (Liu et al., ICCV 2017) of the AlexNet-BN trunk, with Zhao's (2020, ch. 5) adaptive L1 rule.
 
 Training (`SlimConfig`, an option of `attributes train`): L1 on the BatchNorm scales of the trunk,
 lambda * sum |gamma|, added to the loss. A channel counts as sparse when |gamma| < tau * max |gamma|
-(tau = 0.05, seed 000 eq. 5.2), the maximum taken over the whole trunk ("global", as network
-slimming compares channels across layers) or within its layer ("per_layer", seed 000's own
+(tau = 0.05, Zhao 2020, eq. 5.2), the maximum taken over the whole trunk ("global", as network
+slimming compares channels across layers) or within its layer ("per_layer", Zhao's own
 rule); the sparsity P is the share of sparse channels (eq. 5.3). With `adaptive`, lambda starts
-at `l1` and, every `adjust_every` steps (t of N checks), follows seed 000's algorithm 5.6:
+at `l1` and, every `adjust_every` steps (t of N checks), follows Zhao's algorithm 5.6:
     if P_t - P_{t-1} < (r - P_{t-1}) / (N - t + 1):  raise lambda   (not on course for r)
     elif P_t > r:                                     lower lambda   (past it)
 so that the requested share r of channels ends below the threshold without a hand-tuned lambda.
@@ -48,14 +48,14 @@ __all__ = ["SlimConfig", "AdaptiveL1", "slimmable_units", "bn_scales", "l1_of_sc
 @dataclass
 class SlimConfig:
     target: float = 0.0  # share of trunk channels to make sparse (r); 0 switches slimming off
-    adaptive: bool = True  # seed 000's adaptive lambda; False: network slimming's fixed lambda = l1
+    adaptive: bool = True  # Zhao's (2020) adaptive lambda; False: network slimming's fixed lambda = l1
     l1: float = 0.0  # the fixed lambda, or the adaptive lambda's start
-    step: str = "geometric"  # geometric: lambda *= or /= (1 + growth) | additive: lambda +-= delta (seed 000)
+    step: str = "geometric"  # geometric: lambda *= or /= (1 + growth) | additive: lambda +-= delta (Zhao 2020)
     delta: float = 2e-5  # additive: the step of lambda; geometric: the first non-zero lambda
     growth: float = 0.25  # geometric: the relative change of lambda per check
     adjust_every: int = 50  # steps between sparsity checks (the seed checks once per epoch)
     tau: float = 0.05  # a channel is sparse when |gamma| < tau * max |gamma|
-    scope: str = "global"  # global (max over the trunk) | per_layer (max within each layer, seed 000's rule)
+    scope: str = "global"  # global (max over the trunk) | per_layer (max within each layer, Zhao's rule)
 
 
 def slimmable_units(model) -> list[nn.Sequential]:
@@ -90,7 +90,7 @@ def sparsity(model, tau: float = 0.05, scope: str = "global") -> float:
 
 
 class AdaptiveL1:
-    """lambda and its adjustment (seed 000, algorithm 5.6); its state goes into the checkpoint."""
+    """lambda and its adjustment (Zhao 2020, algorithm 5.6); its state goes into the checkpoint."""
 
     def __init__(self, config: SlimConfig, max_steps: int):
         if not 0.0 < config.target < 1.0:

@@ -4,7 +4,7 @@ Per step: the images of every dataset's batch are concatenated, augmented, and p
 the trunk ONCE; each dataset's slice goes to its heads; each (dataset, task group) term's loss
 is computed on the labelled entries only; the terms are combined (fixed or uncertainty
 weights); one optimizer step. With SA-softmax, the step also keeps each dataset's per-image
-tag state (SPEC §5) and closes a counting window whenever that dataset has been seen for
+tag state (Yu 2017, sec. 3.6.2) and closes a counting window whenever that dataset has been seen for
 `window_epochs` more epochs; the state is part of the checkpoint.
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ class LossConfig:
     # 5 faces of a batch of 64 weighs as much as one labelled on all 64 (each of its labels ~13x).
     # by_coverage: that mean times the labelled share of the batch, so every label weighs the same.
     sparse_labels: str = "per_task"  # per_task | by_coverage
-    # Joint supervision (SPEC §7, attributes/losses.py): each term is added to the total loss with
+    # Joint supervision (attributes/losses.py): each term is added to the total loss with
     # its weight (0: off), outside the fixed or uncertainty weighting of the heads' own losses.
     center: float = 0.0  # center loss on the embeddings of single-label heads (identity, categorical)
     center_alpha: float = 0.5  # the centres' own update rate (Wen et al.'s alpha); the optimizer does not move them

@@ -3,7 +3,7 @@
 A trunk maps a (B, 3, S, S) face to a feature map (B, C, H, W); every dataset's head reads that
 same map. `build_trunk` returns the module together with C and H so heads can be sized.
 
-AlexNet-BN (SPEC §5): five ConvUnits (conv + BN + ReLU) with 3x3/stride-2 max pooling after the
+AlexNet-BN (Yu 2017, sec. 3.7.1): five ConvUnits (conv + BN + ReLU) with 3x3/stride-2 max pooling after the
 first, second and fifth. At 224/256 px it is the thesis's layout (11x11/4, 5x5, 3x3 x3). For
 small inputs the first conv becomes stride 1 ("stride-1 convs in the transfer experiment"):
 at 64 px an 11x11/4 conv would leave a 15x15 map after one layer and 1x1 after the last pool.

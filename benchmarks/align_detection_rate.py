@@ -106,15 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = configure_threads(args.threads)
     root = (args.data_root or default_data_root()).resolve()
-    config = AlignConfig(
-        template=args.template,
-        output_size=args.output_size,
-        min_score=args.min_score,
-        min_face_size=args.min_face_size,
-        retry=args.retry,
-        device=args.device,
-        batch_size=args.batch_size,
-    )
+    config = AlignConfig(template=args.template, output_size=args.output_size, min_score=args.min_score,
+                         min_face_size=args.min_face_size, retry=args.retry, device=args.device, batch_size=args.batch_size)
     aligner = FaceAligner(config)
     print(f"data root {root}; device {aligner.device}; torch threads {threads}; limit {args.limit}")
     print(f"config {json.dumps(config.to_dict())}")

@@ -17,18 +17,17 @@ from data_prep.datasets.record import SPLITS
 from data_prep.datasets.registry import available_datasets
 from data_prep.datasets.textio import DatasetOptionError
 from data_prep.synthetic import DOMAINS, SyntheticConfig
+from engine.options import add_command, add_runtime_options
 
 __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_align(subparsers)
-    data = subparsers.add_parser(
-        "data",
-        help="inspect datasets, generate the built-in synthetic faces, build aligned-face caches",
-        description="Dataset utilities: `info` reads a dataset and prints its counts, `synth` writes "
-        "the built-in synthetic face dataset, `cache` aligns a dataset once into memory-mapped shards.",
-    )
+    data = add_command(
+        subparsers, "data", "inspect datasets, generate the built-in synthetic faces, build aligned-face caches",
+        """Dataset utilities: `info` reads a dataset and prints its counts, `synth` writes the built-in
+        synthetic face dataset, `cache` aligns a dataset once into memory-mapped shards.""")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     _register_info(data_sub)
     _register_synth(data_sub)
@@ -38,23 +37,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------ align
 def _register_align(subparsers: argparse._SubParsersAction) -> None:
     defaults = AlignConfig()
-    p = subparsers.add_parser(
-        "align",
-        help="detect faces (MTCNN) and warp them onto a 5-point template, resumably",
-        description="Align every image below SRC (recursively), or every image of a dataset with --dataset, "
-        "onto a canonical 5-point face template and write the faces under DST, mirroring SRC's "
-        "relative paths. DST also gets manifest.csv (one row per input: status aligned / center_crop / "
-        "no_face / unreadable, the reason, score, box, landmarks and transform) and summary.json "
-        "(counts and settings). Bad files are recorded with a reason and the run goes on. The run is "
-        "resumable: rerun the same command after an interruption and it continues where it stopped, "
-        "never rewriting a finished output.",
-    )
+    p = add_command(subparsers, "align", "detect faces (MTCNN) and warp them onto a 5-point template, resumably",
+        """Align every image below SRC (recursively), or every image of a dataset with --dataset, onto a
+        canonical 5-point face template and write the faces under DST, mirroring SRC's relative paths. DST also
+        gets manifest.csv (one row per input: status aligned / center_crop / no_face / unreadable, the reason,
+        score, box, landmarks and transform) and summary.json (counts and settings). Bad files are recorded with
+        a reason and the run goes on. The run is resumable: rerun the same command after an interruption and it
+        continues where it stopped, never rewriting a finished output.""")
     p.add_argument("src", metavar="SRC", help="folder of images, or the dataset root when --dataset is given")
     p.add_argument("dst", metavar="DST", help="output folder (created if missing; reused to resume)")
-    p.add_argument("--dataset", default=None, help="read SRC as this dataset (e.g. celeba, lfw, utkface) via the dataset "
-                   "registry; landmarks the dataset provides are used instead of detection")
-    p.add_argument("--template", default=defaults.template, help=f"face template: one of {template_names()} or a "
-                   f".json/.yaml/.csv file with 5 points and a size (default: {defaults.template})")
+    p.add_argument("--dataset", default=None, help="""read SRC as this dataset (e.g. celeba, lfw, utkface) via the
+        dataset registry; landmarks the dataset provides are used instead of detection""")
+    p.add_argument("--template", default=defaults.template, help=f"""face template: one of {template_names()} or a
+        .json/.yaml/.csv file with 5 points and a size (default: {defaults.template})""")
     p.add_argument("--output-size", type=int, default=defaults.output_size,
                    help=f"side of the square output in pixels (default: {defaults.output_size})")
     p.add_argument("--selection", choices=SELECTIONS, default=defaults.selection,
@@ -62,8 +57,8 @@ def _register_align(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-score", type=float, default=defaults.min_score,
                    help=f"ignore faces MTCNN scores below this (default: {defaults.min_score})")
     p.add_argument("--on-no-face", choices=ON_NO_FACE, default=defaults.on_no_face,
-                   help="skip: record no_face and write nothing; center_crop: write the centred square instead "
-                   f"(default: {defaults.on_no_face})")
+                   help=f"""skip: record no_face and write nothing; center_crop: write the centred square instead
+                       (default: {defaults.on_no_face})""")
     p.add_argument("--min-face-size", type=float, default=defaults.min_face_size,
                    help=f"smallest face to look for, box side in source pixels (default: {defaults.min_face_size:g})")
     p.add_argument("--border", choices=sorted(BORDER_MODES), default=defaults.border,
@@ -71,12 +66,10 @@ def _register_align(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--detect-max-side", type=int, default=defaults.detect_max_side,
                    help=f"detect on a copy of each image whose longer side is at most this (default: {defaults.detect_max_side})")
     p.add_argument("--no-retry", dest="retry", action="store_false",
-                   help="do not re-detect images whose best face scores below --min-score (by default they are retried "
-                   "with relaxed MTCNN thresholds and on a padded canvas)")
-    p.add_argument("--device", default=defaults.device, help=f"auto, cpu, cuda, cuda:N or mps (default: {defaults.device})")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                   help=f"images per detection/warp batch (default: {defaults.batch_size})")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: $FACEGAN_THREADS, else all cores)")
+                   help="""do not re-detect images whose best face scores below --min-score (by default they are
+                       retried with relaxed MTCNN thresholds and on a padded canvas)""")
+    add_runtime_options(p, batch_size=defaults.batch_size, batch_help="images per detection/warp batch",
+                        device=defaults.device, raw=False)
     p.add_argument("--limit", type=int, default=None, help="align only the first N inputs in sorted order")
     p.add_argument("--format", dest="fmt", choices=OUTPUT_FORMATS, default="png",
                    help="output image format: png (lossless, default) or jpg")
@@ -86,9 +79,7 @@ def _register_align(subparsers: argparse._SubParsersAction) -> None:
 
 def _align(args: argparse.Namespace) -> int:
     from data_prep.align.folder import align_folder, format_summary
-    from engine.device import configure_threads
 
-    configure_threads(args.threads)
     config = AlignConfig(template=args.template, output_size=args.output_size, selection=args.selection,
                          min_score=args.min_score, on_no_face=args.on_no_face, min_face_size=args.min_face_size,
                          device=args.device, batch_size=args.batch_size, border=args.border,
@@ -102,13 +93,10 @@ def _align(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ data info
 def _register_info(data_sub: argparse._SubParsersAction) -> None:
-    p = data_sub.add_parser(
-        "info",
-        help="read a dataset and print its splits, tasks and skipped samples",
-        description="Read a dataset with its reader and print the number of images and identities per split, "
-        "each task's kind with its coverage and positive rate, class counts or value range, and "
-        "the samples that were skipped with the reason. Datasets: " + ", ".join(available_datasets()) + ".",
-    )
+    p = add_command(data_sub, "info", "read a dataset and print its splits, tasks and skipped samples",
+        f"""Read a dataset with its reader and print the number of images and identities per split, each
+        task's kind with its coverage and positive rate, class counts or value range, and the samples that were
+        skipped with the reason. Datasets: {", ".join(available_datasets())}.""")
     p.add_argument("name", help="dataset reader name: " + ", ".join(available_datasets()))
     p.add_argument("root", help="the dataset's root folder (as downloaded)")
     p.add_argument("--split", default=None, help="only this split: train, val or test (default: all)")
@@ -140,14 +128,11 @@ def _info(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ data synth
 def _register_synth(data_sub: argparse._SubParsersAction) -> None:
     defaults = SyntheticConfig()
-    p = data_sub.add_parser(
-        "synth",
-        help="write the built-in synthetic face dataset",
-        description="Draw procedural cartoon faces with known labels (Smiling, Eyeglasses, Male, Bangs, "
-        "Wearing_Hat, Hair_Color, Age), 5 landmarks and identities, in a clean 'studio' and a degraded "
-        "'wild' domain. Writes OUT/images/<domain>/*.png, OUT/labels.csv and OUT/schema.json. Rerunning "
-        "with the same options reuses a complete dataset; an interrupted one is regenerated.",
-    )
+    p = add_command(data_sub, "synth", "write the built-in synthetic face dataset",
+        """Draw procedural cartoon faces with known labels (Smiling, Eyeglasses, Male, Bangs,
+        Wearing_Hat, Hair_Color, Age), 5 landmarks and identities, in a clean 'studio' and a degraded 'wild'
+        domain. Writes OUT/images/<domain>/*.png, OUT/labels.csv and OUT/schema.json. Rerunning with the same
+        options reuses a complete dataset; an interrupted one is regenerated.""")
     p.add_argument("out", type=Path, help="output folder (created; must be empty or a previous synth output)")
     p.add_argument("--num-identities", type=int, default=defaults.num_identities,
                    help=f"number of people (default {defaults.num_identities})")
@@ -158,7 +143,7 @@ def _register_synth(data_sub: argparse._SubParsersAction) -> None:
                    help="domains to draw (default: studio wild)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default 0)")
     p.add_argument("--preview", type=Path, default=None, help="also write a PNG grid of samples of every domain with their labels")
-    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    add_runtime_options(p, device=None, threads=False, raw=False, progress=True)
     p.set_defaults(func=_synth)
 
 
@@ -176,14 +161,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ data cache
 def _register_cache(data_sub: argparse._SubParsersAction) -> None:
-    p = data_sub.add_parser(
-        "cache",
-        help="align a dataset once into memory-mapped uint8 shards for fast training",
-        description="Read a dataset, align every face with the MTCNN aligner (or, with --no-align, only "
-        "centre-crop and resize already-aligned images) and store the faces with their labels in OUT as "
-        "raw uint8 shards plus index.json. Unreadable images and images without a face are left out and "
-        "listed in index.json. An interrupted build resumes; a cache of another source is rebuilt.",
-    )
+    p = add_command(data_sub, "cache", "align a dataset once into memory-mapped uint8 shards for fast training",
+        """Read a dataset, align every face with the MTCNN aligner (or, with --no-align, only
+        centre-crop and resize already-aligned images) and store the faces with their labels in OUT as raw uint8
+        shards plus index.json. Unreadable images and images without a face are left out and listed in
+        index.json. An interrupted build resumes; a cache of another source is rebuilt.""")
     p.add_argument("out", type=Path, help="cache folder to create (or resume, or reuse)")
     p.add_argument("--dataset", required=True,
                    help="dataset reader name (celeba, lfw, utkface, ... or synthetic); see `facegan data info --help`")
@@ -196,10 +178,9 @@ def _register_cache(data_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=SPLITS, default=None, help="cache only this split (default: all)")
     p.add_argument("--shard-size", type=int, default=None, help="faces per shard file (default: about 64 MiB per shard)")
     p.add_argument("--workers", type=int, default=2, help="threads that decode images (default 2; 0 = none)")
-    p.add_argument("--device", default="auto", help="device for detection and warping (auto, cpu, cuda)")
     p.add_argument("--on-stale", choices=("rebuild", "error"), default="rebuild",
                    help="what to do when OUT holds a cache of another source (default rebuild)")
-    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    add_runtime_options(p, device="auto", raw=False, progress=True)
     p.set_defaults(func=_cache)
 
 

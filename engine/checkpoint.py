@@ -19,6 +19,7 @@ __all__ = [
     "load_checkpoint",
     "config_fingerprint",
     "module_weights",
+    "file_sha256",
     "CheckpointError",
 ]
 
@@ -90,3 +91,12 @@ def module_weights(state: dict[str, Any], name: str, use_ema: bool = True, where
     if weights is None:
         raise CheckpointError(f"{where} holds no weights of a module {name!r}")
     return weights, False
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB chunks (weights files are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

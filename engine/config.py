@@ -1,8 +1,8 @@
 """Dataclass configs as the single source of truth, with YAML presets and `a.b=c` overrides.
 
-A run config may rename a top-level section: it lists the old names in a `LEGACY_SECTIONS`
-class attribute ({"train": "trainer"}), and files, overrides and checkpoints that use an old
-name load under the new one with a one-line warning.
+Every run config calls its engine section `trainer`; facegan 0.1 called it `train` in the GAN
+and SR configs. Files, overrides and checkpoints that use the old name load under the new one,
+with a one-line warning.
 """
 from __future__ import annotations
 
@@ -139,8 +139,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# Section names of facegan 0.1 -> today's, read wherever a config has the new one and not the old.
+_RENAMED_SECTIONS = {"train": "trainer"}
+
+
 def _legacy_sections(cls: type) -> dict[str, str]:
-    return dict(getattr(cls, "LEGACY_SECTIONS", None) or {})
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    return {old: new for old, new in _RENAMED_SECTIONS.items() if new in names and old not in names}
 
 
 def _rename_legacy_sections(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:

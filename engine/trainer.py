@@ -38,7 +38,7 @@ from engine.errors import FaceganError
 from engine.logging import RunLogger, plot_curves
 from engine.reproducibility import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 
-__all__ = ["Step", "StepContext", "TrainerConfig", "Trainer", "NonFiniteError", "ResumeError"]
+__all__ = ["Step", "SeededStep", "StepContext", "TrainerConfig", "Trainer", "NonFiniteError", "ResumeError"]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,27 @@ class StepContext:
         scaler.step(optimizer)
         scaler.update()
         return float(norm)
+
+
+class SeededStep:
+    """A base for steps that draw randomness of their own (noise, degradations, penalties).
+
+    `setup` keeps the context and draws `seed_base` from the global RNG that the Trainer has just
+    seeded: it follows the run's seed, is the same on every rank, and is the same on a resume
+    (setup runs before the RNG state is restored). A step re-seeds `rng` (a generator on its
+    device) from `seed_base`, the rank and the step, so a resumed run draws exactly what an
+    uninterrupted one would, with no extra state. Subclasses build `self._optimizers`.
+    """
+
+    _optimizers: dict[str, Optimizer]
+
+    def optimizers(self) -> dict[str, Optimizer]:
+        return self._optimizers
+
+    def setup(self, ctx: StepContext) -> None:
+        self.ctx = ctx
+        self.seed_base = int(torch.randint(0, 2**62, (1,)).item())
+        self.rng = torch.Generator(device=ctx.device)
 
 
 class Trainer:

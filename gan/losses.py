@@ -34,6 +34,7 @@ __all__ = [
     "HingeLoss",
     "GAN_LOSSES",
     "get_gan_loss",
+    "critic_update",
     "gradient_penalty",
     "reconstruction_loss",
     "BEGANLoss",
@@ -41,9 +42,11 @@ __all__ = [
 
 
 class AdversarialLoss:
-    """A GAN objective: the discriminator's loss, the generator's loss and an optional penalty."""
+    """A GAN objective: the discriminator's loss, the generator's loss and an optional gradient
+    penalty on the discriminator, of weight `gp_weight` (None: the objective has none)."""
 
     name: str = ""
+    gp_weight: float | None = None
 
     def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -51,17 +54,13 @@ class AdversarialLoss:
     def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def penalty(
-        self,
-        critic: Callable[[torch.Tensor], torch.Tensor],
-        real: torch.Tensor,
-        fake: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor | None:
-        """A regulariser added to the discriminator loss, or None when the objective has none.
-
-        `generator` supplies any randomness the penalty needs (the global RNG by default)."""
-        return None
+    def penalty(self, critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """The gradient penalty to add to the discriminator loss, or None when the objective has
+        none. `generator` supplies the interpolation draws (the global RNG by default)."""
+        if self.gp_weight is None:
+            return None
+        return gradient_penalty(critic, real, fake, weight=self.gp_weight, generator=generator)
 
 
 class NonSaturatingLoss(AdversarialLoss):
@@ -106,14 +105,27 @@ class WGANGPLoss(AdversarialLoss):
     def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return -fake_logits.float().mean()
 
-    def penalty(
-        self,
-        critic: Callable[[torch.Tensor], torch.Tensor],
-        real: torch.Tensor,
-        fake: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        return gradient_penalty(critic, real, fake, weight=self.gp_weight, generator=generator)
+
+def critic_update(loss: AdversarialLoss, ctx, name: str, critic: Callable[[torch.Tensor], torch.Tensor],
+                  real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None, grad_norm_key: str
+                  ) -> dict[str, float]:
+    """One update of the discriminator (or critic) registered as `name` in the step context `ctx`:
+    `loss`'s discriminator loss on `real` and `fake` (detached) images, plus its penalty. Real
+    and fake images pass separately, so BatchNorm statistics stay per domain. Returns d_real and
+    d_fake (mean logits), gp and wasserstein (with a penalty), the gradient norm and d_loss."""
+    with ctx.autocast():
+        real_logits = critic(real)
+        fake_logits = critic(fake)
+    d_loss = loss.discriminator_loss(real_logits, fake_logits)
+    metrics = {"d_real": float(real_logits.detach().float().mean()), "d_fake": float(fake_logits.detach().float().mean())}
+    penalty = loss.penalty(critic, real, fake, generator=generator)
+    if penalty is not None:
+        d_loss = d_loss + penalty
+        metrics["gp"] = float(penalty.detach())
+        metrics["wasserstein"] = metrics["d_real"] - metrics["d_fake"]
+    metrics[grad_norm_key] = ctx.optimize(name, d_loss)
+    metrics["d_loss"] = float(d_loss.detach())
+    return metrics
 
 
 GAN_LOSSES: dict[str, type[AdversarialLoss]] = {

@@ -139,3 +139,38 @@ def test_cached_work_keeps_its_fingerprints(tmp_path, monkeypatch):
     cells = {arm: _cell_fingerprint(recipe_for(arm, "studio", "wild", config), 0, config, {"studio": stub, "wild": stub})
              for arm in config.arms}
     assert cells == expected["study_cells"]
+
+
+@pytest.mark.parametrize("old, name, new", [
+    ("gan.sr_step", "SRStep", "gan.sr.step"),
+    ("gan.sr_step", "load_sr_checkpoint", "gan.sr.inference"),
+    ("gan.cli", "GANRunConfig", "gan.generators.config"),
+    ("gan.degrade", "Degradation", "data_prep.degrade"),
+    ("gan.models.srgan", "SRGenerator", "gan.sr.models"),
+    ("attributes.evaluation", "evaluate_checkpoint", "attributes.evaluate"),
+])
+def test_an_old_import_path_warns_and_gives_the_moved_name(old, name, new):
+    import importlib
+    import sys
+
+    for loaded in [name for name in sys.modules if name == old or old.startswith(name + ".")]:
+        if loaded not in ("gan", "attributes"):  # forget the stand-ins (gan.models for gan.models.srgan), not the packages
+            sys.modules.pop(loaded)
+    with pytest.warns(FutureWarning) as warned:
+        module = importlib.import_module(old)
+    assert any(f"{old} has moved" in str(w.message) for w in warned)
+    assert getattr(module, name) is getattr(importlib.import_module(new), name)
+
+
+def test_a_moved_name_warns_from_its_old_module():
+    import attributes.evaluate
+    import attributes.metrics
+    import attributes.train
+
+    with pytest.warns(FutureWarning, match="attributes.inference"):
+        from attributes.train import load_attribute_model
+    with pytest.warns(FutureWarning, match="attributes.metrics"):
+        assert attributes.evaluate.binary_attribute_metrics is attributes.metrics.binary_attribute_metrics
+    from attributes.inference import load_attribute_model as moved
+
+    assert load_attribute_model is moved

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import FaceganError
+from engine.options import add_command, add_runtime_options
 
 __all__ = ["build_parser", "main"]
 
@@ -51,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        # Before any command runs, so that commands without a --threads option (eval, predict,
-        # data cache) also keep to FACEGAN_THREADS beside another job.
+        # Before any command runs: its --threads when it has one, else $FACEGAN_THREADS, so that
+        # no command oversubscribes the cores beside another job.
         from engine.device import configure_threads
 
-        configure_threads()
+        configure_threads(getattr(args, "threads", None))
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
         import os
@@ -74,38 +75,33 @@ def main(argv: list[str] | None = None) -> int:
 def _register_transfer(subparsers: argparse._SubParsersAction) -> None:
     from engine.presets import presets_help
 
-    group = subparsers.add_parser(
-        "transfer",
-        help="cross-domain attribute study: train every arm, test on every domain, report with intervals",
-        description="The cross-domain attribute study of Yu (2017, ch. 4): a study trains each arm (source only, "
-        "target only, SR-mix, bicubic-mix, augment-mix, colour-match, DANN, joint) with the same trunk and step budget "
-        "for every seed, tests each on every domain's identity-disjoint test split, and writes report.html, results.md "
-        "and results.json with balanced accuracy, bootstrap intervals over test people and Holm-corrected comparisons "
-        "against source-only.",
-    )
+    group = add_command(
+        subparsers, "transfer", "cross-domain attribute study: train every arm, test on every domain, report with intervals",
+        """The cross-domain attribute study of Yu (2017, ch. 4): a study trains each arm (source only,
+        target only, SR-mix, bicubic-mix, augment-mix, colour-match, DANN, joint) with the same trunk and step
+        budget for every seed, tests each on every domain's identity-disjoint test split, and writes
+        report.html, results.md and results.json with balanced accuracy, bootstrap intervals over test people
+        and Holm-corrected comparisons against source-only.""")
     sub = group.add_subparsers(dest="transfer_command", metavar="TRANSFER_COMMAND", required=True)
-    p = sub.add_parser(
-        "run",
-        help="run (or resume) a study from a preset or a YAML file",
-        description="Run a study. Settings come from the dataclass defaults (transfer.config.StudyConfig), then "
-        "CONFIG, then the options below, then --set KEY=VALUE. Stages (alignment caches, SR models, transformed face "
-        "sets) and cells (one trained model per recipe and seed) are cached under fingerprints of their settings in "
-        "OUT, so a rerun skips what is done and an interrupted cell resumes from its checkpoint.",
-    )
+    p = add_command(sub, "run", "run (or resume) a study from a preset or a YAML file",
+        """Run a study. Settings come from the dataclass defaults (transfer.config.StudyConfig), then
+        CONFIG, then the options below, then --set KEY=VALUE. Stages (alignment caches, SR models, transformed
+        face sets) and cells (one trained model per recipe and seed) are cached under fingerprints of their
+        settings in OUT, so a rerun skips what is done and an interrupted cell resumes from its checkpoint.""")
     p.add_argument("config", help="the study: " + presets_help("transfer"))
     p.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="DOMAIN=ROOT",
-                   help="where a domain's dataset is (repeatable), e.g. lfw=/data/lfw (domains.DOMAIN.root; "
-                   "default $FACEGAN_DATA/<source>)")
+                   help="""where a domain's dataset is (repeatable), e.g. lfw=/data/lfw (domains.DOMAIN.root;
+                       default $FACEGAN_DATA/<source>)""")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any setting by its dotted path (repeatable), e.g. budget.steps=200 or "
-                   "'arms=[source_only,colour_match]'")
+                   help="""override any setting by its dotted path (repeatable), e.g. budget.steps=200 or
+                       'arms=[source_only,colour_match]'""")
     p.add_argument("--out", help="study folder (out_dir)")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (seeds)")
     p.add_argument("--steps", type=int, help="optimiser steps of every arm (budget.steps)")
     p.add_argument("--threads", type=int, help="torch CPU threads (budget.threads); set it when other jobs share the machine")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (budget.device)")
     p.add_argument("--dry-run", action="store_true", help="check the configuration and list the trainings it needs, then stop")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_runtime_options(p, device=None, threads=False, raw=False, progress=True)
     p.set_defaults(func=_transfer_run)
 
 
@@ -145,29 +141,21 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
     from transfer.demo import DemoConfig
 
     defaults = DemoConfig()
-    p = subparsers.add_parser(
-        "demo",
-        help="run the whole pipeline on built-in data and write report.html",
-        description="Run every part of facegan end to end on the bundled photo and the built-in synthetic faces "
-        "(no downloads), and write report.html and report.md that show the results as pictures and tables.",
-    )
+    p = add_command(subparsers, "demo", "run the whole pipeline on built-in data and write report.html",
+        """Run every part of facegan end to end on the bundled photo and the built-in synthetic faces
+        (no downloads), and write report.html and report.md that show the results as pictures and tables.""")
     p.add_argument("--out", type=Path, default=defaults.out_dir, help=f"output folder (default {defaults.out_dir})")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed for the synthetic data and sampling")
     p.add_argument("--num-identities", type=int, default=defaults.num_identities,
                    help=f"synthetic identities to generate (default {defaults.num_identities})")
     p.add_argument("--images-per-identity", type=int, default=defaults.images_per_identity,
                    help=f"synthetic images per identity and domain (default {defaults.images_per_identity})")
-    p.add_argument("--gan-steps", type=int, default=defaults.gan_steps,
-                   help=f"training steps of the demo's DCGAN (default {defaults.gan_steps}; 0 skips it)")
-    p.add_argument("--sr-steps", type=int, default=defaults.sr_steps,
-                   help=f"training steps of the demo's x4 SR model (default {defaults.sr_steps}; 0 skips it)")
-    p.add_argument("--attribute-steps", type=int, default=defaults.attribute_steps,
-                   help=f"training steps of the demo's attribute model (default {defaults.attribute_steps}; 0 skips it)")
-    p.add_argument("--transfer-steps", type=int, default=defaults.transfer_steps,
-                   help=f"training steps of each arm of the demo's cross-domain study (default {defaults.transfer_steps}; "
-                   "0 skips it)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: $FACEGAN_THREADS or all cores)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    for part, trained in (("gan", "the demo's DCGAN"), ("sr", "the demo's x4 SR model"),
+                          ("attribute", "the demo's attribute model"), ("transfer", "each arm of the demo's study")):
+        default = getattr(defaults, f"{part}_steps")
+        p.add_argument(f"--{part}-steps", type=int, default=default,
+                       help=f"training steps of {trained} (default {default}; 0 skips it)")
+    add_runtime_options(p, device=None, raw=False, progress=True)
     p.set_defaults(func=_demo)
 
 

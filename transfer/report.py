@@ -58,20 +58,21 @@ class Report:
 
     def link(self, path: Path | str, text: str) -> "Report":
         """A link to another file of the run (a sub-report, say), relative to the report."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"linked file {path} does not exist")
-        relative = Path(os.path.relpath(path.resolve(), Path(self.root).resolve())).as_posix()
-        self.blocks.append(_Block("link", (relative, text)))
+        self.blocks.append(_Block("link", (self._relative(path, "linked file"), text)))
         return self
 
     def image(self, path: Path | str, caption: str = "") -> "Report":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"report image {path} does not exist")
-        relative = Path(os.path.relpath(path.resolve(), Path(self.root).resolve())).as_posix()
-        self.blocks.append(_Block("image", (relative, caption)))
+        if not Path(path).is_file() and Path(path).exists():
+            raise FileNotFoundError(f"report image {path} is not a file")
+        self.blocks.append(_Block("image", (self._relative(path, "report image"), caption)))
         return self
+
+    def _relative(self, path: Path | str, what: str) -> str:
+        """`path` relative to the report's folder, so that the folder can be moved or zipped."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{what} {path} does not exist")
+        return Path(os.path.relpath(path.resolve(), Path(self.root).resolve())).as_posix()
 
     # ------------------------------------------------------------------ rendering
     def to_markdown(self) -> str:

@@ -273,15 +273,8 @@ def _check_args(metric: str, n_boot: int, level: float) -> None:
 # ----------------------------------------------------------------------------- public bootstrap
 
 
-def bootstrap_ci(
-    y_true: Any,
-    y_pred: Any,
-    groups: Iterable[Hashable] | None = None,
-    metric: str = "balanced_accuracy",
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> Interval:
+def bootstrap_ci(y_true: Any, y_pred: Any, groups: Iterable[Hashable] | None = None, metric: str = "balanced_accuracy",
+                 n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Interval:
     """Percentile cluster-bootstrap interval of `metric`.
 
     `groups` holds one key per item (e.g. identity); None makes every item its own group.
@@ -305,16 +298,9 @@ def _two_sided_p(draws: np.ndarray) -> float:
     return float(min(1.0, 2.0 * min(below, above)))
 
 
-def paired_bootstrap(
-    y_true: Any,
-    preds_a: Any,
-    preds_b: Any,
-    groups: Iterable[Hashable] | None = None,
-    metric: str = "balanced_accuracy",
-    n_boot: int = 2000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> PairedResult:
+def paired_bootstrap(y_true: Any, preds_a: Any, preds_b: Any, groups: Iterable[Hashable] | None = None,
+                     metric: str = "balanced_accuracy", n_boot: int = 2000, level: float = 0.95,
+                     seed: int = 0) -> PairedResult:
     """Bootstrap of metric(a) - metric(b), both scored on the same resample of groups.
 
     `preds_a` and `preds_b` are each one array or a list of per-seed arrays (the two sides may

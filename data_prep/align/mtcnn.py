@@ -91,20 +91,10 @@ class MTCNNDetector:
             side on every side (0: no padded retries).
     """
 
-    def __init__(
-        self,
-        device: torch.device | str = "cpu",
-        min_face_size: float = 20.0,
-        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
-        factor: float = 0.709,
-        max_side: int = 1024,
-        min_side: int = 64,
-        tiny_side: int = 12,
-        batch_size: int = 32,
-        retry_below: float = 0.9,
-        retry_thresholds: Sequence[float] | None = (0.5, 0.5, 0.5),
-        pad_retry: float = 0.1,
-    ):
+    def __init__(self, device: torch.device | str = "cpu", min_face_size: float = 20.0,
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709, max_side: int = 1024,
+                 min_side: int = 64, tiny_side: int = 12, batch_size: int = 32, retry_below: float = 0.9,
+                 retry_thresholds: Sequence[float] | None = (0.5, 0.5, 0.5), pad_retry: float = 0.1):
         from facenet_pytorch import MTCNN
 
         if min_face_size <= 0:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from data_prep.sources import SourceConfig
 from engine.config import ConfigError
@@ -203,10 +202,6 @@ def default_trainer() -> TrainerConfig:
 
 @dataclass
 class GANRunConfig:
-    """Everything one `facegan gan train` run needs."""
-
-    LEGACY_SECTIONS: ClassVar[dict[str, str]] = {"train": "trainer"}  # facegan 0.1 called it `train`
-
     gan: GANConfig = field(default_factory=GANConfig)
     data: GANDataConfig = field(default_factory=GANDataConfig)
     trainer: TrainerConfig = field(default_factory=default_trainer)

@@ -13,11 +13,11 @@ tuple/list whose first item is the images (a TensorDataset). Images are (B, C, H
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
-from torch.optim import Adam, Optimizer
+from torch.optim import Adam
 
 from engine import schedules
 from engine.config import ConfigError
@@ -25,12 +25,11 @@ from engine.distributed import all_reduce_mean
 from engine.errors import FaceganError
 from engine.modes import eval_mode
 from engine.reproducibility import derive_seed
+from engine.trainer import SeededStep, StepContext
+from gan.batches import batch_images, to_nchw, unit_images
 from gan.generators.config import GANConfig
-from gan.generators.models import build_began, build_dcgan, sample_latent, slerp
-from gan.losses import BEGANLoss, get_gan_loss
-
-if TYPE_CHECKING:
-    from engine.trainer import StepContext
+from gan.generators.models import build_gan, sample_latent, slerp
+from gan.losses import BEGANLoss, critic_update, get_gan_loss
 
 __all__ = ["GANInputError", "GANStep", "DCGANStep", "BEGANStep", "build_gan_step"]
 
@@ -41,7 +40,7 @@ class GANInputError(FaceganError, ValueError):
 
 
 
-class GANStep:
+class GANStep(SeededStep):
     """What both families share: modules, fixed noise, batch decoding, sampling, grids."""
 
     family = ""
@@ -55,7 +54,7 @@ class GANStep:
         # networks whatever the caller did with the global RNG before (and leaves it untouched).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, "init", self.family))
-            self.generator, self.discriminator = self._build_models()
+            self.generator, self.discriminator = build_gan(cfg)
         # The fixed noise has its own generator too: the grids of a run (and of its resume) always
         # show the same latent points, and drawing them never shifts the training noise.
         noise_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "fixed-noise"))
@@ -63,34 +62,20 @@ class GANStep:
         self.fixed_noise = sample_latent(cfg.num_samples, dim, cfg.latent_distribution, generator=noise_rng)
         ends = sample_latent(2 * cfg.interpolation_rows, dim, cfg.latent_distribution, generator=noise_rng)
         self.interpolation_ends = ends.view(cfg.interpolation_rows, 2, dim)
-        self._optimizers = self._build_optimizers()
+        lr_g, lr_d, betas = self._adam_settings()
+        self._optimizers = {"generator": Adam(self.generator.parameters(), lr=lr_g, betas=betas),
+                            "discriminator": Adam(self.discriminator.parameters(), lr=lr_d, betas=betas)}
         self.ctx: StepContext | None = None
         self._range_checked = False
 
     # ------------------------------------------------------------------ family hooks
-    def _build_models(self) -> tuple[nn.Module, nn.Module]:
-        raise NotImplementedError
-
-    def _build_optimizers(self) -> dict[str, Optimizer]:
+    def _adam_settings(self) -> tuple[float, float, tuple[float, float]]:
+        """The generator's and the discriminator's Adam learning rates, and their betas."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ Step protocol
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "discriminator": self.discriminator}
-
-    def optimizers(self) -> dict[str, Optimizer]:
-        return self._optimizers
-
-    def setup(self, ctx: "StepContext") -> None:
-        self.ctx = ctx
-        # Training noise comes from a generator re-seeded from (run seed, rank, step) at every
-        # step. The Trainer seeds every rank alike, so the global RNG would give every rank the
-        # same z and halve the diversity of a two-process batch; a function of the step also
-        # makes a resumed run draw exactly the noise of an uninterrupted one without extra state.
-        # The base seed is drawn from the global RNG just seeded by the Trainer, so it follows
-        # the run's seed and is the same on every rank and on a resume.
-        self._noise_seed = int(torch.randint(0, 2**62, (1,)).item())
-        self._rng = torch.Generator(device=ctx.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"fixed_noise": self.fixed_noise.clone(), "interpolation_ends": self.interpolation_ends.clone()}
@@ -151,47 +136,19 @@ class GANStep:
 
     # ------------------------------------------------------------------ batches
     def _real_images(self, batch: Any) -> torch.Tensor:
-        if isinstance(batch, dict):
-            if "image" not in batch:
-                raise GANInputError(f"a GAN batch dict needs an 'image' key; got keys {sorted(map(str, batch))}")
-            images = batch["image"]
-        elif isinstance(batch, (list, tuple)):
-            if not batch:
-                raise GANInputError("got an empty batch tuple; expected the images first")
-            images = batch[0]
-        else:
-            images = batch
-        if not isinstance(images, torch.Tensor):
-            raise GANInputError(f"expected the images as a tensor, got {type(images).__name__}")
-        cfg = self.config
-        if images.ndim == 4 and images.shape[1] != cfg.channels and images.shape[-1] == cfg.channels:
-            images = images.permute(0, 3, 1, 2)  # channels-last (B, H, W, C)
-        expected = (cfg.channels, cfg.image_size, cfg.image_size)
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise GANInputError(
-                f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}; "
-                f"resize or align the data to image_size={cfg.image_size}, or change the config"
-            )
-        if images.dtype == torch.uint8:
-            return images.float().div_(127.5).sub_(1.0).contiguous()
-        if not images.is_floating_point():
-            raise GANInputError(f"expected uint8 (0..255) or float ([-1, 1]) images, got dtype {images.dtype}")
-        images = images.float().contiguous()
-        if not self._range_checked:
-            # Once, on the first batch: a check every step would sync the GPU for nothing.
-            low, high = (float(v) for v in torch.aminmax(images))
-            if low < -1.001 or high > 1.001:
-                raise GANInputError(
-                    f"float images must be in [-1, 1], got values in [{low:.3g}, {high:.3g}] "
-                    "(uint8 images in 0..255 are converted automatically)"
-                )
-            self._range_checked = True
-        return images
+        cfg, checked = self.config, self._range_checked
+        images = to_nchw(batch_images(batch, GANInputError), (cfg.channels, cfg.image_size, cfg.image_size),
+                         GANInputError, f"expected images of shape (B, {cfg.channels}, {cfg.image_size}, {cfg.image_size}), "
+                         f"got {{got}}; resize or align the data to image_size={cfg.image_size}, or change the config")
+        self._range_checked |= images.is_floating_point()  # the range is checked on the first float batch
+        return unit_images(images, GANInputError, check_range=images.is_floating_point() and not checked)
 
     def _step_rng(self, step: int) -> torch.Generator:
         """The generator of this step's random draws on this rank (see `setup`)."""
         ctx = self._require_setup()
-        return self._rng.manual_seed(derive_seed(self._noise_seed, "step", ctx.dist.rank, step))
+        # Not the global RNG: the Trainer seeds every rank alike, and the same z on every rank
+        # would halve the diversity of a two-process batch.
+        return self.rng.manual_seed(derive_seed(self.seed_base, "step", ctx.dist.rank, step))
 
     def _noise(self, n: int, rng: torch.Generator) -> torch.Tensor:
         return sample_latent(n, self.config.latent_dim, self.config.latent_distribution, generator=rng, device=self.ctx.device)
@@ -227,15 +184,9 @@ class DCGANStep(GANStep):
         self.loss = get_gan_loss(d.loss, gp_weight=d.gp_weight) if d.loss == "wgan-gp" else get_gan_loss(d.loss)
         self.n_critic = d.n_critic
 
-    def _build_models(self) -> tuple[nn.Module, nn.Module]:
-        return build_dcgan(self.config)
-
-    def _build_optimizers(self) -> dict[str, Optimizer]:
+    def _adam_settings(self) -> tuple[float, float, tuple[float, float]]:
         d = self.config.dcgan
-        return {
-            "generator": Adam(self.generator.parameters(), lr=d.lr_g, betas=d.betas),
-            "discriminator": Adam(self.discriminator.parameters(), lr=d.lr_d, betas=d.betas),
-        }
+        return d.lr_g, d.lr_d, d.betas
 
     def train_step(self, batch: Any, step: int) -> dict[str, float]:
         ctx = self._require_setup()
@@ -255,19 +206,7 @@ class DCGANStep(GANStep):
             # Only the last critic update's fakes feed the generator update; the others need no graph.
             with torch.set_grad_enabled(last), ctx.autocast():
                 fake = G(z)
-            with ctx.autocast():
-                # Separate real and fake forward passes: BatchNorm statistics stay per-domain.
-                real_logits = D(chunk)
-                fake_logits = D(fake.detach())
-            d_loss = self.loss.discriminator_loss(real_logits, fake_logits)
-            metrics = {"d_real": float(real_logits.detach().float().mean()), "d_fake": float(fake_logits.detach().float().mean())}
-            penalty = self.loss.penalty(D, chunk, fake.detach(), generator=rng)
-            if penalty is not None:
-                d_loss = d_loss + penalty
-                metrics["gp"] = float(penalty.detach())
-                metrics["wasserstein"] = metrics["d_real"] - metrics["d_fake"]
-            metrics["grad_norm_d"] = ctx.optimize("discriminator", d_loss)
-            metrics["d_loss"] = float(d_loss.detach())
+            metrics = critic_update(self.loss, ctx, "discriminator", D, chunk, fake.detach(), rng, "grad_norm_d")
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
         # D's weights receive gradients here too (its next update clears them). Freezing them
@@ -307,15 +246,9 @@ class BEGANStep(GANStep):
         self.k = float(b.k_init)
         self._last_real: torch.Tensor | None = None
 
-    def _build_models(self) -> tuple[nn.Module, nn.Module]:
-        return build_began(self.config)
-
-    def _build_optimizers(self) -> dict[str, Optimizer]:
+    def _adam_settings(self) -> tuple[float, float, tuple[float, float]]:
         b = self.config.began
-        return {
-            "generator": Adam(self.generator.parameters(), lr=b.lr, betas=b.betas),
-            "discriminator": Adam(self.discriminator.parameters(), lr=b.lr, betas=b.betas),
-        }
+        return b.lr, b.lr, b.betas
 
     def learning_rate(self, step: int) -> float:
         """The paper halves the rate when M_global stalls; here on a fixed schedule, a function

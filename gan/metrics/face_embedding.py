@@ -45,13 +45,13 @@ output against its HR original).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from engine.checkpoint import file_sha256
 from engine.errors import FaceganError
 from gan.metrics.batch import as_uint8_nhwc
 from gan.metrics.frechet import frechet_distance_from_features
@@ -126,14 +126,6 @@ def landmark_box_from_template(template) -> tuple[float, float, float, float]:
         float((middle[0] + right * distance) / width),
         float((middle[1] + bottom * distance) / height),
     )
-
-
-def _sha256_prefix(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
 
 
 class FaceEmbedder:
@@ -229,7 +221,7 @@ class FaceEmbedder:
             "feature_extractor": "dlib face_recognition_model_v1 (ResNet-29, 128-d)",
             "feature_dim": EMBEDDING_DIM,
             "weights_file": RECOGNITION_MODEL_FILE,
-            "weights_sha256_prefix": _sha256_prefix(self._paths["recognition"]),
+            "weights_sha256_prefix": file_sha256(self._paths["recognition"])[:12],
             "landmark_model": LANDMARK_MODEL_FILE if self.chip == "landmarks" else None,
             "chip": self.chip,
             "landmark_box": [round(v, 4) for v in self.face_box] if self.chip == "landmarks" else None,

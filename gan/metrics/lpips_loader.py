@@ -23,7 +23,6 @@ per image pair (lower is more similar).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.checkpoint import file_sha256
 from engine.errors import FaceganError
 
 __all__ = [
@@ -119,19 +119,11 @@ def lpips_unavailable_reason(net: str = "alex") -> str | None:
     return None
 
 
-def _sha256_prefix(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:8]
-
-
 def _backbone_state(path: Path, net: str, verify_hash: bool) -> dict[str, torch.Tensor]:
     """The `features.*` tensors of a torchvision weights file (all LPIPS reads)."""
     if verify_hash:
         expected = BACKBONE_FILES[net].rsplit("-", 1)[-1].split(".")[0]
-        actual = _sha256_prefix(path)
+        actual = file_sha256(path)[:8]
         if actual != expected:
             raise LPIPSWeightsError(
                 f"{path}: sha256 starts with {actual}, expected {expected} ({BACKBONE_FILES[net]}); the file is "

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from engine.errors import FaceganError
-from engine.training_flags import add_training_flags, run_config_from_args
+from engine.options import add_command, add_runtime_options, add_training_flags, run_config_from_args
 
 __all__ = ["register"]
 
@@ -18,28 +18,22 @@ _DATA_HELP = "synthetic (default), folder, or a dataset name such as celeba, lfw
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    sr = subparsers.add_parser(
-        "sr",
-        help="face super-resolution GAN: train, apply to folders or datasets, evaluate",
-        description="Face super-resolution (the thesis's residual SR-GAN, after Ledig et al. 2017): a generator of "
-        "common / up / down blocks, "
-        "pretrained on the pixel loss and fine-tuned with a Wasserstein critic. `train` fits it on any dataset (default: "
-        "the built-in synthetic faces) through the aligned-face cache; `apply` super-resolves a folder or a whole "
-        "dataset into a folder that keeps the labels; `eval` reports PSNR, SSIM, LPIPS and identity similarity beside "
-        "bicubic upsampling.",
-    )
+    sr = add_command(subparsers, "sr", "face super-resolution GAN: train, apply to folders or datasets, evaluate",
+        """Face super-resolution (the thesis's residual SR-GAN, after Ledig et al. 2017): a generator of
+        common / up / down blocks, pretrained on the pixel loss and fine-tuned with a Wasserstein critic.
+        `train` fits it on any dataset (default: the built-in synthetic faces) through the aligned-face cache;
+        `apply` super-resolves a folder or a whole dataset into a folder that keeps the labels; `eval` reports
+        PSNR, SSIM, LPIPS and identity similarity beside bicubic upsampling.""")
     sub = sr.add_subparsers(dest="sr_command", metavar="SR_COMMAND", required=True)
 
-    p = sub.add_parser(
-        "train",
-        help="train a face super-resolution model",
-        description="Train a face SR model. Settings come from the dataclass defaults, then --config, then the shortcut "
-        "options below, then --set KEY=VALUE overrides (e.g. --set sr.loss.adversarial_weight=0). The HR faces are "
-        "aligned at sr.model.output_size; LR inputs are made by the degradation in sr.degradation (antialiased bicubic, "
-        "optional blur / noise / JPEG), recorded in the checkpoint. Steps before sr.pretrain_steps use the pixel loss "
-        "alone, later ones add the critic. Writes OUT/config.yaml, OUT/checkpoints/{latest,best}.pt, sample strips "
-        "(LR | bicubic | SR | HR) to OUT/samples/, metrics to OUT/metrics.jsonl and TensorBoard logs.",
-    )
+    p = add_command(sub, "train", "train a face super-resolution model",
+        """Train a face SR model. Settings come from the dataclass defaults, then --config, then the
+        shortcut options below, then --set KEY=VALUE overrides (e.g. --set sr.loss.adversarial_weight=0). The HR
+        faces are aligned at sr.model.output_size; LR inputs are made by the degradation in sr.degradation
+        (antialiased bicubic, optional blur / noise / JPEG), recorded in the checkpoint. Steps before
+        sr.pretrain_steps use the pixel loss alone, later ones add the critic. Writes OUT/config.yaml,
+        OUT/checkpoints/{latest,best}.pt, sample strips (LR | bicubic | SR | HR) to OUT/samples/, metrics to
+        OUT/metrics.jsonl and TensorBoard logs.""")
     add_training_flags(p, PRESETS, default_out="runs/sr", help={
         "steps": "optimiser steps to train for (trainer.max_steps; also the cosine schedule's length)",
         "seed": "seed of the data order and degradations (trainer.seed); sr.seed sets the initial weights"})
@@ -47,21 +41,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="dataset root or image folder (data.root)")
     p.set_defaults(func=_run_train)
 
-    p = sub.add_parser(
-        "apply",
-        help="super-resolve a folder or a whole dataset, keeping the labels",
-        description="Super-resolve images with a trained checkpoint (its EMA generator unless --raw). Give SRC DST for a "
-        "folder of images, or DST with --dataset NAME --root DIR for a dataset. Folder inputs are assumed to be faces "
-        "aligned like the training data (e.g. `facegan align` outputs): each is centre-cropped to a square and resized "
-        "with antialiased bicubic to the model's LR size (unchanged when already that size). Dataset inputs are aligned "
-        "first, through the aligned-face cache at the model's HR size with the checkpoint's template, then downsampled "
-        "to the LR size with the same antialiased bicubic as training. Outputs are PNG files at the HR size. "
-        "DST/labels.csv maps each output to its source and the source's identity, split and labels, with the schema "
-        "in DST/labels.schema.yaml, so that the folder_csv reader reads DST back as a labelled dataset "
-        "(`facegan data info folder_csv DST`). Rows are appended and fsynced only after each output is written "
-        "atomically, so an interrupted run resumes where it stopped; unreadable inputs are listed with a reason in "
-        "DST/skipped.csv and skipped.",
-    )
+    p = add_command(sub, "apply", "super-resolve a folder or a whole dataset, keeping the labels",
+        """Super-resolve images with a trained checkpoint (its EMA generator unless --raw). Give SRC DST
+        for a folder of images, or DST with --dataset NAME --root DIR for a dataset. Folder inputs are assumed
+        to be faces aligned like the training data (e.g. `facegan align` outputs): each is centre-cropped to a
+        square and resized with antialiased bicubic to the model's LR size (unchanged when already that size).
+        Dataset inputs are aligned first, through the aligned-face cache at the model's HR size with the
+        checkpoint's template, then downsampled to the LR size with the same antialiased bicubic as training.
+        Outputs are PNG files at the HR size. DST/labels.csv maps each output to its source and the source's
+        identity, split and labels, with the schema in DST/labels.schema.yaml, so that the folder_csv reader
+        reads DST back as a labelled dataset (`facegan data info folder_csv DST`). Rows are appended and fsynced
+        only after each output is written atomically, so an interrupted run resumes where it stopped; unreadable
+        inputs are listed with a reason in DST/skipped.csv and skipped.""")
     p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan sr train` (e.g. OUT/checkpoints/latest.pt)")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="SRC DST: the input folder and the output folder; with --dataset only DST")
@@ -71,27 +62,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--template", help="with --dataset: aligner template (default: the checkpoint's training template)")
     p.add_argument("--no-align", action="store_true", help="with --dataset: images are already aligned; only centre-crop and resize")
     p.add_argument("--cache-dir", type=Path, help="with --dataset: the aligned-face cache folder (default DST/.cache)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: $FACEGAN_THREADS or all cores)")
-    p.add_argument("--raw", action="store_true", help="use the raw generator instead of its EMA copy")
     p.add_argument("--eager", action="store_true", help="run the model as trained (no BN folding / channels_last fast path)")
     p.add_argument("--restart", action="store_true", help="discard DST's earlier outputs and manifest and start over")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_runtime_options(p, batch_size=64, batch_help="images per forward pass", device="auto", progress=True)
     p.set_defaults(func=_run_apply)
 
-    p = sub.add_parser(
-        "eval",
-        help="PSNR, SSIM, LPIPS and identity similarity of a checkpoint, beside bicubic",
-        description="Evaluate a checkpoint on held-out HR faces: from a dataset (aligned through the aligned-face cache "
-        "at the model's HR size with the checkpoint's template) or from a folder of aligned faces (centre-cropped and "
-        "resized to the HR size). LR inputs are made from the HR faces by the checkpoint's degradation with per-image "
-        "seeds (or plain antialiased bicubic with --degradation clean). Metrics, each beside bicubic upsampling of the "
-        "same LR images: PSNR and SSIM on RGB and on the BT.601 Y channel with a crop border (default: the scale "
-        "factor), LPIPS when its backbone weights are present (otherwise skipped with the reason), and dlib "
-        "identity similarity to the HR face when the [metrics] extra is installed. Writes OUT/sr_eval.json, "
-        "OUT/sr_eval.md and OUT/strips.png (LR | bicubic | SR | HR).",
-    )
+    p = add_command(sub, "eval", "PSNR, SSIM, LPIPS and identity similarity of a checkpoint, beside bicubic",
+        """Evaluate a checkpoint on held-out HR faces: from a dataset (aligned through the aligned-face
+        cache at the model's HR size with the checkpoint's template) or from a folder of aligned faces
+        (centre-cropped and resized to the HR size). LR inputs are made from the HR faces by the checkpoint's
+        degradation with per-image seeds (or plain antialiased bicubic with --degradation clean). Metrics, each
+        beside bicubic upsampling of the same LR images: PSNR and SSIM on RGB and on the BT.601 Y channel with a
+        crop border (default: the scale factor), LPIPS when its backbone weights are present (otherwise skipped
+        with the reason), and dlib identity similarity to the HR face when the [metrics] extra is installed.
+        Writes OUT/sr_eval.json, OUT/sr_eval.md and OUT/strips.png (LR | bicubic | SR | HR).""")
     p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan sr train`")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="evaluate on this dataset (synthetic, celeba, lfw, utkface, ...)")
@@ -110,9 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, help="with --dataset: the aligned-face cache folder (default OUT/cache)")
     p.add_argument("--strips", type=int, default=8, help="faces shown in strips.png (default 8)")
     p.add_argument("--out", type=Path, help="output folder (default: the checkpoint's run folder /eval-<split or folder name>)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--raw", action="store_true", help="evaluate the raw generator instead of its EMA copy")
+    add_runtime_options(p, batch_size=64, batch_help="images per forward pass", device="auto")
     p.set_defaults(func=_run_eval)
 
 
@@ -130,7 +112,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_apply(args: argparse.Namespace) -> int:
-    from engine.device import choose_device, configure_threads
+    from engine.device import choose_device
     from gan.sr.apply import apply_sr
 
     if args.dataset:
@@ -141,7 +123,6 @@ def _run_apply(args: argparse.Namespace) -> int:
         if len(args.paths) != 2:
             raise FaceganError("give SRC DST (an input folder and an output folder), or DST with --dataset NAME --root DIR")
         src, dst = args.paths
-    configure_threads(args.threads)
     summary = apply_sr(
         args.checkpoint, dst, src=src, dataset=args.dataset, root=args.root, split=args.split, template=args.template,
         align=not args.no_align, cache_dir=args.cache_dir, batch_size=args.batch_size,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from data_prep.sources import SourceConfig
 from engine.config import ConfigError
@@ -200,10 +199,6 @@ def default_trainer() -> TrainerConfig:
 
 @dataclass
 class SRRunConfig:
-    """Everything one `facegan sr train` run needs."""
-
-    LEGACY_SECTIONS: ClassVar[dict[str, str]] = {"train": "trainer"}  # facegan 0.1 called it `train`
-
     sr: SRConfig = field(default_factory=SRConfig)
     data: SRDataConfig = field(default_factory=SRDataConfig)
     trainer: TrainerConfig = field(default_factory=default_trainer)

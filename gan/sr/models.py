@@ -1,4 +1,4 @@
-"""The face super-resolution generator (the thesis's TRGAN, SPEC section 4) and its critic.
+"""The face super-resolution generator (TRGAN, Yu 2017, sec. 4.3) and its critic.
 
 Three residual block kinds, each a sum of a branch and a skip:
 
@@ -8,7 +8,7 @@ Three residual block kinds, each a sum of a branch and a skip:
 - `DownBlock`: the common block with 2x2 average pooling (stride 2) at the end of both
   branches (and a conv1x1 on the skip when the width changes). The feature map halves.
 
-The SPEC lists BN -> conv -> BN -> conv; one nonlinearity sits after the second BN, as in
+The thesis lists BN -> conv -> BN -> conv; one nonlinearity sits after the second BN, as in
 EDSR's conv -> ReLU -> conv block: a block with no nonlinearity would be linear, one before
 the first conv would clip the trunk features. `norm="none"` drops the BNs (for ablations).
 
@@ -159,19 +159,9 @@ def _log2_scale(input_size: int, output_size: int) -> int:
 class SRGenerator(nn.Module):
     """LR (B, 3, s, s) in [-1, 1] -> SR (B, 3, scale*s, scale*s); see the module docstring."""
 
-    def __init__(
-        self,
-        input_size: int = 16,
-        output_size: int = 64,
-        channels: int = 64,
-        num_blocks: int = 8,
-        down_blocks: int = 0,
-        min_channels: int = 16,
-        norm: str = "batch",
-        activation: str = "prelu",
-        residual: str = "bicubic",
-        in_channels: int = 3,
-    ):
+    def __init__(self, input_size: int = 16, output_size: int = 64, channels: int = 64, num_blocks: int = 8,
+                 down_blocks: int = 0, min_channels: int = 16, norm: str = "batch", activation: str = "prelu",
+                 residual: str = "bicubic", in_channels: int = 3):
         super().__init__()
         num_up = _log2_scale(input_size, output_size)
         if residual not in ("bicubic", "none"):
@@ -239,17 +229,8 @@ class SRCritic(nn.Module):
 
 def build_sr_generator(cfg: "SRModelConfig") -> SRGenerator:
     """The generator described by `cfg` (an `SRModelConfig`)."""
-    return SRGenerator(
-        input_size=cfg.input_size,
-        output_size=cfg.output_size,
-        channels=cfg.channels,
-        num_blocks=cfg.num_blocks,
-        down_blocks=cfg.down_blocks,
-        min_channels=cfg.min_channels,
-        norm=cfg.norm,
-        activation=cfg.activation,
-        residual=cfg.residual,
-    )
+    return SRGenerator(cfg.input_size, cfg.output_size, cfg.channels, cfg.num_blocks, cfg.down_blocks, cfg.min_channels,
+                       cfg.norm, cfg.activation, cfg.residual)
 
 
 def build_sr_critic(cfg: "SRModelConfig") -> SRCritic:

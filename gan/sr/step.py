@@ -23,7 +23,7 @@ WGAN-GP. `evaluate` reports PSNR / SSIM of the EMA generator on held-out faces b
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,14 +35,13 @@ from engine import schedules
 from engine.config import ConfigError
 from engine.errors import FaceganError
 from engine.reproducibility import derive_seed
-from gan.losses import get_gan_loss
+from engine.trainer import SeededStep, StepContext
+from gan.batches import batch_images, to_nchw, unit_images
+from gan.losses import critic_update, get_gan_loss
 from gan.sr.config import SRConfig
 from gan.sr.inference import make_strips, super_resolve
 from gan.sr.losses import lpips_loss, pixel_loss
 from gan.sr.models import SRCritic, SRGenerator, build_sr_critic, build_sr_generator
-
-if TYPE_CHECKING:
-    from engine.trainer import StepContext
 
 __all__ = ["SRInputError", "SRStep"]
 
@@ -51,7 +50,7 @@ class SRInputError(FaceganError, ValueError):
     """A training batch is not a batch of HR faces of the configured size."""
 
 
-class SRStep:
+class SRStep(SeededStep):
     """Pixel pretraining, then adversarial fine-tuning, of the SR generator (module docstring).
 
     eval_hr: held-out HR faces, (N, 3, S, S) uint8, for `evaluate` (PSNR / SSIM vs bicubic)
@@ -99,7 +98,7 @@ class SRStep:
         else:
             self.eval_hr = self.eval_lr = None
         self.ctx: StepContext | None = None
-        self._seed_base = 0
+        self.seed_base = 0
         self._range_checked = False
         self._last_step = 0
 
@@ -107,16 +106,8 @@ class SRStep:
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "critic": self.critic}
 
-    def optimizers(self) -> dict[str, Optimizer]:
-        return self._optimizers
-
     def setup(self, ctx: "StepContext") -> None:
-        self.ctx = ctx
-        # The base of every per-image degradation seed and of the penalty's interpolation draws,
-        # taken from the global RNG the Trainer has just seeded: it follows the run's seed and is
-        # the same on every rank and on a resume (setup runs before the RNG state is restored).
-        self._seed_base = int(torch.randint(0, 2**62, (1,)).item())
-        self._rng = torch.Generator(device=ctx.device)
+        super().setup(ctx)  # seed_base seeds every per-image degradation and the penalty's draws
         if self.lpips is not None:
             self.lpips = self.lpips.to(ctx.device)
 
@@ -148,40 +139,14 @@ class SRStep:
     # ------------------------------------------------------------------ batches
     def _check_hr(self, images: torch.Tensor, what: str) -> torch.Tensor:
         size = self.config.model.output_size
-        if images.ndim == 4 and images.shape[1] != 3 and images.shape[-1] == 3:
-            images = images.permute(0, 3, 1, 2)  # channels-last (B, H, W, C)
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise SRInputError(
-                f"{what}: expected HR faces of shape (B, 3, {size}, {size}), got {tuple(images.shape)}; the HR size is "
-                f"model.output_size={size}: align or cache the data at that size"
-            )
-        return images
+        return to_nchw(images, (3, size, size), SRInputError, f"{what}: expected HR faces of shape (B, 3, {size}, {size}), "
+                       f"got {{got}}; the HR size is model.output_size={size}: align or cache the data at that size")
 
     def _hr_images(self, batch: Any) -> torch.Tensor:
-        if isinstance(batch, dict):
-            if "image" not in batch:
-                raise SRInputError(f"an SR batch dict needs an 'image' key; got keys {sorted(map(str, batch))}")
-            images = batch["image"]
-        elif isinstance(batch, (list, tuple)):
-            if not batch:
-                raise SRInputError("got an empty batch tuple; expected the HR images first")
-            images = batch[0]
-        else:
-            images = batch
-        if not isinstance(images, torch.Tensor):
-            raise SRInputError(f"expected the HR images as a tensor, got {type(images).__name__}")
-        images = self._check_hr(images, "batch")
-        if images.dtype == torch.uint8:
-            return to_unit_range(images).contiguous()
-        if not images.is_floating_point():
-            raise SRInputError(f"expected uint8 (0..255) or float ([-1, 1]) images, got dtype {images.dtype}")
-        images = images.float().contiguous()
-        if not self._range_checked:
-            low, high = (float(v) for v in torch.aminmax(images))
-            if low < -1.001 or high > 1.001:
-                raise SRInputError(f"float HR images must be in [-1, 1], got values in [{low:.3g}, {high:.3g}]")
-            self._range_checked = True
-        return images
+        images = self._check_hr(batch_images(batch, SRInputError, "HR images"), "batch")
+        checked = self._range_checked
+        self._range_checked |= images.is_floating_point()  # the range is checked on the first float batch
+        return unit_images(images, SRInputError, "HR images", check_range=images.is_floating_point() and not checked)
 
     def _require_setup(self) -> "StepContext":
         if self.ctx is None:
@@ -191,7 +156,7 @@ class SRStep:
     def degrade_batch(self, hr: torch.Tensor, step: int) -> torch.Tensor:
         """The LR inputs of training step `step` on this rank (deterministic given the run seed)."""
         rank = self.ctx.dist.rank if self.ctx is not None else 0
-        seeds = [derive_seed(self._seed_base, "degrade", rank, step, i) for i in range(hr.shape[0])]
+        seeds = [derive_seed(self.seed_base, "degrade", rank, step, i) for i in range(hr.shape[0])]
         return self.degradation(hr, seeds).to(hr.device).contiguous(memory_format=self._memory_format)
 
     # ------------------------------------------------------------------ the update
@@ -212,22 +177,10 @@ class SRStep:
         with ctx.autocast():
             sr = G(lr_images)
         if adversarial:
-            rng = self._rng.manual_seed(derive_seed(self._seed_base, "penalty", ctx.dist.rank, step))
+            rng = self.rng.manual_seed(derive_seed(self.seed_base, "penalty", ctx.dist.rank, step))
             sums: dict[str, float] = {}
             for _ in range(loss_cfg.n_critic):
-                with ctx.autocast():
-                    real_logits = D(hr)
-                    fake_logits = D(sr.detach())
-                d_loss = self.adversarial_loss.discriminator_loss(real_logits, fake_logits)
-                part = {"d_real": float(real_logits.detach().float().mean()),
-                        "d_fake": float(fake_logits.detach().float().mean())}
-                penalty = self.adversarial_loss.penalty(D, hr, sr.detach(), generator=rng)
-                if penalty is not None:
-                    d_loss = d_loss + penalty
-                    part["gp"] = float(penalty.detach())
-                    part["wasserstein"] = part["d_real"] - part["d_fake"]
-                part["grad_norm_c"] = ctx.optimize("critic", d_loss)
-                part["d_loss"] = float(d_loss.detach())
+                part = critic_update(self.adversarial_loss, ctx, "critic", D, hr, sr.detach(), rng, "grad_norm_c")
                 for key, value in part.items():
                     sums[key] = sums.get(key, 0.0) + value
             metrics.update({key: value / loss_cfg.n_critic for key, value in sums.items()})

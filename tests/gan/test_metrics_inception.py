@@ -10,14 +10,8 @@ import pytest
 import torch
 
 from gan.metrics import compute_fid_kid
-from gan.metrics.inception import (
-    INCEPTION_WEIGHTS_ENV,
-    INCEPTION_WEIGHTS_FILE,
-    INCEPTION_WEIGHTS_URL,
-    InceptionFeatureExtractor,
-    InceptionWeightsError,
-    find_inception_weights,
-)
+from gan.metrics.inception import (INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILE, INCEPTION_WEIGHTS_URL,
+                                   InceptionFeatureExtractor, InceptionWeightsError, find_inception_weights)
 
 try:
     import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception

@@ -137,19 +137,9 @@ class BEGANDecoder(nn.Module):
         widths: channels of each block, 8x8 first (None: hidden_channels everywhere, the paper).
     """
 
-    def __init__(
-        self,
-        latent_dim: int = 64,
-        image_size: int = 64,
-        hidden_channels: int = 128,
-        out_channels: int = 3,
-        tanh: bool = False,
-        convs_per_scale: Sequence[int] | None = None,
-        fast_elu: bool = False,
-        channels_last: bool = False,
-        skip: bool = False,
-        widths: Sequence[int] | None = None,
-    ):
+    def __init__(self, latent_dim: int = 64, image_size: int = 64, hidden_channels: int = 128, out_channels: int = 3,
+                 tanh: bool = False, convs_per_scale: Sequence[int] | None = None, fast_elu: bool = False,
+                 channels_last: bool = False, skip: bool = False, widths: Sequence[int] | None = None):
         super().__init__()
         blocks = _num_blocks(image_size)
         counts = _per_scale(convs_per_scale, 2, blocks, image_size, "convs_per_scale", "counts")
@@ -204,16 +194,9 @@ class BEGANEncoder(nn.Module):
         channels_last: NHWC convolution weights (faster CPU convolutions, same values).
     """
 
-    def __init__(
-        self,
-        image_size: int = 64,
-        hidden_channels: int = 128,
-        bottleneck_dim: int = 64,
-        in_channels: int = 3,
-        convs_per_scale: Sequence[int] | None = None,
-        fast_elu: bool = False,
-        channels_last: bool = False,
-    ):
+    def __init__(self, image_size: int = 64, hidden_channels: int = 128, bottleneck_dim: int = 64,
+                 in_channels: int = 3, convs_per_scale: Sequence[int] | None = None, fast_elu: bool = False,
+                 channels_last: bool = False):
         super().__init__()
         blocks = _num_blocks(image_size)
         counts = _per_scale(convs_per_scale, 2, blocks, image_size, "convs_per_scale", "counts")[::-1]  # image size first
@@ -256,19 +239,9 @@ class BEGANDiscriminator(nn.Module):
         decoder_widths: per-block channels of the decoder half (see `BEGANDecoder`'s `widths`).
     """
 
-    def __init__(
-        self,
-        image_size: int = 64,
-        hidden_channels: int = 128,
-        bottleneck_dim: int = 64,
-        channels: int = 3,
-        tanh: bool = False,
-        convs_per_scale: Sequence[int] | None = None,
-        fast_elu: bool = False,
-        channels_last: bool = False,
-        skip: bool = False,
-        decoder_widths: Sequence[int] | None = None,
-    ):
+    def __init__(self, image_size: int = 64, hidden_channels: int = 128, bottleneck_dim: int = 64, channels: int = 3,
+                 tanh: bool = False, convs_per_scale: Sequence[int] | None = None, fast_elu: bool = False,
+                 channels_last: bool = False, skip: bool = False, decoder_widths: Sequence[int] | None = None):
         super().__init__()
         self.image_size = image_size
         speed = {"convs_per_scale": convs_per_scale, "fast_elu": fast_elu, "channels_last": channels_last}

@@ -1,8 +1,7 @@
-"""The options every training command shares, and how they become config settings.
+"""The command-line options commands share, declared once.
 
-Every `... train` command (and the distillation command) declares these flags with
-`add_training_flags` and builds its run config with `run_config_from_args`, so a flag means the
-same setting in every family:
+Every `... train` command declares the training flags with `add_training_flags` and builds its
+run config with `run_config_from_args`, so a flag means the same setting in every family:
 
     --config NAME|FILE  a preset shipped with the package, or a YAML file
     --set KEY=VALUE     any setting by its dotted path (repeatable)
@@ -17,7 +16,9 @@ Settings are applied in this order: the dataclass defaults, the --config file, t
 and the command's own shortcuts, then --set. `--resume` without --config continues from the
 run folder's own config.yaml.
 
-The module only calls `parser.add_argument`: the parsers themselves belong to the `cli` modules.
+Commands that run a trained model share `--batch-size --device --threads --raw --no-progress`
+(`add_runtime_options`). The module only calls `parser.add_argument`: the parsers themselves
+belong to the `cli` modules.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from typing import Any, TypeVar
 from engine.config import load_config, to_dict
 from engine.presets import presets_help, resolve_preset
 
-__all__ = ["TRAINER_SECTION", "add_training_flags", "training_overrides", "run_config_from_args"]
+__all__ = ["TRAINER_SECTION", "add_command", "add_training_flags", "training_overrides", "run_config_from_args",
+           "add_runtime_options"]
 
 T = TypeVar("T")
 
@@ -46,6 +48,11 @@ _HELP = {
     "resume": "continue OUT's latest checkpoint exactly where it stopped (without --config: with OUT/config.yaml)",
     "force": "with --resume: allow a changed configuration (trainer.force_resume)",
 }
+
+
+def add_command(subparsers, name: str, help: str, description: str):
+    """A subcommand `name`: `help` is its line in the parent's list, `description` its --help text."""
+    return subparsers.add_parser(name, help=help, description=description)
 
 
 def add_training_flags(parser, presets_package: str, default_out: str, help: dict[str, str] | None = None) -> None:
@@ -107,3 +114,20 @@ def config_file(cls: type, args) -> Path | None:
         if (out / "config.yaml").is_file():
             return out / "config.yaml"
     return None
+
+
+def add_runtime_options(parser, *, batch_size: int | None = None, batch_help: str = "faces per forward pass",
+                        device: str | None = "cpu", threads: bool = True, raw: bool = True, progress: bool = False) -> None:
+    """Declare the options of a command that runs a model or a long job: `--batch-size` (when a
+    default is given), `--device` (when a default is given), `--threads`, `--raw` (the trained
+    weights instead of their EMA copy) and `--no-progress`."""
+    if batch_size is not None:
+        parser.add_argument("--batch-size", type=int, default=batch_size, help=f"{batch_help} (default {batch_size})")
+    if device is not None:
+        parser.add_argument("--device", default=device, help=f"auto, cpu, cuda or cuda:N (default {device})")
+    if threads:
+        parser.add_argument("--threads", type=int, help="torch CPU threads (default: $FACEGAN_THREADS or all cores)")
+    if raw:
+        parser.add_argument("--raw", action="store_true", help="use the trained weights instead of their moving average (EMA)")
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
