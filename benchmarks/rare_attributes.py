@@ -7,9 +7,9 @@ the same faces, which the script checks). For each run it prints mean F1 and mea
 accuracy over those attributes at threshold 0.5 (and with the validation-calibrated thresholds
 when the results have them), and the ratio to the first run, the reference (plain BCE).
 
-    facegan attributes train --config configs/attributes/celeba64-t30.yaml --out runs/attributes/t30-bce
-    facegan attributes train --config configs/attributes/celeba64-t30.yaml --out runs/attributes/t30-posw --pos-weight
-    facegan attributes train --config configs/attributes/celeba64-t30.yaml --out runs/attributes/t30-floss --f-measure 1
+    facegan attributes train --config celeba64-t30 --out runs/attributes/t30-bce
+    facegan attributes train --config celeba64-t30 --out runs/attributes/t30-posw --pos-weight
+    facegan attributes train --config celeba64-t30 --out runs/attributes/t30-floss --f-measure 1
     facegan attributes eval runs/attributes/t30-<name>/checkpoints/best.pt --out runs/attributes/t30-<name>/eval
     .venv/bin/python benchmarks/rare_attributes.py bce=runs/attributes/t30-bce/eval/results.json \\
         pos_weight=runs/attributes/t30-posw/eval/results.json floss=runs/attributes/t30-floss/eval/results.json

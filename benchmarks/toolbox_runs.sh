@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 8's measurements on ../shared/data, one after another (each training is ~15 minutes on an
+# The training-toolbox measurements on ../shared/data, one after another (each training is ~15 minutes on an
 # idle 2-core CPU; run nothing else beside it). Every step is skipped when its output exists, so an
 # interrupted sweep is simply started again. Results land under runs/toolbox/; the summaries are
 # printed at the end and written to runs/toolbox/summary.md.
@@ -10,6 +10,8 @@
 # THREADS (default 2) and DEVICE (default auto) go to every training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The presets name no data folder: they read $FACEGAN_DATA/<dataset> (celeba/, lfw/).
+export FACEGAN_DATA="${FACEGAN_DATA:-$(cd ../shared/data 2>/dev/null && pwd || echo ../shared/data)}"
 FG="${FACEGAN:-.venv/bin/facegan}"
 PY="${PYTHON:-.venv/bin/python}"
 OUT="${OUT:-runs/toolbox}"
@@ -51,11 +53,11 @@ verify() {  # verify NAME: LFW-a verification on the identity preset's unseen ha
 for step in "${STEPS[@]}"; do
     case "$step" in
     fmeasure)  # the 10 rarest CelebA attributes (>= 20 test positives), 30% of the people held out
-        train t30-bce --config configs/attributes/celeba64-t30.yaml
-        train t30-posw --config configs/attributes/celeba64-t30.yaml --pos-weight
-        train t30-floss --config configs/attributes/celeba64-t30.yaml --f-measure 1
+        train t30-bce --config celeba64-t30
+        train t30-posw --config celeba64-t30 --pos-weight
+        train t30-floss --config celeba64-t30 --f-measure 1
         # beta^2 = 1: the loss then relaxes F1 itself, the metric compared (the seed's 0.3 favours precision)
-        train t30-floss-b1 --config configs/attributes/celeba64-t30.yaml --f-measure 1 --set loss.f_measure_beta2=1
+        train t30-floss-b1 --config celeba64-t30 --f-measure 1 --set loss.f_measure_beta2=1
         for n in t30-bce t30-posw t30-floss t30-floss-b1; do evaluate $n; done
         { echo "## F-measure"; echo '```'
           "$PY" benchmarks/rare_attributes.py bce="$OUT/t30-bce/eval/results.json" \
@@ -64,10 +66,10 @@ for step in "${STEPS[@]}"; do
           echo '```'; } | tee -a "$SUMMARY"
         ;;
     identity)  # softmax alone against softmax plus each feature loss, verified on unseen LFW-a people
-        train id-softmax --config configs/attributes/identity64.yaml
-        train id-center --config configs/attributes/identity64.yaml --center-loss 0.01
-        train id-contrastive --config configs/attributes/identity64.yaml --contrastive-center-loss 0.1
-        train id-exclusive --config configs/attributes/identity64.yaml --exclusive 0.1
+        train id-softmax --config identity64
+        train id-center --config identity64 --center-loss 0.01
+        train id-contrastive --config identity64 --contrastive-center-loss 0.1
+        train id-exclusive --config identity64 --exclusive 0.1
         for n in id-softmax id-center id-contrastive id-exclusive; do verify $n; done
         { echo "## Identity (LFW-a verification, 10 person-disjoint folds)"; echo
           echo "| model | accuracy | sd | AUC |"; echo "|---|---|---|---|"
@@ -77,8 +79,8 @@ for step in "${STEPS[@]}"; do
           done; echo; } | tee -a "$SUMMARY"
         ;;
     init)  # CelebA attributes from the face-identity trunk against the same model from scratch
-        train celeba-scratch --config configs/attributes/celeba64.yaml
-        train celeba-faceinit --config configs/attributes/celeba64.yaml --init-from "$OUT/id-softmax/checkpoints/best.pt"
+        train celeba-scratch --config celeba64
+        train celeba-faceinit --config celeba64 --init-from "$OUT/id-softmax/checkpoints/best.pt"
         for n in celeba-scratch celeba-faceinit; do evaluate $n; done
         { echo "## Face-pretrained trunk (CelebA test, mean accuracy at 0.5)"; echo
           for n in celeba-scratch celeba-faceinit; do
@@ -91,11 +93,11 @@ for step in "${STEPS[@]}"; do
         # rises once the learning rate drops"): under the preset's cosine decay the adaptive lambda
         # reached only 19.5% of channels sparse for a 50% target (2026-11-25). `attributes prune` cuts the
         # trained weights, not their EMA (whose BN scales lag the L1).
-        train slim-adaptive --config configs/attributes/celeba64.yaml --slim 0.5 --set optim.schedule=constant
-        train slim-fixed --config configs/attributes/celeba64.yaml --slim 0.5 --set optim.schedule=constant \
+        train slim-adaptive --config celeba64 --slim 0.5 --set optim.schedule=constant
+        train slim-fixed --config celeba64 --slim 0.5 --set optim.schedule=constant \
             --set slim.adaptive=false --set slim.l1=1e-4
         # a hand-tuned fixed lambda: the adaptive run's final value (2026-11-25)
-        train slim-fixed-1.3e-2 --config configs/attributes/celeba64.yaml --slim 0.5 --set optim.schedule=constant \
+        train slim-fixed-1.3e-2 --config celeba64 --slim 0.5 --set optim.schedule=constant \
             --set slim.adaptive=false --set slim.l1=1.3e-2
         for n in slim-adaptive slim-fixed slim-fixed-1.3e-2; do
             # latest.pt, not best.pt: best is chosen on validation accuracy, which peaks before the L1

@@ -1,4 +1,4 @@
-"""The configuration of a cross-domain study: one dataclass tree, YAML presets in configs/transfer/.
+"""The configuration of a cross-domain study: one dataclass tree, presets in presets/*.yaml.
 
 A study names its domains (data_prep sources, each with an identity-disjoint test split), the
 directions source->target to study, the tasks compared (by their label-schema names), the arms,

@@ -218,7 +218,7 @@ def _section_gan(config: DemoConfig, report: Report) -> None:
     report.text(
         f"A narrow DCGAN (128 channels at 4x4, 32 px) trained for {step} steps of batch {batch_size} on the studio faces, "
         f"{result['seconds']:.0f} s on this machine. Samples come from the EMA generator with fixed noise. Reproduce "
-        f"or go further with `facegan gan train` (see configs/gan/)."
+        f"or go further with `facegan gan train --config dcgan64-cpu` (`facegan gan train --help` lists the presets)."
     )
     report.image(out / "samples" / f"samples_{step:07d}.png", "samples from fixed noise")
     report.image(out / "samples" / f"interpolation_{step:07d}.png", "latent interpolation: each row a slerp path")
@@ -273,7 +273,7 @@ def _section_sr(config: DemoConfig, report: Report) -> None:
         f"batch {batch_size} on the studio faces: {pretrain} steps of L1 pretraining, then WGAN-GP fine-tuning; "
         f"{result['seconds']:.0f} s on this machine. Measured on {evaluation['protocol']['data']['faces']} "
         f"faces of held-out people, with a {evaluation['protocol']['crop_border']} px border cropped, beside bicubic "
-        "upsampling of the same LR images. Go further with `facegan sr train --config configs/sr/x4-16to64-cpu.yaml`."
+        "upsampling of the same LR images. Go further with `facegan sr train --config x4-16to64-cpu --root CELEBA_FOLDER`."
     )
     header, rows = metric_table(evaluation["metrics"])
     report.table(header, rows, "SR against bicubic on the same faces")
@@ -370,7 +370,7 @@ def _section_transfer(config: DemoConfig, report: Report) -> None:
         "on both synthetic domains' held-out identities; the SR model was trained on the wild domain's training people "
         "only. Balanced accuracy in %, [95% bootstrap interval over test identities]. A seconds-long run on "
         "synthetic faces: it shows the machinery, not a finding. Go further with `facegan transfer run "
-        "configs/transfer/lfw-celeba-quick.yaml`.")
+        "lfw-celeba-quick --dataset lfw=LFW_FOLDER --dataset celeba=CELEBA_FOLDER`.")
     for line in sentences(direction, "Male"):
         report.text(line)
     domains_order = ["studio", "wild"]
