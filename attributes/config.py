@@ -4,18 +4,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from attributes.distill import DistillConfig
+from attributes.losses import F_MEASURE_VARIANTS
 from attributes.model import ModelConfig
 from attributes.multidataset import SamplerConfig
 from attributes.slimming import SlimConfig
-from attributes.step import AugmentConfig, LossConfig, OptimConfig, SAConfig
 from data_prep.datasets.record import SPLITS
 from data_prep.sources import SourceConfig
 from engine.config import ConfigError
 from engine.errors import FaceganError
 from engine.trainer import TrainerConfig
 
-__all__ = ["ALL_FACES", "DatasetEntry", "EvalConfig", "AttributeRunConfig", "default_trainer", "add_datasets", "member_dir"]
+__all__ = ["ALL_FACES", "DatasetEntry", "OptimConfig", "LossConfig", "SAConfig", "AugmentConfig", "DistillConfig",
+           "EvalConfig", "AttributeRunConfig", "default_trainer", "add_datasets", "member_dir"]
 
 
 ALL_FACES = "all"  # DatasetEntry.train_split that trains on every face of a dataset
@@ -43,6 +43,98 @@ class DatasetEntry(SourceConfig):
         if self.identity and self.tasks and IDENTITY_TASK not in self.tasks:
             return [*self.tasks, IDENTITY_TASK]
         return list(self.tasks)
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd only
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine (to min_lr_ratio * lr at max_steps) | constant
+    min_lr_ratio: float = 0.02
+    schedule_steps: int = 0  # length of the cosine schedule (0: trainer.max_steps); fix it to stop early and resume later
+
+    def __post_init__(self) -> None:
+        # Checked here, not when the optimizer is built, so a bad value fails before any data is aligned.
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"optim.optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"optim.schedule must be 'cosine' or 'constant', not {self.schedule!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or self.schedule_steps < 0:
+            raise ConfigError("optim.weight_decay, optim.warmup_steps and optim.schedule_steps must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class LossConfig:
+    weighting: str = "fixed"  # fixed | uncertainty (Kendall et al.: learned log-variances)
+    weights: dict[str, float] = field(default_factory=dict)  # "dataset" or "dataset/group" -> weight (default 1)
+    # per_task: each head's loss is its mean over the faces labelled for it, so a head labelled on
+    # 5 faces of a batch of 64 weighs as much as one labelled on all 64 (each of its labels ~13x).
+    # by_coverage: that mean times the labelled share of the batch, so every label weighs the same.
+    sparse_labels: str = "per_task"  # per_task | by_coverage
+    # Joint supervision (attributes/losses.py): each term is added to the total loss with
+    # its weight (0: off), outside the fixed or uncertainty weighting of the heads' own losses.
+    center: float = 0.0  # center loss on the embeddings of single-label heads (identity, categorical)
+    center_alpha: float = 0.5  # the centres' own update rate (Wen et al.'s alpha); the optimizer does not move them
+    contrastive_center: float = 0.0  # contrastive-center loss on single-label heads; centres train with the network
+    contrastive_delta: float = 1.0  # delta in its denominator
+    exclusive: float = 0.0  # exclusive regularisation of single-label heads' classifier weights
+    f_measure: float = 0.0  # relaxed F-measure loss on binary attributes (heads without SA-softmax)
+    f_measure_beta2: float = 0.3  # beta^2 of the F-measure (< 1 favours precision)
+    f_measure_variant: str = "floss"  # floss (1 - F) | logfloss (-log F)
+
+    def __post_init__(self) -> None:
+        if self.weighting not in ("fixed", "uncertainty"):
+            raise ConfigError(f"loss.weighting must be 'fixed' or 'uncertainty', not {self.weighting!r}")
+        if self.sparse_labels not in ("per_task", "by_coverage"):
+            raise ConfigError(f"loss.sparse_labels must be 'per_task' or 'by_coverage', not {self.sparse_labels!r}")
+        if self.f_measure_variant not in F_MEASURE_VARIANTS:
+            raise ConfigError(f"loss.f_measure_variant must be one of {F_MEASURE_VARIANTS}, not {self.f_measure_variant!r}")
+        for name in ("center", "contrastive_center", "exclusive", "f_measure"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name} must be >= 0 (0: off), got {getattr(self, name)}")
+
+
+@dataclass
+class SAConfig:
+    plain_epochs: int = 10  # epochs of plain softmax before the N+1 "unrecognizable" class is used
+    window_epochs: int = 10  # epochs per counting window of the dynamic tags
+    threshold: float = 0.5  # accuracy below which a tag is flipped (to N+1, or back)
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = True
+    max_shift: int = 3  # pixels of random translation (edge-replicated)
+    grayscale: float = 0.0  # probability of training on a face's grayscale version (helps heads also used on LFW-a)
+    rotate: float = 0.0  # degrees of random rotation, uniform in +-rotate (0: off)
+    scale: float = 0.0  # random zoom, uniform in 1 +- scale (0: off)
+    erase: float = 0.0  # probability of erasing one random rectangle of 2-20% of the face (0: off)
+    color: float = 0.0  # colour jitter: brightness, contrast and saturation each scaled by 1 +- color (0: off)
+    mixup: float = 0.0  # mixup's Beta(alpha, alpha) parameter: train on blends of two faces of a dataset (0: off)
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("grayscale", 0.0, 1.0), ("erase", 0.0, 1.0), ("color", 0.0, 1.0), ("scale", 0.0, 0.5), ("rotate", 0.0, 180.0)):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigError(f"augment.{name} must be in [{low}, {high}], got {value}")
+        if self.max_shift < 0:
+            raise ConfigError(f"augment.max_shift must be >= 0, got {self.max_shift}")
+        if self.mixup < 0:
+            raise ConfigError(f"augment.mixup must be >= 0 (0: off), got {self.mixup}")
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""  # a checkpoint of `attributes train` with the same datasets and tasks; empty: no distillation
+    temperature: float = 4.0  # T: softens both distributions
+    weight: float = 1.0  # the distillation term's weight beside the label loss
 
 
 @dataclass

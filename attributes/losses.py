@@ -27,8 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attributes.heads import TaskGroup, decode_group
+from data_prep.datasets.schema import TaskKind
+
 __all__ = ["center_loss", "contrastive_center_loss", "exclusive_regularization", "relaxed_f_measure",
-           "f_measure_loss", "update_centers", "FeatureCenters", "F_MEASURE_VARIANTS"]
+           "f_measure_loss", "update_centers", "FeatureCenters", "F_MEASURE_VARIANTS", "distillation_loss"]
 
 F_MEASURE_VARIANTS = ("floss", "logfloss")
 
@@ -168,3 +171,28 @@ class FeatureCenters(nn.Module):
             x = embeddings.get(key, centers.new_zeros(0, centers.shape[1]))
             y = labels.get(key, torch.zeros(0, dtype=torch.long, device=centers.device))
             update_centers(centers, x, y, alpha, all_reduce)
+
+
+# Knowledge distillation (Hinton et al. 2015; the per-head terms are described in attributes.distill).
+def distillation_loss(group: TaskGroup, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The soft-target loss of one head group over a batch (see the module docstring)."""
+    t = float(temperature)
+    if group.kind is TaskKind.REGRESSION:
+        if group.bins:  # the expectation over DEX bins, with gradients (decode_group has none)
+            ages = torch.arange(group.bins, dtype=student.dtype, device=student.device) + group.value_range[0]
+            s_value = (student.softmax(-1) * ages).sum(-1)
+        else:
+            s_value = student[:, 0]
+        t_value = decode_group(group, teacher)["value"]
+        return ((s_value - t_value) / 10.0).pow(2).mean()
+    if group.kind is TaskKind.BINARY and not group.sa:
+        # KL(Bernoulli(p_t) || Bernoulli(p_s)) at temperature T, as a two-class softmax
+        s_logits = torch.stack([torch.zeros_like(student), student], -1) / t
+        t_logits = torch.stack([torch.zeros_like(teacher), teacher], -1) / t
+    elif group.kind is TaskKind.BINARY:
+        s_logits = student.view(student.shape[0], len(group.tasks), 3) / t
+        t_logits = teacher.view(teacher.shape[0], len(group.tasks), 3) / t
+    else:
+        s_logits, t_logits = student.unsqueeze(1) / t, teacher.unsqueeze(1) / t
+    kl = F.kl_div(s_logits.log_softmax(-1), t_logits.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    return kl.mean() * t * t

@@ -21,7 +21,7 @@ from attributes.data import DatasetSplits, prepare_datasets
 from attributes.inference import binary_validation, ensemble_from, predict_cache, run_of, threshold_key
 from attributes.model import AttributeModel, build_attribute_model
 from attributes.multidataset import ParallelDatasets, SamplerConfig, balancing_weights
-from attributes.step import AttributeStep
+from attributes.step import AttributeStep, DistillStep
 from data_prep.datasets.schema import LabelSchema, TaskKind
 from engine.checkpoint import atomic_save, load_checkpoint, module_weights
 from engine.config import save_config, to_dict
@@ -101,7 +101,6 @@ def fit(config: AttributeRunConfig, data: dict[str, DatasetSplits], *, unlabelle
     if make_step is not None:
         step = make_step(model, train_sets, val_sets, settings)
     elif config.distill.teacher:
-        from attributes.distill import DistillStep
         from attributes.inference import load_attribute_model
 
         step = DistillStep(model, train_sets, val_sets, teacher=load_attribute_model(config.distill.teacher).model,

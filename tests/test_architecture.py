@@ -178,3 +178,39 @@ def test_the_architecture_page_answers_the_newcomer_questions():
     page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     for named in ("gan/sr/models.py", "engine/trainer.py", "engine/checkpoint.py", "data_prep/datasets/registry.py"):
         assert named in page and (ROOT / named).is_file(), named
+
+
+def test_no_module_imports_itself_through_others():
+    """No circles: every import, at module level or inside a function, points one way."""
+    import grimp
+
+    graph = grimp.build_graph(*PACKAGES, cache_dir=None)
+    modules = sorted(graph.modules)
+    index, low, on_stack, stack, circles = {}, {}, set(), [], []
+
+    def visit(module):  # Tarjan's strongly connected components
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * len(modules)))
+    for module in modules:
+        if module not in index:
+            visit(module)
+    assert not circles, circles

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from attributes.config import DatasetEntry
+from attributes.config import DatasetEntry, OptimConfig
 from attributes.model import ModelConfig
-from attributes.step import OptimConfig
 from attributes.trunks import TrunkConfig
 from engine.config import to_dict
 

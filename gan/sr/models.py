@@ -28,14 +28,12 @@ the WGAN gradient penalty is a per-sample constraint that BatchNorm would break.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from gan.sr.config import SRModelConfig
 
 __all__ = [
     "SR_NORMS",
@@ -227,13 +225,13 @@ class SRCritic(nn.Module):
         return self.head(self.blocks(self.stem(x))).view(-1)
 
 
-def build_sr_generator(cfg: "SRModelConfig") -> SRGenerator:
+def build_sr_generator(cfg: Any) -> SRGenerator:
     """The generator described by `cfg` (an `SRModelConfig`)."""
     return SRGenerator(cfg.input_size, cfg.output_size, cfg.channels, cfg.num_blocks, cfg.down_blocks, cfg.min_channels,
                        cfg.norm, cfg.activation, cfg.residual)
 
 
-def build_sr_critic(cfg: "SRModelConfig") -> SRCritic:
+def build_sr_critic(cfg: Any) -> SRCritic:
     """The critic for `cfg`'s output size."""
     return SRCritic(image_size=cfg.output_size, channels=cfg.critic_channels, max_channels=cfg.critic_max_channels,
                     norm=cfg.critic_norm, activation="lrelu")

@@ -1,7 +1,7 @@
 """Face-generator networks: DCGAN and BEGAN, one family per module, one factory per family."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from torch import nn
 
@@ -9,8 +9,6 @@ from gan.generators.models.began import BEGANDecoder, BEGANDiscriminator, BEGANE
 from gan.generators.models.dcgan import DCGANDiscriminator, DCGANGenerator, build_dcgan, dcgan_init_
 from gan.generators.models.latent import LATENT_DISTRIBUTIONS, sample_latent, slerp
 
-if TYPE_CHECKING:
-    from gan.generators.config import GANConfig
 
 __all__ = [
     "DCGANGenerator",
@@ -29,7 +27,7 @@ __all__ = [
 ]
 
 
-def build_gan(cfg: "GANConfig") -> tuple[nn.Module, nn.Module]:
+def build_gan(cfg: Any) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) of the family named by `cfg.model`."""
     if cfg.model == "dcgan":
         return build_dcgan(cfg)

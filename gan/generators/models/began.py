@@ -46,14 +46,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from gan.generators.config import GANConfig
 
 __all__ = ["FastELU", "BEGANDecoder", "BEGANEncoder", "BEGANGenerator", "BEGANDiscriminator", "build_began"]
 
@@ -254,7 +252,7 @@ class BEGANDiscriminator(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-def build_began(cfg: "GANConfig") -> tuple[BEGANGenerator, BEGANDiscriminator]:
+def build_began(cfg: Any) -> tuple[BEGANGenerator, BEGANDiscriminator]:
     """The generator and autoencoder discriminator described by `cfg` (its `began` section)."""
     b = cfg.resolved().began
     speed = {"convs_per_scale": b.convs_per_scale, "fast_elu": b.fast_elu, "channels_last": b.channels_last}

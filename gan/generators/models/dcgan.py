@@ -15,13 +15,11 @@ At 64 px the generator projects 100-d noise to 1024x4x4 and four transposed conv
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # the config imports nothing from the models; keep it that way at run time
-    from gan.generators.config import GANConfig
 
 __all__ = [
     "SUPPORTED_SIZES",
@@ -179,7 +177,7 @@ def dcgan_init_(module: nn.Module, std: float = 0.02) -> nn.Module:
     return module
 
 
-def build_dcgan(cfg: "GANConfig") -> tuple[DCGANGenerator, DCGANDiscriminator]:
+def build_dcgan(cfg: Any) -> tuple[DCGANGenerator, DCGANDiscriminator]:
     """The generator and discriminator described by `cfg` (its `dcgan` section, resolved)."""
     d = cfg.resolved().dcgan
     generator = DCGANGenerator(d.latent_dim, cfg.image_size, d.g_channels, cfg.channels)
