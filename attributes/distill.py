@@ -48,7 +48,7 @@ def _student_config(teacher_checkpoint: Path, overrides: list[str], steps: int |
     config.init_weights = ""
     config.members = 1  # an ensemble teacher distils into one network
     config = from_dict(AttributeRunConfig, apply_overrides(to_dict(config), overrides))
-    config.trainer = replace(config.trainer, resume=False, progress=progress,
+    config.trainer = replace(config.trainer, resume="auto", progress=progress,
                              max_steps=steps or config.trainer.max_steps, threads=threads or config.trainer.threads)
     return config
 

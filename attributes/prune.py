@@ -78,7 +78,7 @@ def prune_checkpoint(checkpoint, out_dir, ratio: float = 0.5, min_keep: float = 
     config.slim = SlimConfig()  # no more L1 while fine-tuning
     config.optim = replace(config.optim, warmup_steps=min(config.optim.warmup_steps, max(1, finetune_steps // 10)),
                            schedule_steps=0)
-    config.trainer = replace(config.trainer, out_dir=str(out / "finetune"), max_steps=finetune_steps, resume=False,
+    config.trainer = replace(config.trainer, out_dir=str(out / "finetune"), max_steps=finetune_steps, resume="auto",
                              max_seconds=0.0, eval_every=max(1, finetune_steps // 2),
                              checkpoint_every=max(1, finetune_steps // 2), progress=progress,
                              threads=threads or config.trainer.threads)

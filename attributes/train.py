@@ -28,7 +28,7 @@ from engine.config import save_config, to_dict
 from engine.deprecation import moved_names
 from engine.device import choose_device
 from engine.errors import FaceganError
-from engine.trainer import Trainer
+from engine.trainer import ResumeError, Trainer, check_run_folder, checkpoint_files
 
 __all__ = ["train", "fit", "run_record", "sampling_weights"]
 
@@ -61,6 +61,12 @@ def train(config: AttributeRunConfig, progress: bool = True, work_dir: str | Pat
     (default: the run's folder), which lets an ensemble's members share one aligned cache."""
     if not config.datasets:
         config.datasets = {"synthetic": DatasetEntry()}
+    if config.members > 1:
+        if not config.trainer.resume and any(path.exists() for path in Path(config.trainer.out_dir).glob("members/*/checkpoints/*.pt")):
+            raise ResumeError(f"{config.trainer.out_dir} holds an earlier ensemble's members; continue it with --resume, "
+                              "or give another --out")
+    else:
+        check_run_folder(config.trainer)  # before any face is aligned
     out_dir = Path(config.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
@@ -132,8 +138,8 @@ def _train_ensemble(config: AttributeRunConfig, progress: bool) -> dict:
         member.members = 1
         member.trainer.seed = config.trainer.seed + k
         member.trainer.out_dir = str(member_dir(out_dir, k))
-        started = (member_dir(out_dir, k) / "checkpoints" / "latest.pt").is_file()
-        member.trainer.resume = config.trainer.resume and started
+        started = any(path.exists() for path in checkpoint_files(member_dir(out_dir, k)))
+        member.trainer.resume = config.trainer.resume if started else False
         log.info("ensemble member %d of %d (seed %d) in %s", k + 1, config.members, member.trainer.seed, member.trainer.out_dir)
         summary = train(member, progress, work_dir=out_dir)
         summaries.append(summary)

@@ -43,8 +43,9 @@ from data_prep.datasets.base import FaceDataset
 from data_prep.datasets.record import SPLITS, SampleRecord, SkippedSample
 from data_prep.datasets.schema import LabelSchema, Task, TaskKind
 from data_prep.images import ImageLoadError, load_rgb
-from engine.checkpoint import atomic_write_bytes, atomic_write_text
+from engine.checkpoint import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from engine.errors import FaceganError
+from engine.faults import fault_point
 
 __all__ = [
     "AlignedFaceCache",
@@ -263,7 +264,13 @@ def build_cache(
         log.info("resuming the cache build in %s (%d shard(s) done)", out_dir, len(state["shards"]))
 
     num_shards = -(-len(records) // shard_size)
-    done = {int(k): v for k, v in state["shards"].items() if _shard_intact(out_dir, int(k), v, size)}
+    remove_stale_temporaries(out_dir, recursive=False)
+    done = {}
+    for key, entry in state["shards"].items():
+        if _shard_intact(out_dir, int(key), entry, size):
+            done[int(key)] = entry
+        else:
+            log.warning("%s: shard %s is missing or cut short; it is built again", out_dir, key)
     state["shards"] = {str(k): v for k, v in done.items()}
     finished = sum(min(shard_size, len(records) - k * shard_size) for k in done)
     bar = tqdm(total=len(records), initial=finished, desc=f"caching {dataset.name}", unit="img", disable=not progress)
@@ -274,6 +281,7 @@ def build_cache(
                 continue
             start, stop = shard * shard_size, min(len(records), (shard + 1) * shard_size)
             entry = _build_shard(records, start, stop, out_dir / _SHARD_NAME.format(shard), size, aligner, pool, bar)
+            fault_point("cache-shard")  # the shard is on disk, the progress file does not list it yet
             state["shards"][str(shard)] = entry
             atomic_write_text(out_dir / PROGRESS_FILE, json.dumps(state))
             if on_shard_done is not None:

@@ -12,17 +12,20 @@ The rule every such job (`facegan align`, `facegan sr apply`) follows:
 from __future__ import annotations
 
 import csv
+import errno
 import io
+import logging
 import os
-import re
 from pathlib import Path
 from typing import Sequence
 
 from engine.checkpoint import atomic_write_bytes
-from engine.errors import FaceganError
+from engine.errors import DiskFullError, FaceganError
+from engine.faults import fault_point
 
-__all__ = ["ManifestError", "read_rows", "repair_manifest", "ManifestAppender", "unique_output_names",
-           "clean_stale_temporaries"]
+log = logging.getLogger(__name__)
+
+__all__ = ["ManifestError", "read_rows", "repair_manifest", "ManifestAppender", "unique_output_names"]
 
 
 class ManifestError(FaceganError):
@@ -55,7 +58,10 @@ def repair_manifest(path: str | os.PathLike) -> None:
     if path.is_file():
         data = path.read_bytes()
         if data and not data.endswith(b"\n"):
-            atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
+            kept = data[: data.rfind(b"\n") + 1]
+            log.warning("%s: dropped a last line cut short (%d bytes) by an interrupted run; its input is done again",
+                        path, len(data) - len(kept))
+            atomic_write_bytes(path, kept)
 
 
 class ManifestAppender:
@@ -83,8 +89,16 @@ class ManifestAppender:
         return self
 
     def write(self, rows: Sequence[dict[str, str]]) -> None:
-        self._writer.writerows(rows)
-        self._sync()
+        fault_point("manifest-append")  # the outputs of these rows are on disk, the rows not yet
+        try:
+            self._writer.writerows(rows)
+            self._sync()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"no space left on the device while appending to {self.path}; its complete rows "
+                                    "are kept (a partial last row is dropped on the next run): free some space and "
+                                    "run the command again, it resumes") from exc
+            raise
 
     def _sync(self) -> None:
         self._handle.flush()
@@ -107,13 +121,3 @@ def unique_output_names(keys: Sequence[str], suffix: str, keep_own_suffix: bool 
         clash = counts[name] > 1 and not (keep_own_suffix and Path(key).suffix.lower() == suffix)
         names.append(key + suffix if clash else name)
     return names
-
-
-_TEMPORARY = re.compile(r"^\..+\.(png|jpg|csv|json)\.[^.]+\.tmp$")
-
-
-def clean_stale_temporaries(folder: str | os.PathLike) -> None:
-    """Remove the temporary files of atomic writes (".<name>.<random>.tmp") a kill left behind."""
-    for path in Path(folder).rglob(".*.tmp"):
-        if path.is_file() and _TEMPORARY.match(path.name):
-            path.unlink(missing_ok=True)

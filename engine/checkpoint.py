@@ -1,51 +1,109 @@
 """Checkpoint files: atomic writes, safe loads, and config fingerprints for resume checks."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.errors import FaceganError
+from engine.errors import DiskFullError, FaceganError
+from engine.faults import fault_point
 
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_save",
     "load_checkpoint",
+    "newest_intact",
     "config_fingerprint",
     "module_weights",
     "file_sha256",
+    "remove_stale_temporaries",
     "CheckpointError",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(FaceganError, RuntimeError):
     """A checkpoint is missing, unreadable, or does not match what the caller expects."""
 
 
-def _atomic_replace(path: Path, write) -> None:
-    # Write beside the target and rename: a crash mid-write leaves the old file intact,
-    # never a truncated one, because rename within a directory is atomic on POSIX.
+def _atomic_replace(path: Path, write, keep_previous: Path | None = None, fault: str | None = None) -> None:
+    # Write beside the target and rename: a crash mid-write leaves the old file intact, never a
+    # truncated one, because rename within a directory is atomic on POSIX. With `keep_previous`,
+    # the old file becomes that one first, so a file damaged later (a disk, a copy, a sync tool)
+    # still has an intact predecessor.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if fault:
+            fault_point(f"{fault}-rename")
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
+            if fault:
+                fault_point(f"{fault}-rotate")
         os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+        _sync_folder(path.parent)
+    except BaseException as exc:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except FileNotFoundError:
+                pass
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left on the device while writing {path}; the previous version of it is "
+                                "intact (nothing was replaced). Free some space and run the command again: it resumes."
+                                ) from exc
         raise
+
+
+# The temporary file of an atomic write: ".<name>.<8 random characters>.tmp" beside its target.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = True) -> int:
+    """Remove the temporary files of atomic writes that a killed process left in `folder`, say
+    so, and return how many there were. Only call it where no other process is writing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    found = [p for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"))
+             if p.is_file() and _TEMPORARY.match(p.name)]
+    for path in found:
+        path.unlink(missing_ok=True)
+    if found:
+        log.warning("removed %d temporary file(s) that an interrupted run left in %s", len(found), folder)
+    return len(found)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename in it survives a power cut (where the OS supports it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -56,20 +114,50 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     atomic_write_bytes(path, text.encode(encoding))
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save that never leaves a half-written file behind."""
-    _atomic_replace(Path(path), lambda handle: torch.save(obj, handle))
+def atomic_save(obj: Any, path: str | os.PathLike, keep_previous: str | os.PathLike | None = None) -> None:
+    """torch.save that never leaves a half-written file behind; with `keep_previous`, the file
+    it replaces is kept there (a rotation: latest.pt -> previous.pt)."""
+    _atomic_replace(Path(path), lambda handle: torch.save(obj, handle),
+                    Path(keep_previous) if keep_previous is not None else None, fault="checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with weights_only=True, so a checkpoint cannot execute code when it is opened."""
+    """Load with weights_only=True, so a checkpoint cannot execute code when it is opened: a file
+    that holds other Python objects (a pickled function, say) is refused with a CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was cut short, by a full disk or a copy")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"cannot load checkpoint {path}: {exc}; it is damaged (cut short, or not a "
+                                  "checkpoint)") from exc
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: it holds Python objects other than tensors and plain data, which could "
+            "run code when opened; facegan never writes such files, so it is refused") from None
     except Exception as exc:  # torch raises several unrelated types for a bad file
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {detail[:160]}; it is damaged "
+                              "(cut short, or not a checkpoint)") from exc
+
+
+def newest_intact(paths: list[Path], map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any], list[str]]:
+    """The first of `paths` that loads, its contents, and why each one before it did not
+    (a CheckpointError naming every file when none loads)."""
+    problems = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            return path, load_checkpoint(path, map_location), problems
+        except CheckpointError as exc:
+            problems.append(str(exc))
+    if not problems:
+        raise CheckpointError(f"no checkpoint at {' or '.join(map(str, paths))}")
+    raise CheckpointError("no intact checkpoint: " + "; ".join(problems))
 
 
 def config_fingerprint(config: Any) -> str:

@@ -5,13 +5,18 @@ code never branches on the rank to log.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from engine.errors import DiskFullError
+from engine.faults import FAULT_ENV, fault_point
 
 __all__ = ["RunLogger", "save_image_grid"]
 
@@ -70,15 +75,21 @@ class RunLogger:
 
         self._jsonl.close()
         path = self.run_dir / "metrics.jsonl"
-        kept = []
+        kept, broken, later = [], 0, 0
         for line in path.read_text().splitlines():
             try:
                 row_step = json.loads(line).get("step", 0)
             except (json.JSONDecodeError, AttributeError):
-                continue  # a line cut short by the interruption
+                broken += 1  # a line cut short by the interruption
+                continue
             if isinstance(row_step, (int, float)) and row_step <= step:
                 kept.append(line)
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+            else:
+                later += 1
+        if broken or later:
+            log.warning("%s: dropped %d line(s) cut short and %d row(s) logged after step %d, which the run logs "
+                        "again", path, broken, later, max(step, 0))
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
         self._jsonl = open(path, "a", buffering=1)
         if self._writer is not None:
             self._writer.close()
@@ -93,7 +104,19 @@ class RunLogger:
             row[name] = value if math.isfinite(value) else str(value)
             if self._writer is not None:
                 self._writer.add_scalar(f"{prefix}/{name}", value, step)
-        self._jsonl.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        try:
+            if FAULT_ENV in os.environ:  # a crash test: leave half a line behind
+                self._jsonl.write(line[: len(line) // 2])
+                self._jsonl.flush()
+                fault_point("metrics-line")
+                line = line[len(line) // 2:]
+            self._jsonl.write(line)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"no space left on the device while logging to {self.run_dir / 'metrics.jsonl'}; "
+                                    "the checkpoints are intact: free some space and resume") from exc
+            raise
 
     def images(self, step: int, grids: dict[str, torch.Tensor], value_range: tuple[float, float] = (-1.0, 1.0)) -> list[Path]:
         if not self.enabled:

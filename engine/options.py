@@ -45,7 +45,9 @@ _HELP = {
     "amp": "mixed precision (trainer.amp): float16 with loss scaling on CUDA; bfloat16 on a CPU with native "
            "bfloat16 (AVX512-BF16 or AMX); float32, with a warning, elsewhere",
     "deterministic": "bit-reproducible kernels, slower (trainer.deterministic)",
-    "resume": "continue OUT's latest checkpoint exactly where it stopped (without --config: with OUT/config.yaml)",
+    "resume": "continue OUT's latest checkpoint exactly where it stopped (without --config: with OUT/config.yaml); "
+              "`--resume auto` continues when OUT has a checkpoint and starts otherwise, for job schedulers that requeue "
+              "the same command (trainer.resume)",
     "force": "with --resume: allow a changed configuration (trainer.force_resume)",
 }
 
@@ -71,7 +73,7 @@ def add_training_flags(parser, presets_package: str, default_out: str, help: dic
     parser.add_argument("--threads", type=int, help=texts["threads"])
     parser.add_argument("--amp", action="store_true", help=texts["amp"])
     parser.add_argument("--deterministic", action="store_true", help=texts["deterministic"])
-    parser.add_argument("--resume", action="store_true", help=texts["resume"])
+    parser.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"], help=texts["resume"])
     parser.add_argument("--force", action="store_true", help=texts["force"])
     parser.set_defaults(presets_package=presets_package)
 
@@ -89,7 +91,7 @@ def training_overrides(args) -> list[str]:
         "threads": getattr(args, "threads", None),
         "amp": True if getattr(args, "amp", False) else None,
         "deterministic": True if getattr(args, "deterministic", False) else None,
-        "resume": True if getattr(args, "resume", False) else None,
+        "resume": getattr(args, "resume", False) or None,
         "force_resume": True if getattr(args, "force", False) else None,
     }
     return [f"{TRAINER_SECTION}.{key}={value}" for key, value in shortcuts.items() if value is not None]

@@ -29,16 +29,18 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
-from engine.checkpoint import atomic_save, config_fingerprint, load_checkpoint
+from engine.checkpoint import CheckpointError, atomic_save, config_fingerprint, newest_intact, remove_stale_temporaries
 from engine.config import plain_data
 from engine.device import autocast_dtype, choose_device, configure_threads
 from engine.distributed import DistributedInfo, ResumableSampler, init_distributed
 from engine.ema import ModelEMA
 from engine.errors import FaceganError
+from engine.faults import fault_point
 from engine.logging import RunLogger, plot_curves
 from engine.reproducibility import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 
-__all__ = ["Step", "SeededStep", "StepContext", "TrainerConfig", "Trainer", "NonFiniteError", "ResumeError"]
+__all__ = ["Step", "SeededStep", "StepContext", "TrainerConfig", "Trainer", "NonFiniteError", "ResumeError",
+           "checkpoint_files", "check_run_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ class TrainerConfig:
     nan_check_every: int = 1
     progress: bool = True
     tensorboard: bool = True
-    resume: bool = False
+    resume: bool | str = False  # True: continue OUT's checkpoint; "auto": continue it when there is one, else start
     force_resume: bool = False
 
 
@@ -103,6 +105,32 @@ _SCHEDULE_FIELDS = {
     "out_dir", "max_steps", "max_seconds", "num_workers", "threads", "log_every", "sample_every", "eval_every",
     "checkpoint_every", "progress", "tensorboard", "resume", "force_resume", "device", "nan_check_every",
 }
+
+
+def checkpoint_files(out_dir: str | Path) -> list[Path]:
+    """The run's checkpoints a resume can start from, newest first: latest.pt, then previous.pt."""
+    folder = Path(out_dir) / "checkpoints"
+    return [folder / "latest.pt", folder / "previous.pt"]
+
+
+def check_run_folder(config: TrainerConfig) -> bool:
+    """Whether the run resumes: with `resume` True it must (a ResumeError without a checkpoint),
+    with "auto" it does when the folder has a checkpoint; without, a folder that has checkpoints
+    is refused, since starting over would overwrite an earlier run."""
+    if config.resume not in (True, False, "auto"):
+        raise FaceganError(f"trainer.resume must be true, false or auto, not {config.resume!r}")
+    found = [path for path in checkpoint_files(config.out_dir) if path.exists()]
+    if config.resume is True:
+        if not found:
+            raise ResumeError(f"--resume was given but there is no checkpoint in {Path(config.out_dir) / 'checkpoints'}")
+        return True
+    if config.resume == "auto":
+        return bool(found)
+    if found:
+        raise ResumeError(
+            f"{config.out_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in found)}); continue it "
+            "with --resume (--resume auto resumes when there is a checkpoint and starts otherwise), or give another --out")
+    return False
 
 
 class StepContext:
@@ -197,6 +225,8 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg = self.config
+        resuming = check_run_folder(cfg)
+        remove_stale_temporaries(self.checkpoint_dir, recursive=False)
         configure_threads(cfg.threads)
         self.device = choose_device(cfg.device)
         self.dist = init_distributed(self.device.type)
@@ -236,8 +266,10 @@ class Trainer:
             raise FaceganError(
                 f"the dataset has {len(self.dataset)} samples, fewer than one batch of {self.batch_per_rank} per process"
             )
-        if cfg.resume:
+        if resuming:
             self._resume()
+        elif self.dist.is_main:
+            self.logger.rewind(-1)  # logs of an earlier attempt that died before its first checkpoint
 
     # ----------------------------------------------------------------------------- data
     def _batches(self) -> Iterator[Any]:
@@ -290,17 +322,22 @@ class Trainer:
         }
 
     def save(self, name: str = "latest") -> Path | None:
+        """Write checkpoints/NAME.pt atomically; the latest.pt it replaces becomes previous.pt, so a
+        latest.pt damaged later (a full disk, a copy) still leaves an intact one to resume from."""
         if not self.dist.is_main:
             return None
         path = self.checkpoint_dir / f"{name}.pt"
-        atomic_save(self._state(), path)
+        atomic_save(self._state(), path, keep_previous=self.checkpoint_dir / "previous.pt" if name == "latest" else None)
         return path
 
     def _resume(self) -> None:
-        path = self.checkpoint_dir / "latest.pt"
-        if not path.is_file():
-            raise ResumeError(f"--resume was given but there is no checkpoint at {path}")
-        state = load_checkpoint(path, map_location=self.device)
+        try:
+            path, state, damaged = newest_intact(checkpoint_files(self.run_dir), map_location=self.device)
+        except CheckpointError as exc:
+            raise ResumeError(f"cannot resume the run in {self.run_dir}: {exc}. Nothing was overwritten; move the "
+                              "damaged files away to start over") from exc
+        for problem in damaged:
+            log.warning("%s; resuming from %s instead", problem, path)
         accepted = {self.fingerprint(), *(self.fingerprint(legacy) for legacy in self.legacy_run_configs)}
         if state.get("fingerprint") not in accepted and not self.config.force_resume:
             raise ResumeError(
@@ -384,6 +421,7 @@ class Trainer:
                     self._evaluate(step)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     self.save("latest")
+                fault_point("trainer-step")
                 if self._stop_requested:
                     stopped = "interrupted"
                     break

@@ -210,8 +210,7 @@ def _section_gan(config: DemoConfig, report: Report) -> None:
                               ema_decay=0.99, ema_modules=("generator",), sample_every=config.gan_steps,
                               checkpoint_every=0, log_every=5, progress=config.progress),
     )
-    if (out / "checkpoints" / "latest.pt").is_file():
-        run.trainer = replace(run.trainer, resume=True)  # a rerun of the demo continues, or finds it done
+    run.trainer = replace(run.trainer, resume="auto")  # a rerun of the demo continues, or finds it done
     result = train(run)
     step = result["global_step"]
     report.heading("4. Face generator (DCGAN)")
@@ -256,8 +255,7 @@ def _section_sr(config: DemoConfig, report: Report) -> None:
                               checkpoint_every=0, log_every=10, best_metric="psnr_y", best_mode="max",
                               progress=config.progress),
     )
-    if (out / "checkpoints" / "latest.pt").is_file():
-        run.trainer = replace(run.trainer, resume=True)
+    run.trainer = replace(run.trainer, resume="auto")  # a rerun of the demo continues, or finds it done
     result = train(run)
     checkpoint = out / "checkpoints" / "latest.pt"
     # The held-out people of the same aligned cache the run trained from.
@@ -310,8 +308,7 @@ def _section_attributes(config: DemoConfig, report: Report) -> None:
                               ema_modules=("model",), eval_every=steps, checkpoint_every=0, sample_every=0,
                               best_metric="score", best_mode="max", log_every=10, progress=config.progress),
     )
-    if (out / "checkpoints" / "latest.pt").is_file():
-        run.trainer = replace(run.trainer, resume=True)
+    run.trainer = replace(run.trainer, resume="auto")  # a rerun of the demo continues, or finds it done
     result = train(run, progress=config.progress)
     evaluation = evaluate_checkpoint(out / "checkpoints" / "latest.pt", out / "eval", split="test")
     report.heading("6. Face attributes with the self-assessing SA-softmax")

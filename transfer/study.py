@@ -172,7 +172,7 @@ def prepare_sr_stage(domain: str, config: StudyConfig, out_dir: Path, progress: 
     sr_config.trainer.progress = progress
     if config.budget.threads:
         sr_config.trainer.threads = config.budget.threads
-    sr_config.trainer.resume = (folder / "checkpoints" / "latest.pt").is_file()
+    sr_config.trainer.resume = "auto"
     log.info("SR stage for %s: training %s in %s", domain, preset, folder)
     start = time.perf_counter()
     train_sr(sr_config)
@@ -245,7 +245,7 @@ def cell_run_config(cell: Cell, config: StudyConfig, progress: bool = True) -> A
         ema_decay=budget.ema_decay, ema_modules=("model",), eval_every=0, sample_every=0,
         checkpoint_every=max(50, budget.steps // 4), log_every=max(1, min(20, budget.steps // 10)),
         threads=budget.threads or None, device=budget.device, progress=progress,
-        resume=(cell.folder / "checkpoints" / "latest.pt").is_file(),
+        resume="auto",
     )
     datasets = {name: replace(config.domains[name], tasks=list(config.tasks)) for name, _ in recipe.train}
     return AttributeRunConfig(datasets=datasets, model=model, optim=config.optim,

@@ -33,10 +33,10 @@ import numpy as np
 from PIL import Image
 
 from data_prep.align.aligner import AlignConfig, AlignResult, FaceAligner
-from data_prep.folder_job import (ManifestAppender, ManifestError, clean_stale_temporaries, read_rows, repair_manifest,
+from data_prep.folder_job import (ManifestAppender, ManifestError, read_rows, repair_manifest,
                                   unique_output_names)
 from data_prep.images import ImageLoadError, list_images, load_rgb
-from engine.checkpoint import atomic_write_bytes, atomic_write_text
+from engine.checkpoint import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from engine.errors import FaceganError
 
 __all__ = [
@@ -271,7 +271,7 @@ def align_folder(
 
     dst.mkdir(parents=True, exist_ok=True)
     _check_settings(dst, config, fmt)
-    clean_stale_temporaries(dst)
+    remove_stale_temporaries(dst)
     manifest_path = dst / "manifest.csv"
     repair_manifest(manifest_path)
     done = {row["source"] for row in read_manifest(manifest_path)}

@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from engine.config import save_config, to_dict
-from engine.trainer import Trainer
+from engine.trainer import Trainer, check_run_folder
 from gan.generators.config import GANRunConfig
 from gan.generators.data import build_gan_dataset
 from gan.generators.step import build_gan_step
@@ -28,6 +28,7 @@ def run_record(config: GANRunConfig) -> dict:
 
 def train(config: GANRunConfig) -> dict:
     """Build the data, the step and the Trainer, run it, and return the Trainer's result."""
+    check_run_folder(config.trainer)  # before any face is aligned
     out_dir = Path(config.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")

@@ -8,7 +8,7 @@ from data_prep.selection import evenly_spaced
 from data_prep.transforms import RandomHorizontalFlip
 from engine.config import save_config, to_dict
 from engine.errors import FaceganError
-from engine.trainer import Trainer
+from engine.trainer import Trainer, check_run_folder
 from gan.sr.config import SRDataConfig, SRRunConfig
 from gan.sr.step import SRStep
 
@@ -45,6 +45,7 @@ def build_sr_data(config: SRDataConfig, hr_size: int, out_dir: str | Path, progr
 
 def train(config: SRRunConfig) -> dict:
     """Build the data, the SR step and the Trainer, run it, and return the Trainer's result."""
+    check_run_folder(config.trainer)  # before any face is aligned
     out_dir = Path(config.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sr_config = config.sr.resolved(config.trainer.max_steps)
