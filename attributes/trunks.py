@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from engine.checkpoint import module_weights
+from engine.checkpoint import CheckpointError, load_checkpoint, module_weights
 from engine.errors import FaceganError
 from engine.modes import eval_mode
 
@@ -185,9 +185,9 @@ def _load_checkpoint(trunk: nn.Module, path: str) -> None:
     if not file.is_file():
         raise TrunkError(f"trunk checkpoint not found: {file}")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a corrupt file
-        raise TrunkError(f"cannot read trunk checkpoint {file}: {exc}") from exc
+        state = load_checkpoint(file)  # weights only: a file with pickled code is refused
+    except CheckpointError as exc:
+        raise TrunkError(f"trunk checkpoint: {exc}") from None
     if isinstance(state, dict) and isinstance(state.get("modules"), dict) and "model" in state["modules"]:
         # a facegan training checkpoint (an identity model, say): its EMA model's trunk, else the raw one
         state, _ = module_weights(state, "model", where=file)
