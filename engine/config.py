@@ -6,6 +6,7 @@ with a one-line warning.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -114,8 +115,36 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         _deep_update(data, _rename_legacy_sections(cls, loaded, str(path)))
+    _fill_entry_defaults(cls, data)
     data = apply_overrides(data, _renamed_overrides(cls, overrides or []))
     return from_dict(cls, data)
+
+
+def _fill_entry_defaults(cls: type, data: Any) -> None:
+    """Give each entry of a mapping of dataclasses (a study's domains, a run's datasets) the
+    defaults its preset left out, so that an override can set one (`domains.wild.root=...`)."""
+    if not dataclasses.is_dataclass(cls) or not isinstance(data, dict):
+        return
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value, annotation = data.get(f.name), hints[f.name]
+        if dataclasses.is_dataclass(annotation):
+            _fill_entry_defaults(annotation, value)
+            continue
+        args = typing.get_args(annotation)
+        inner = args[1] if typing.get_origin(annotation) is dict and len(args) == 2 else None
+        if not (dataclasses.is_dataclass(inner) and isinstance(value, dict)):
+            continue
+        try:
+            defaults = to_dict(inner())
+        except (TypeError, FaceganError):  # an entry type without defaults for every field
+            continue
+        for key, entry in value.items():
+            if isinstance(entry, dict):
+                merged = copy.deepcopy(defaults)
+                _deep_update(merged, entry)
+                value[key] = merged
+                _fill_entry_defaults(inner, merged)
 
 
 def save_config(config: Any, path: str | Path) -> None:

@@ -125,7 +125,10 @@ class Template:
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
-        points = np.asarray(self.points, dtype=np.float64)
+        try:
+            points = np.asarray(self.points, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TemplateError(f"template {self.name!r}: points must be numbers ({exc})") from exc
         if points.shape != (5, 2):
             raise TemplateError(f"template {self.name!r}: need 5 (x, y) points, got shape {points.shape}")
         if not np.all(np.isfinite(points)):
@@ -162,7 +165,7 @@ def _as_size(size, name: str) -> tuple[float, float]:
         size = (size, size)
     try:
         width, height = (float(v) for v in size)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise TemplateError(f"template {name!r}: size must be a number or (width, height), got {size!r}") from exc
     if not (width > 0 and height > 0 and np.isfinite(width) and np.isfinite(height)):
         raise TemplateError(f"template {name!r}: size must be positive, got {size!r}")
@@ -251,7 +254,7 @@ def load_template(path: str | Path) -> Template:
         raise TemplateError(f"{path}: template files must be .json, .yaml, .yml or .csv")
     try:
         points = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise TemplateError(f"{path}: points must be numbers ({exc})") from exc
     try:
         return Template(points, size, name=name)

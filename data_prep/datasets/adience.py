@@ -94,6 +94,9 @@ def _nearest_bin(age: float) -> int:
     return best
 
 
+_MAX_AGE = 130  # past any recorded human age: a damaged field, not a person
+
+
 def adience_age_group(value: str) -> int | None:
     """Bin index for an Adience `age` field (module docstring for the rule); None for `None`
     or empty; ValueError for anything else."""
@@ -103,12 +106,16 @@ def adience_age_group(value: str) -> int | None:
     match = _RANGE.fullmatch(token)
     if match is not None:
         low, high = int(match.group(1)), int(match.group(2))
+        if high > _MAX_AGE:
+            raise ValueError(f"age range {token!r} goes past {_MAX_AGE} years")
         if (low, high) in ADIENCE_AGE_BINS:
             return ADIENCE_AGE_BINS.index((low, high))
         if low > high:
             raise ValueError(f"age range {token!r} has low > high")
         return _nearest_bin((low + high) / 2.0)
-    if token.isdigit():
+    if token.isascii() and token.isdigit():
+        if int(token) > _MAX_AGE:
+            raise ValueError(f"age {token!r} is past {_MAX_AGE} years")
         return _nearest_bin(int(token))
     raise ValueError(f"unknown age value {token!r}")
 

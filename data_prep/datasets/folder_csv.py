@@ -107,7 +107,12 @@ def _parse_schema_data(data: Any, source: str) -> tuple[list[tuple[Task, str]], 
 def read_schema_file(path: Path | str) -> tuple[list[tuple[Task, str]], set[str]]:
     """A YAML/JSON schema sidecar -> ([(task, column)], ignored columns)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise LabelFileError(path, line, f"not UTF-8 text (byte {raw[exc.start]:#04x}); is this a schema file?") from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -159,7 +164,7 @@ def _convert(task: Task, token: str) -> int | float:
         return value
     if token in task.classes:
         return task.classes.index(token)
-    if token.lstrip("-").isdigit() and 0 <= int(token) < len(task.classes):
+    if token.lstrip("-").isascii() and token.lstrip("-").isdigit() and 0 <= int(token) < len(task.classes):
         return int(token)
     raise ValueError(f"{token!r} is neither a class of {task.name} {list(task.classes)} nor a class index")
 

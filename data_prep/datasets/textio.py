@@ -154,7 +154,8 @@ class Table:
 
 
 def _is_int(token: str) -> bool:
-    return token.lstrip("+-").isdigit()
+    digits = token.lstrip("+-")
+    return digits.isascii() and digits.isdigit()  # "²".isdigit() is True, int("²") fails
 
 
 def read_whitespace_table(

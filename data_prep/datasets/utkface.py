@@ -54,7 +54,7 @@ def parse_utkface_name(name: str) -> tuple[int, int, int, str]:
         if len(fields) > 1 and fields[1] not in ("0", "1"):
             reason += f"; gender {fields[1]!r} is neither 0 (male) nor 1 (female)"
         raise ValueError(reason)
-    if not all(f.isdigit() for f in fields):
+    if not all(f.isascii() and f.isdigit() for f in fields):
         raise ValueError("non-numeric field in age_gender_race_datetime")
     age, gender, race = int(fields[0]), int(fields[1]), int(fields[2])
     if not 0 <= age <= UTK_MAX_AGE:

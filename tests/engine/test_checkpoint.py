@@ -57,3 +57,26 @@ def test_config_fingerprint_is_order_independent_and_sensitive():
     b = config_fingerprint({"model": {"depth": 4, "size": 64}, "lr": 1e-3})
     c = config_fingerprint({"model": {"depth": 4, "size": 64}, "lr": 2e-3})
     assert a == b != c
+
+
+def test_training_state_differences_names_each_changed_value():
+    import torch
+
+    from engine.checkpoint import training_state_differences
+
+    def state():
+        return {"global_step": 7, "modules": {"G": {"w": torch.arange(4.0)}},
+                "optimizers": {"G": {"state": {0: {"step": torch.tensor(7.0)}}, "param_groups": [{"lr": float("nan")}]}}}
+
+    compared, differences = training_state_differences(state(), state())
+    assert compared == 3 and differences == []
+    changed = state()
+    weights = changed["modules"]["G"]["w"]
+    weights[2] = torch.nextafter(weights[2], torch.tensor(9.0))  # one unit in the last place
+    changed["optimizers"]["G"]["param_groups"][0]["lr"] = 0.1
+    changed["global_step"] = 8
+    _, differences = training_state_differences(state(), changed)
+    assert differences == ["global_step 8 != 7", "modules/G/w differs", "optimizers/G/param_groups/0/lr differs"]
+    retyped = state()
+    retyped["modules"]["G"]["w"] = retyped["modules"]["G"]["w"].double()
+    assert training_state_differences(state(), retyped)[1] == ["modules/G/w differs"]

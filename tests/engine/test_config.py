@@ -49,3 +49,17 @@ def test_unknown_key_in_preset(tmp_path):
     preset.write_text("optim:\n  momentum: 0.9\n")
     with pytest.raises(ConfigError, match="momentum"):
         load_config(Run, preset)
+
+
+def test_an_override_reaches_a_key_the_preset_left_out_of_a_mapping_entry():
+    # `facegan transfer run synthetic-quick --dataset wild=/data/wild` sets domains.wild.root,
+    # which the preset's domain entries do not write; it must not be "unknown key 'root'".
+    from engine.presets import resolve_preset
+    from transfer.config import StudyConfig
+
+    config = load_config(StudyConfig, resolve_preset("synthetic-quick", "transfer"),
+                         ["domains.wild.root=/data/wild", "domains.studio.synthetic_identities=7"])
+    assert str(config.domains["wild"].root) == "/data/wild"
+    assert config.domains["studio"].synthetic_identities == 7 and not config.domains["studio"].root
+    with pytest.raises(ConfigError, match="unknown key 'rot'"):
+        load_config(StudyConfig, resolve_preset("synthetic-quick", "transfer"), ["domains.wild.rot=/x"])
