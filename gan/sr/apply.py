@@ -45,7 +45,7 @@ import torch
 import yaml
 
 from data_prep.folder_job import ManifestAppender, read_rows, unique_output_names
-from engine.checkpoint import atomic_write_bytes, atomic_write_text
+from engine.checkpoint import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from engine.errors import FaceganError
 from gan.sr.inference import lr_from_image
 
@@ -314,6 +314,8 @@ def apply_sr(
             existing_header = next(csv.reader([handle.readline().rstrip("\n")]), [])
         if existing_header != header:
             raise SRApplyError(f"{manifest_path} has columns {existing_header}, this run writes {header}; use --restart")
+    # A kill during an output's atomic write leaves its temporary file; the output is redone below.
+    remove_stale_temporaries(dst)
     atomic_write_text(info_path, json.dumps(info, indent=2))
     schema_doc = {"tasks": [_schema_entry(t) for t in inputs.schema], "ignore": ["source"]}
     atomic_write_text(dst / SCHEMA_FILE, yaml.safe_dump(schema_doc, sort_keys=False))
