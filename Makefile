@@ -9,7 +9,7 @@ DEMO_OUT ?= runs/demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,metrics]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,metrics,export,app]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -59,12 +59,13 @@ def _commands(path, tmp_path):
                                           "--set", f"init_weights={checkpoint}", *TINY_ATTRIBUTES],
         "attributes train --teacher": ["attributes", "train", "--out", str(tmp_path / "teacher"), "--teacher", checkpoint,
                                        *TINY_ATTRIBUTES],
+        "export": ["export", checkpoint, "--out", str(tmp_path / "model.onnx"), "--time", "0"],
     }
 
 
 COMMANDS = ["gan sample", "gan eval", "sr apply", "sr eval", "attributes eval", "attributes predict", "attributes explain",
             "attributes verify", "attributes prune", "attributes distill", "attributes train --init-from",
-            "attributes train init_weights", "attributes train --teacher"]
+            "attributes train init_weights", "attributes train --teacher", "export"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

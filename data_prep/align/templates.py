@@ -64,6 +64,7 @@ from engine.errors import FaceganError
 __all__ = [
     "Template",
     "TemplateError",
+    "template_metadata",
     "TEMPLATES",
     "THESIS_NOSE_FRACTION",
     "get_template",
@@ -195,6 +196,19 @@ def get_template(name_or_path: str | Path | Template) -> Template:
     if path.suffix.lower() in (".json", ".yaml", ".yml", ".csv") or path.exists():
         return load_template(path)
     raise TemplateError(f"unknown template {key!r}: use one of {template_names()} or a .json/.yaml/.csv file")
+
+
+def template_metadata(name_or_path: str | Path | Template, output_size: int) -> dict:
+    """How faces were aligned, for a file that leaves facegan (an ONNX export): the template's
+    name and its five points (image-left eye, image-right eye, nose, image-left and image-right
+    mouth corner) in pixels of an `output_size` square face. A template file that is no longer
+    there keeps its name only."""
+    try:
+        template = get_template(name_or_path)
+    except TemplateError as exc:
+        return {"name": str(name_or_path), "output_size": output_size, "points": None, "note": str(exc)}
+    return {"name": template.name, "output_size": output_size,
+            "points": [[round(float(x), 4), round(float(y), 4)] for x, y in template.scaled(output_size)]}
 
 
 def load_template(path: str | Path) -> Template:
