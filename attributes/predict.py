@@ -21,7 +21,7 @@ import torch
 from engine.checkpoint import atomic_write_text
 from engine.errors import FaceganError
 
-__all__ = ["predict_paths", "aligned_photo_batches", "grade_of"]
+__all__ = ["predict_paths", "face_predictions", "aligned_photo_batches", "grade_of"]
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,30 @@ def aligned_photo_batches(inputs: list[Path], size: int, template: str, device: 
         yield batch, face_paths, failures
 
 
+def face_predictions(loaded, faces: torch.Tensor, head: str, device: str | torch.device = "cpu") -> list[dict[str, dict]]:
+    """{task: prediction, probability, confidence, grade (or value)} of each uint8 aligned face
+    (B, 3, S, S) for `head`, with the run's calibrated thresholds and flip test-time augmentation."""
+    from attributes.heads import decode_group
+    from attributes.inference import calibrated_thresholds, raw_outputs
+
+    model = loaded.model
+    if not len(faces):
+        return []
+    outputs = raw_outputs(model, faces.to(device), head, loaded.config.eval.flip_tta)
+    rows: list[dict[str, dict]] = []
+    for row in range(faces.shape[0]):
+        tasks: dict[str, dict] = {}
+        for group in model.groups[head]:
+            decoded = decode_group(group, outputs[group.name][row:row + 1])
+            tasks.update(_task_entries(group, decoded, 0, calibrated_thresholds(loaded.thresholds, head, group)))
+        rows.append(tasks)
+    return rows
+
+
 def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None = None, device: str = "cpu",
                   batch_size: int = 32, use_ema: bool = True, out: str | Path | None = None) -> dict[str, Any]:
     """Predictions for every image file in `inputs` (files or folders); also written as JSON to
     `out` when given."""
-    from attributes.heads import decode_group
-    from attributes.inference import calibrated_thresholds, raw_outputs
     from attributes.inference import load_attribute_model
 
     loaded = load_attribute_model(checkpoint, use_ema=use_ema, device=device)
@@ -125,17 +143,11 @@ def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None =
     if not paths:
         raise FaceganError("no image files given")
     results: list[dict[str, Any]] = []
-    flip_tta = loaded.config.eval.flip_tta
     for batch, face_paths, failures in aligned_photo_batches(paths, model.input_size, template, device, batch_size):
         results += failures
         if not face_paths:
             continue
-        outputs = raw_outputs(model, batch.to(device), head, flip_tta)
-        for row, (path, result) in enumerate(face_paths):
-            tasks: dict[str, dict] = {}
-            for group in model.groups[head]:
-                decoded = decode_group(group, outputs[group.name][row:row + 1])
-                tasks.update(_task_entries(group, decoded, 0, calibrated_thresholds(loaded.thresholds, head, group)))
+        for (path, result), tasks in zip(face_paths, face_predictions(loaded, batch, head, device)):
             results.append({"path": str(path), "status": result.status, "face_score": None if result.score is None else round(float(result.score), 4),
                             "tasks": tasks})
     order = {str(p): i for i, p in enumerate(paths)}

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_transfer(subparsers)
     _register_demo(subparsers)
     _register_export(subparsers)
+    _register_serve(subparsers)
     return parser
 
 
@@ -210,6 +211,42 @@ def _export(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {out} ({family})")
         print("\n".join(check.lines()))
+    return 0
+
+
+# ------------------------------------------------------------------------------------ serve
+def _register_serve(subparsers: argparse._SubParsersAction) -> None:
+    from transfer.app.serve import ServeConfig
+
+    defaults = ServeConfig()
+    p = add_command(subparsers, "serve", "a local web page: faces with graded attributes, super-resolution, generation",
+        """Start a web page on this machine over trained models: a Faces tab (upload a photo or use the bundled
+        astronaut; every face found, boxed with its five landmarks, aligned, every task predicted with its
+        confidence and S-D grade, and a Grad-CAM heat map of a chosen task), a Super-resolve tab (a face
+        aligned, brought to the model's input size, then bicubic beside the model's output, with a download)
+        and a Generate tab (a grid from a seed, and a slerp strip between two seeds). With no checkpoint given
+        it serves the models `facegan demo` wrote. It listens on 127.0.0.1 only unless --host names another
+        interface, never makes a public link, and loads nothing from outside this machine. Needs the app
+        extra: pip install 'facegan[app]'.""")
+    p.add_argument("--attributes", type=Path, metavar="CKPT", help="an `attributes train` checkpoint (a network or an ensemble)")
+    p.add_argument("--sr", type=Path, metavar="CKPT", help="an `sr train` checkpoint")
+    p.add_argument("--gan", type=Path, metavar="CKPT", help="a `gan train` checkpoint")
+    p.add_argument("--demo-dir", type=Path, default=defaults.demo_dir,
+                   help=f"with no checkpoint given, serve the models `facegan demo` wrote here (default {defaults.demo_dir})")
+    p.add_argument("--host", default=defaults.host,
+                   help=f"interface to listen on (default {defaults.host}: this machine only); 0.0.0.0 opens it to the network")
+    p.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port})")
+    p.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_mb,
+                   help=f"largest upload accepted, in MB (default {defaults.max_upload_mb:g})")
+    add_runtime_options(p, device=None, raw=False)
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from transfer.app.serve import ServeConfig, serve
+
+    serve(ServeConfig(attributes=args.attributes, sr=args.sr, gan=args.gan, demo_dir=args.demo_dir, host=args.host,
+                      port=args.port, max_upload_mb=args.max_upload_mb))
     return 0
 
 

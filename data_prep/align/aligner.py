@@ -133,6 +133,13 @@ class AlignResult:
     num_faces: int = 0
 
 
+def _check_image(index: int, image, caller: str) -> None:
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"{caller}: image {index} must be an HxWx3 uint8 array, got shape {shape} dtype {dtype}")
+
+
 class FaceAligner:
     """Aligns batches of HxWx3 uint8 RGB images to `config.template` at `config.output_size`."""
 
@@ -181,10 +188,7 @@ class FaceAligner:
         if landmarks is not None and len(landmarks) != len(images):
             raise ValueError(f"align_batch: {len(images)} images but {len(landmarks)} landmark entries")
         for i, image in enumerate(images):
-            if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
-                shape = getattr(image, "shape", None)
-                dtype = getattr(image, "dtype", type(image).__name__)
-                raise ValueError(f"align_batch: image {i} must be an HxWx3 uint8 array, got shape {shape} dtype {dtype}")
+            _check_image(i, image, "align_batch")
         given = list(landmarks) if landmarks is not None else [None] * len(images)
         to_detect = [i for i, points in enumerate(given) if points is None]
         detections: dict[int, Detection] = {}
@@ -209,6 +213,32 @@ class FaceAligner:
         )
         for i, face in zip(warp_index, faces):
             results[i].face = face
+        return results
+
+    def align_all(self, image: np.ndarray) -> list[AlignResult]:
+        """Every face of one HxWx3 uint8 image that passes `min_score` and `min_face_size`, each
+        aligned, largest first: the "all faces" selection (`align_batch` keeps one face per image,
+        chosen by `selection`). An image without such a face gives an empty list."""
+        _check_image(0, image, "align_all")
+        detection = self.detector.detect([image])[0]
+        if len(detection) == 0:
+            return []
+        sides = np.sqrt(np.clip(detection.boxes[:, 2] - detection.boxes[:, 0], 0, None)
+                        * np.clip(detection.boxes[:, 3] - detection.boxes[:, 1], 0, None))
+        keep = np.flatnonzero((detection.scores >= self.config.min_score) & (sides >= self.config.min_face_size))
+        results = []
+        for index in keep[np.argsort(-sides[keep], kind="stable")]:
+            points = detection.landmarks[index]
+            try:
+                matrix, rms = self._fit(points)
+            except DegenerateLandmarksError:
+                continue
+            results.append(AlignResult("aligned", score=float(detection.scores[index]), box=detection.boxes[index].copy(),
+                                       landmarks=points.copy(), transform=matrix, fit_rms=rms, num_faces=len(keep)))
+        faces = warp_faces([image] * len(results), [r.transform for r in results], self.config.output_size,
+                           border=self.config.border, device=self.device) if results else []
+        for result, face in zip(results, faces):
+            result.face = face
         return results
 
     # -- internals ------------------------------------------------------------------------

@@ -113,6 +113,14 @@ def test_face_selection(astronaut_rgb):
         assert r.status == "aligned" and r.num_faces == 2 and "2 faces" in r.reason
         picks[selection] = (r.box[0] + r.box[2]) / 2
     assert picks["largest"] < 512 < picks["central"]
+    # "all faces": both, each aligned like the one align_batch picks, largest first.
+    aligner = FaceAligner(AlignConfig(device="cpu", selection="largest"))
+    every = aligner.align_all(canvas)
+    assert [r.status for r in every] == ["aligned", "aligned"] and every[0].num_faces == 2
+    assert (every[0].box[0] + every[0].box[2]) / 2 < 512 < (every[1].box[0] + every[1].box[2]) / 2
+    np.testing.assert_allclose(every[0].transform, aligner.align_batch([canvas])[0].transform)
+    assert all(r.face.shape == (128, 128, 3) for r in every)
+    assert aligner.align_all(np.full((120, 160, 3), 90, dtype=np.uint8)) == []
 
 
 def test_no_face_skip_and_center_crop():

@@ -30,26 +30,6 @@ LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
 RTOL, ATOL = 1e-3, 1e-4
 
 
-@pytest.fixture(scope="module")
-def began_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("began") / "run"
-    assert main(["gan", "train", "--model", "began", "--image-size", "32", "--out", str(out), "--steps", "2",
-                 "--batch-size", "4", "--threads", "1", "--set", "data.synthetic_identities=4",
-                 "--set", "data.synthetic_images_per_identity=2", "--set", "gan.began.hidden_channels=16",
-                 "--set", "trainer.progress=false", "--set", "trainer.tensorboard=false",
-                 "--set", "gan.num_samples=4"]) == 0
-    return out / "checkpoints" / "latest.pt"
-
-
-@pytest.fixture(scope="module")
-def sa_ensemble_checkpoint(tmp_path_factory):
-    from tests.attributes.conftest import train_tiny
-
-    tmp = tmp_path_factory.mktemp("sa_ensemble")
-    out = train_tiny(tmp, "sa", 4, "--members", "2", "--sa-softmax", "--set", "sa.plain_epochs=0")
-    return out / "checkpoints" / "latest.pt"
-
-
 def _export(checkpoint, tmp_path, *extra) -> tuple[Path, dict]:
     out = tmp_path / "model.onnx"
     code = main(["export", str(checkpoint), "--out", str(out), "--time", "0", "--json", "--threads", "1", *extra])
