@@ -39,6 +39,16 @@ class CheckpointError(FaceganError, RuntimeError):
     """A checkpoint is missing, unreadable, or does not match what the caller expects."""
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (single-threaded): the permissions a plain open() would give a new file.
+_NEW_FILE_MODE = 0o666 & ~_read_umask()
+
+
 def _atomic_replace(path: Path, write, keep_previous: Path | None = None, fault: str | None = None) -> None:
     # Write beside the target and rename: a crash mid-write leaves the old file intact, never a
     # truncated one, because rename within a directory is atomic on POSIX. With `keep_previous`,
@@ -50,6 +60,9 @@ def _atomic_replace(path: Path, write, keep_previous: Path | None = None, fault:
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
+            # mkstemp makes the file private (0600); the result gets what a plain write would:
+            # the replaced file's permissions, else the umask's.
+            os.fchmod(handle.fileno(), path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE)
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())

@@ -60,17 +60,21 @@ def _commands(path, tmp_path):
         "attributes train --teacher": ["attributes", "train", "--out", str(tmp_path / "teacher"), "--teacher", checkpoint,
                                        *TINY_ATTRIBUTES],
         "export": ["export", checkpoint, "--out", str(tmp_path / "model.onnx"), "--time", "0"],
+        "serve": ["serve", "--attributes", checkpoint, "--port", "1"],
     }
 
 
 COMMANDS = ["gan sample", "gan eval", "sr apply", "sr eval", "attributes eval", "attributes predict", "attributes explain",
             "attributes verify", "attributes prune", "attributes distill", "attributes train --init-from",
-            "attributes train init_weights", "attributes train --teacher", "export"]
+            "attributes train init_weights", "attributes train --teacher", "export", "serve"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_refuses_a_checkpoint_that_could_run_code(hostile, tmp_path, capsys, command):
     path, marker = hostile
+    needs = {"export": ("onnxruntime", "export"), "serve": ("gradio", "app")}
+    if command in needs:
+        pytest.importorskip(needs[command][0], reason=f"the {needs[command][1]} extra is not installed")
     commands = _commands(path, tmp_path)
     assert set(commands) == set(COMMANDS)
     code = main(commands[command])

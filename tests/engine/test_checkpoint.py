@@ -52,6 +52,18 @@ def test_atomic_write_text(tmp_path):
     assert (tmp_path / "a.txt").read_text() == "world"
 
 
+def test_atomic_writes_give_the_permissions_of_a_plain_write(tmp_path):
+    import os
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_text(tmp_path / "new.txt", "x")  # not mkstemp's private 0600
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    os.chmod(tmp_path / "new.txt", 0o640)
+    atomic_write_text(tmp_path / "new.txt", "y")  # a replaced file keeps its permissions
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o640
+
+
 def test_config_fingerprint_is_order_independent_and_sensitive():
     a = config_fingerprint({"lr": 1e-3, "model": {"size": 64, "depth": 4}})
     b = config_fingerprint({"model": {"depth": 4, "size": 64}, "lr": 1e-3})

@@ -76,10 +76,11 @@ def build_app(models: work.ServedModels, max_bytes: int):
 
     def faces_page(path, task, all_faces):
         result = work.analyse_photo(models, path, task, all_faces, max_bytes)
-        return (result.annotated, [_enlarged(f, 192) for f in result.faces], result.rows,
-                [_enlarged(o, 192) for o in result.overlays], result.message)
+        columns = min(len(result.faces), 6)
+        return (result.annotated, _enlarged(work.grid_of(result.faces, columns), 160), result.rows,
+                _enlarged(work.grid_of(result.overlays, columns), 160), result.message)
 
-    faces_failed = _shown_errors(lambda message: (None, [], [], [], message))
+    faces_failed = _shown_errors(lambda message: (None, None, [], None, message))
     analyse = faces_failed(faces_page)
     analyse_astronaut = faces_failed(lambda task, all_faces: faces_page(str(ASTRONAUT_JPG), task, all_faces))
 
@@ -127,10 +128,10 @@ def build_app(models: work.ServedModels, max_bytes: int):
                         annotated = gr.Image(label="faces found", type="numpy", format="png", interactive=False,
                                              elem_id="faces-annotated")
                     with gr.Row():
-                        aligned = gr.Gallery(label="aligned faces", columns=4, height=300, format="png",
-                                             elem_id="faces-aligned")
-                        overlays = gr.Gallery(label="Grad-CAM", columns=4, height=300, format="png",
-                                              elem_id="faces-cam")
+                        aligned = gr.Image(label="aligned faces, in the order of the boxes", format="png",
+                                           interactive=False, height=240, elem_id="faces-aligned")
+                        overlays = gr.Image(label="Grad-CAM of the chosen task", format="png", interactive=False,
+                                            height=240, elem_id="faces-cam")
                     table = gr.Dataframe(headers=TABLE_HEADERS, label="predictions, most trusted first",
                                          interactive=False, elem_id="faces-table")
                     outputs = [annotated, aligned, table, overlays, status]

@@ -18,7 +18,7 @@ import torch
 from engine.errors import FaceganError
 
 __all__ = ["AppInputError", "ServedModels", "load_served_models", "read_upload", "FacesResult", "analyse_photo",
-           "SRResult", "super_resolve_photo", "task_names", "generate_grid", "slerp_strip", "DEMO_CHECKPOINTS", "SYNTHETIC_WARNING"]
+           "SRResult", "super_resolve_photo", "task_names", "grid_of", "generate_grid", "slerp_strip", "DEMO_CHECKPOINTS", "SYNTHETIC_WARNING"]
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,8 @@ def _images(batch: torch.Tensor) -> list[np.ndarray]:
     return [p.repeat(3, axis=2) if p.shape[2] == 1 else p for p in pixels]
 
 
-def _grid(images: list[np.ndarray], columns: int) -> np.ndarray:
+def grid_of(images: list[np.ndarray], columns: int) -> np.ndarray:
+    """Equal-sized HxWx3 images in rows of `columns`, on white with 2-pixel gaps."""
     rows = -(-len(images) // columns)
     height, width = images[0].shape[:2]
     pad = 2
@@ -285,7 +286,7 @@ def generate_grid(models: ServedModels, seed: int, count: int) -> np.ndarray:
     generator = torch.Generator().manual_seed(int(seed))
     with models.lock:
         faces = models.gan.sample(int(count), generator=generator)
-    return _grid(_images(faces), columns=min(8, int(count)))
+    return grid_of(_images(faces), columns=min(8, int(count)))
 
 
 def slerp_strip(models: ServedModels, seed_a: int, seed_b: int, steps: int = 8) -> np.ndarray:
@@ -301,4 +302,4 @@ def slerp_strip(models: ServedModels, seed_a: int, seed_b: int, steps: int = 8) 
             for s in (seed_a, seed_b)]
     with models.lock:
         faces = models.gan.interpolate(ends[0], ends[1], int(steps))
-    return _grid(_images(faces), columns=int(steps))
+    return grid_of(_images(faces), columns=int(steps))
