@@ -204,7 +204,32 @@ def _upload(page, component: str, path: Path) -> None:
     page.wait_for_timeout(800)  # the upload itself, before the button may use it
 
 
-def test_the_page_in_chromium(server, bad_files, models):
+_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+          "--disable-component-update", "--no-first-run"]
+
+
+def _open_chromium(playwright, chromium: str, folder: Path):
+    """(browser, process): Playwright launches the system Chromium by its path; when this Playwright
+    cannot drive that Chromium's version, it connects over CDP to one started here instead."""
+    try:
+        return playwright.chromium.launch(executable_path=chromium, args=_FLAGS), None
+    except Exception as launch_error:  # playwright's Error: version mismatch, missing libraries
+        profile = folder / "chromium-profile"
+        process = subprocess.Popen([chromium, "--headless=new", "--remote-debugging-port=0", f"--user-data-dir={profile}",
+                                    *_FLAGS, "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.time() + 30
+        while not port_file.is_file() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        if not port_file.is_file():
+            process.kill()
+            raise AssertionError(f"Playwright cannot launch {chromium} ({launch_error}) and it did not start "
+                                 "with --remote-debugging-port either") from launch_error
+        port = port_file.read_text().split()[0]
+        return playwright.chromium.connect_over_cdp(f"http://127.0.0.1:{port}"), process
+
+
+def test_the_page_in_chromium(server, bad_files, models, tmp_path):
     chromium = _chromium()
     if chromium is None:
         pytest.skip("no Chromium found (install Debian's `chromium` package, or set FACEGAN_CHROMIUM); .ci/run installs it")
@@ -214,9 +239,7 @@ def test_the_page_in_chromium(server, bad_files, models):
     requests: list[str] = []
     expected_tasks = work.task_names(models)
     with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
+        browser, cdp_process = _open_chromium(playwright, chromium, tmp_path)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 1400})
             context.on("request", lambda request: requests.append(request.url))
@@ -279,6 +302,8 @@ def test_the_page_in_chromium(server, bad_files, models):
             second.close()
         finally:
             browser.close()
+            if cdp_process is not None:
+                cdp_process.kill()
     assert process.poll() is None and _answers(url), log.read_text()[-2000:]
     outside = sorted({r for r in requests if not r.startswith(url) and not r.startswith(("data:", "blob:"))})
     assert requests and outside == [], f"the page loaded from outside the server: {outside[:10]}"
