@@ -112,6 +112,9 @@ def export_attributes(checkpoint: str | Path, out: str | Path, batch: int = 8, s
         "value_range": [-1.0, 1.0],
         "preprocessing": "RGB uint8 face aligned on the template at input_size, then x / 127.5 - 1",
         "templates": templates,
+        # `attributes predict` averages the raw outputs of each face and its mirror image when the
+        # run says so; the graph holds one pass, so a deployment runs it on both and averages.
+        "flip_tta": bool(loaded.config.eval.flip_tta),
         "heads": [_describe(d, g, thresholds) for d, groups in model.groups.items() for g in groups],
         "outputs": output_names(model.groups),
         "schemas": {name: schema.to_dict() for name, schema in model.schemas.items()},

@@ -77,7 +77,7 @@ def test_attribute_models_export_every_head_equal_to_predict(run, tmp_path, sa_e
     model = loaded.model
     assert meta["kind"] == "attribute-model" and meta["members"] == (2 if run == "sa_ensemble" else 1)
     assert meta["input_size"] == model.input_size and meta["value_range"] == [-1.0, 1.0]
-    assert set(meta["schemas"]) == set(model.schemas)
+    assert set(meta["schemas"]) == set(model.schemas) and meta["flip_tta"] == loaded.config.eval.flip_tta
     session = onnx_session(out, threads=1)
     names = [o.name for o in session.get_outputs()]
     assert names == meta["outputs"]
