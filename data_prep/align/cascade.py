@@ -35,9 +35,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops.boxes import batched_nms
 
-__all__ = ["detect_faces"]
+__all__ = ["detect_faces", "batched_nms"]
 
 
 def _pyramid(height: int, width: int, minsize: float, factor: float) -> list[float]:
@@ -113,6 +112,29 @@ def _crops(images: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, 
     if not out:
         return images.new_zeros((0, channels, size, size)), keep_t
     return torch.cat(out), keep_t
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Greedy non-maximum suppression within each group (image): the indices kept, by
+    decreasing score; a box goes when its IoU with a kept one exceeds `threshold`. The same
+    rule and arithmetic as torchvision's `batched_nms`, without importing torchvision."""
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    coords = boxes.detach().cpu().numpy()
+    # Groups never overlap once each is shifted past the largest coordinate.
+    coords = coords + (groups.detach().cpu().numpy()[:, None] * (coords.max() + 1)).astype(coords.dtype)
+    x1, y1, x2, y2 = coords[:, 0], coords[:, 1], coords[:, 2], coords[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-scores.detach().cpu().numpy(), kind="stable")
+    keep = []
+    while order.size:
+        first, rest = order[0], order[1:]
+        keep.append(first)
+        width = np.clip(np.minimum(x2[first], x2[rest]) - np.maximum(x1[first], x1[rest]), 0, None)
+        height = np.clip(np.minimum(y2[first], y2[rest]) - np.maximum(y1[first], y1[rest]), 0, None)
+        inter = width * height
+        order = rest[inter / (areas[first] + areas[rest] - inter) <= threshold]
+    return torch.as_tensor(np.asarray(keep, dtype=np.int64), device=boxes.device)
 
 
 def _run_in_chunks(net: torch.nn.Module, data: torch.Tensor, chunk: int = 512):

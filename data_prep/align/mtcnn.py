@@ -95,7 +95,7 @@ class MTCNNDetector:
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709, max_side: int = 1024,
                  min_side: int = 64, tiny_side: int = 12, batch_size: int = 32, retry_below: float = 0.9,
                  retry_thresholds: Sequence[float] | None = (0.5, 0.5, 0.5), pad_retry: float = 0.1):
-        from facenet_pytorch import MTCNN
+        from data_prep.align.nets import load_mtcnn_nets
 
         if min_face_size <= 0:
             raise ValueError(f"min_face_size must be positive, got {min_face_size}")
@@ -104,10 +104,8 @@ class MTCNNDetector:
         if not 0 < factor < 1:
             raise ValueError(f"factor must be in (0, 1), got {factor}")
         self.device = torch.device(device)
-        # MTCNN loads pnet.pt / rnet.pt / onet.pt from inside the installed wheel.
-        nets = MTCNN(device=self.device)
-        nets.eval()
-        self.pnet, self.rnet, self.onet = nets.pnet, nets.rnet, nets.onet
+        # pnet.pt / rnet.pt / onet.pt from inside the installed facenet-pytorch wheel.
+        self.pnet, self.rnet, self.onet = load_mtcnn_nets(self.device)
         self.min_face_size = float(min_face_size)
         self.thresholds = [float(t) for t in thresholds]
         self.factor = float(factor)

@@ -1,0 +1,141 @@
+"""`facegan align` end to end against bare facenet-pytorch MTCNN, on the same images.
+
+    python benchmarks/align_throughput.py [--images 512] [--rounds 2] [--threads 2]
+
+Per dataset (CelebA's 178x218 crops and UTKFace's 200x200 chips in ../shared/data or
+$FACEGAN_DATA) it takes N images evenly spaced over the sorted file list and runs, alternating,
+for `--rounds` rounds, each in a fresh process with torch on `--threads` threads:
+
+- bare MTCNN: `facenet_pytorch.MTCNN()` with its defaults, `detect` on batches of 32 images
+  that were decoded before the clock started (the detector's speed alone);
+- `facegan align SRC DST` as a user runs it: the command's start-up, decoding, detection,
+  alignment, writing every face and the manifest, timed from launch to exit.
+
+It prints the median images/s of each, the ratio (facegan / bare), and the share of images each
+found a face in with score >= 0.9 (for facegan: manifest rows with status "aligned" at its default
+min_score 0.9). The CPU is named (lscpu) beside the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = {"celeba": "celeba/img_align_celeba", "utkface": "utkface/crop_part1"}
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("FACEGAN_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def cpu_name() -> str:
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return "unknown CPU"
+
+
+def pick(folder: Path, n: int) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    if n >= len(files):
+        return files
+    step = (len(files) - 1) / (n - 1)
+    return [files[round(k * step)] for k in range(n)]
+
+
+def bare_worker(files: list[str], threads: int, batch: int) -> dict:
+    """Runs in its own process: decode everything, then time MTCNN's detect alone."""
+    import numpy as np
+    import torch
+    from facenet_pytorch import MTCNN
+    from PIL import Image
+
+    torch.set_num_threads(threads)
+    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    mtcnn = MTCNN(device="cpu")
+    mtcnn.detect(images[:2])  # warm-up: weights in cache, oneDNN primitives made
+    found = 0
+    start = time.perf_counter()
+    for k in range(0, len(images), batch):
+        boxes, probs = mtcnn.detect(images[k:k + batch])
+        found += sum(p is not None and p[0] is not None and float(np.max(p)) >= 0.9 for p in probs)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "found": int(found), "images": len(images)}
+
+
+def run_bare(files: list[Path], threads: int, batch: int) -> dict:
+    code = ("import json, sys; sys.path.insert(0, %r); from align_throughput import bare_worker; "
+            "print(json.dumps(bare_worker(json.loads(sys.argv[1]), %d, %d)))") % (str(Path(__file__).parent), threads, batch)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps([str(f) for f in files])], capture_output=True,
+                         text=True, env=env, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_facegan(src: Path, dst: Path, threads: int, extra: list[str]) -> dict:
+    facegan = Path(sys.executable).with_name("facegan")
+    command = [str(facegan)] if facegan.exists() else [sys.executable, "-m", "transfer.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FACEGAN_THREADS": str(threads)}
+    start = time.perf_counter()
+    subprocess.run([*command, "align", str(src), str(dst), "--quiet", *extra], check=True, env=env, cwd=REPO,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - start
+    summary = json.loads((dst / "summary.json").read_text())
+    return {"seconds": seconds, "found": int(summary["aligned"]), "images": int(summary["inputs"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, default=None, help="folder holding celeba/ and utkface/")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--images", type=int, default=512, help="images per dataset, evenly spaced (default 512)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of both (default 2)")
+    parser.add_argument("--batch", type=int, default=32, help="bare MTCNN's batch (default 32)")
+    parser.add_argument("--facegan-args", default="", help="extra options for `facegan align`, e.g. '--no-retry'")
+    args = parser.parse_args()
+    root = args.data_root or default_data_root()
+    print(f"CPU: {cpu_name()}; {args.threads} thread(s); {args.images} images per dataset; {args.rounds} rounds")
+    print()
+    print("| dataset | bare MTCNN images/s | facegan align images/s | ratio | bare found (>= 0.9) | facegan aligned |")
+    print("|---|---|---|---|---|---|")
+    results = {}
+    for name in args.datasets:
+        folder = root / DATASETS[name]
+        if not folder.is_dir():
+            print(f"| {name} | missing: {folder} | | | | |")
+            continue
+        files = pick(folder, args.images)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "src"
+            src.mkdir()
+            for f in files:
+                (src / f.name).symlink_to(f)
+            bare, ours = [], []
+            for r in range(args.rounds):
+                bare.append(run_bare(files, args.threads, args.batch))
+                ours.append(run_facegan(src, Path(tmp) / f"dst{r}", args.threads, args.facegan_args.split()))
+        bare_rate = statistics.median(b["images"] / b["seconds"] for b in bare)
+        our_rate = statistics.median(o["images"] / o["seconds"] for o in ours)
+        n = len(files)
+        results[name] = {"bare": bare, "facegan": ours}
+        print(f"| {name} | {bare_rate:.1f} | {our_rate:.1f} | {our_rate / bare_rate:.2f}x | "
+              f"{bare[0]['found']}/{n} ({100 * bare[0]['found'] / n:.1f}%) | "
+              f"{ours[0]['found']}/{n} ({100 * ours[0]['found'] / n:.1f}%) |", flush=True)
+    print()
+    print("rounds:", json.dumps({k: {e: [round(x["images"] / x["seconds"], 1) for x in v[e]] for e in v}
+                                 for k, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
