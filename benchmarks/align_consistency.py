@@ -104,12 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="faces per align_batch call")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default $FACEGAN_THREADS or all)")
+    parser.add_argument("--face-fraction", type=float, default=0.0,
+                        help="AlignConfig.face_fraction: the smallest face expected, share of the shorter side")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
     threads = configure_threads(args.threads)
     root = (args.data_root or default_data_root()).resolve()
-    aligner = FaceAligner(AlignConfig(template=args.template, output_size=args.output_size, device=args.device, batch_size=args.batch_size))
+    aligner = FaceAligner(AlignConfig(template=args.template, output_size=args.output_size, device=args.device,
+                                      batch_size=args.batch_size, face_fraction=args.face_fraction))
     template = aligner.template_points
     inter_ocular = float(np.linalg.norm(template[1] - template[0]))
     files = pick_files(root, args.limit)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {"celeba": "celeba/img_align_celeba", "utkface": "utkface/crop_part1"}
+# What `facegan align --dataset NAME` uses for these crops (data_prep.datasets.registry).
+FACE_SIZES = {"celeba": 0.3, "utkface": 0.3}
 
 
 def default_data_root() -> Path:
@@ -102,7 +104,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both (default 2)")
     parser.add_argument("--batch", type=int, default=32, help="bare MTCNN's batch (default 32)")
-    parser.add_argument("--facegan-args", default="", help="extra options for `facegan align`, e.g. '--no-retry'")
+    parser.add_argument("--facegan-args", default="",
+                        help="options for `facegan align` (default: --face-fraction of the dataset, as --dataset would use)")
     args = parser.parse_args()
     root = args.data_root or default_data_root()
     print(f"CPU: {cpu_name()}; {args.threads} thread(s); {args.images} images per dataset; {args.rounds} rounds")
@@ -124,7 +127,8 @@ def main() -> None:
             bare, ours = [], []
             for r in range(args.rounds):
                 bare.append(run_bare(files, args.threads, args.batch))
-                ours.append(run_facegan(src, Path(tmp) / f"dst{r}", args.threads, args.facegan_args.split()))
+                extra = args.facegan_args.split() or ["--face-fraction", str(FACE_SIZES[name])]
+                ours.append(run_facegan(src, Path(tmp) / f"dst{r}", args.threads, extra))
         bare_rate = statistics.median(b["images"] / b["seconds"] for b in bare)
         our_rate = statistics.median(o["images"] / o["seconds"] for o in ours)
         n = len(files)

@@ -65,6 +65,11 @@ def _register_align(subparsers: argparse._SubParsersAction) -> None:
                    help=f"what fills output pixels that fall outside the photo (default: {defaults.border})")
     p.add_argument("--detect-max-side", type=int, default=defaults.detect_max_side,
                    help=f"detect on a copy of each image whose longer side is at most this (default: {defaults.detect_max_side})")
+    p.add_argument("--face-fraction", type=float, default=None, metavar="FRACTION",
+                   help="""the smallest face expected, as a fraction of each image's shorter side, for folders of
+                       face crops (e.g. 0.3): detection skips the small-face part of its image pyramid, and an image
+                       where no face is found that way is searched whole. Default: the dataset's own with --dataset
+                       (celeba, utkface 0.3, lfw 0.25), else 0 (faces of any size)""")
     p.add_argument("--no-retry", dest="retry", action="store_false",
                    help="""do not re-detect images whose best face scores below --min-score (by default they are
                        retried with relaxed MTCNN thresholds and on a padded canvas)""")
@@ -83,12 +88,21 @@ def _align(args: argparse.Namespace) -> int:
     config = AlignConfig(template=args.template, output_size=args.output_size, selection=args.selection,
                          min_score=args.min_score, on_no_face=args.on_no_face, min_face_size=args.min_face_size,
                          device=args.device, batch_size=args.batch_size, border=args.border,
-                         detect_max_side=args.detect_max_side, retry=args.retry)
+                         detect_max_side=args.detect_max_side, retry=args.retry,
+                         face_fraction=_face_fraction(args.face_fraction, args.dataset))
     summary = align_folder(args.src, args.dst, config, dataset=args.dataset, fmt=args.fmt, limit=args.limit,
                            progress=not args.quiet)
     print(format_summary(summary))
     print(f"manifest: {args.dst}/manifest.csv  summary: {args.dst}/summary.json")
     return 0
+
+
+def _face_fraction(given: float | None, dataset: str | None) -> float:
+    from data_prep.datasets.registry import expected_face_fraction
+
+    if given is not None:
+        return given
+    return expected_face_fraction(dataset) if dataset else 0.0
 
 
 # ------------------------------------------------------------------------------------ data info

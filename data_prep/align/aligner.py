@@ -62,6 +62,10 @@ class AlignConfig:
     detect_max_side: images are detected on a copy whose longer side is at most this.
     retry: when no face scores >= min_score, detect again with relaxed P/R/O-Net thresholds
         and on a padded canvas, keeping the best (see `data_prep.align.mtcnn`).
+    face_fraction: the smallest face expected, as a fraction of each image's shorter side (0:
+        none). Dataset crops (CelebA's aligned images, UTKFace chips) are faces that fill the
+        frame; knowing it, detection skips the small-face levels of the image pyramid, and an
+        image where no face is found that way is detected again with the whole pyramid.
     """
 
     template: str | Template = "thesis"
@@ -75,6 +79,7 @@ class AlignConfig:
     border: str = "replicate"
     detect_max_side: int = 1024
     retry: bool = True
+    face_fraction: float = 0.0
 
     def validate(self) -> "AlignConfig":
         if not isinstance(self.output_size, (int, np.integer)) or self.output_size < 8:
@@ -91,6 +96,8 @@ class AlignConfig:
             raise AlignConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.border not in BORDER_MODES:
             raise AlignConfigError(f"border must be one of {sorted(BORDER_MODES)}, got {self.border!r}")
+        if not 0.0 <= self.face_fraction < 1.0:
+            raise AlignConfigError(f"face_fraction must be in [0, 1), got {self.face_fraction}")
         if self.detect_max_side < 64:
             raise AlignConfigError(f"detect_max_side must be >= 64, got {self.detect_max_side}")
         get_template(self.template)  # raises TemplateError (a FaceganError) when unknown
@@ -98,6 +105,10 @@ class AlignConfig:
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not self.face_fraction:
+            # Unset, it changes nothing: left out, so that folders and caches aligned before the
+            # setting existed keep their recorded settings and fingerprints.
+            del data["face_fraction"]
         if isinstance(self.template, Template):
             data["template"] = self.template.to_dict()
         else:
@@ -165,6 +176,7 @@ class FaceAligner:
                 max_side=self.config.detect_max_side,
                 batch_size=self.config.batch_size,
                 retry_below=self.config.min_score,
+                face_fraction=self.config.face_fraction,
                 **({} if self.config.retry else {"retry_thresholds": None, "pad_retry": 0.0}),
             )
         return self._detector

@@ -100,6 +100,8 @@ def _crops(images: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, 
     x1, y1 = corners[:, 2], corners[:, 3]
     keep = (x1 > x0) & (y1 > y0) & (x1 > 0) & (y1 > 0) & (x0 < width) & (y0 < height)
     out = []
+    # One small resize per box: measured faster here than any batched form (a summed-area table
+    # of the batch, or resampling matrices), because the boxes cover most of each image.
     for k in np.flatnonzero(keep):
         sx0, sy0 = max(0, int(x0[k])), max(0, int(y0[k]))
         sx1, sy1 = min(width, int(x1[k])), min(height, int(y1[k]))
@@ -138,6 +140,7 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
 
 
 def _run_in_chunks(net: torch.nn.Module, data: torch.Tensor, chunk: int = 512):
+    data = data.contiguous(memory_format=torch.channels_last)
     outputs = [net(data[i : i + chunk]) for i in range(0, len(data), chunk)]
     return tuple(torch.cat(parts, dim=0) for parts in zip(*outputs))
 
@@ -182,7 +185,7 @@ def detect_faces(
     all_boxes, all_inds = [], []
     for scale in _pyramid(height, width, minsize, factor):
         resized = F.interpolate(images, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
-        reg, probs = pnet((resized - 127.5) * 0.0078125)
+        reg, probs = pnet(((resized - 127.5) * 0.0078125).contiguous(memory_format=torch.channels_last))
         boxes, inds = _generate_boxes(reg, probs[:, 1], scale, thresholds[0])
         pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.5)
         all_boxes.append(boxes[pick])

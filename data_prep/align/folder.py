@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -57,6 +58,7 @@ OUTPUT_FORMATS = ("png", "jpg")
 # mix two alignments in one folder. Device and batch size only change speed.
 _SHAPING_KEYS = (
     "template", "output_size", "selection", "min_score", "on_no_face", "min_face_size", "border", "detect_max_side", "retry",
+    "face_fraction",
 )
 
 
@@ -285,16 +287,26 @@ def align_folder(
 
         bar = tqdm(total=len(inputs), initial=len(inputs) - len(pending), unit="img", desc="align", file=sys.stderr)
     try:
-        with ManifestAppender(manifest_path, MANIFEST_COLUMNS, lineterminator="\r\n") as manifest:
-            for batch_index, start in enumerate(range(0, len(pending), config.batch_size)):
-                batch = pending[start : start + config.batch_size]
-                rows = _process_batch(batch, aligner, dst, outputs, fmt, jpeg_quality)
-                manifest.write(rows)  # only now that every image of the batch is in place
-                processed += len(batch)
-                if bar is not None:
-                    bar.update(len(batch))
-                if on_batch_end is not None:
-                    on_batch_end(batch_index)
+        batches = [pending[start : start + config.batch_size] for start in range(0, len(pending), config.batch_size)]
+        # A pipeline of three: while the detector (torch, this thread) works on batch k, a helper
+        # thread decodes batch k+1 and another encodes and writes batch k-1's faces (PIL and
+        # file writes release the GIL). Batch k-1's manifest rows follow only once its faces are
+        # on disk, as before.
+        with ManifestAppender(manifest_path, MANIFEST_COLUMNS, lineterminator="\r\n") as manifest, \
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="align-io") as pool:
+            loading = pool.submit(_load_batch, batches[0]) if batches else None
+            writing: tuple[Future, list[dict[str, str]], int, int] | None = None
+            for batch_index, batch in enumerate(batches):
+                loaded = loading.result()
+                if batch_index + 1 < len(batches):
+                    loading = pool.submit(_load_batch, batches[batch_index + 1])
+                rows, faces = _align_batch(batch, loaded, aligner, outputs)
+                written = pool.submit(_write_faces, faces, dst, fmt, jpeg_quality)
+                if writing is not None:
+                    processed += _finish(writing, manifest, bar, on_batch_end)
+                writing = (written, rows, len(batch), batch_index)
+            if writing is not None:
+                processed += _finish(writing, manifest, bar, on_batch_end)
     finally:
         if bar is not None:
             bar.close()
@@ -309,18 +321,48 @@ def align_folder(
     return summary
 
 
-def _process_batch(
-    batch: Sequence[AlignInput], aligner: FaceAligner, dst: Path, outputs: dict[str, str], fmt: str, jpeg_quality: int
-) -> list[dict[str, str]]:
-    rows: list[dict[str, str] | None] = [None] * len(batch)
-    images, landmarks, where, scales, sizes = [], [], [], [], []
-    for i, item in enumerate(batch):
+def _finish(writing, manifest: ManifestAppender, bar, on_batch_end) -> int:
+    """Wait for a batch's faces to be on disk, then append its manifest rows."""
+    written, rows, count, batch_index = writing
+    written.result()  # re-raises a failed write (a full disk, say) here
+    manifest.write(rows)  # only now that every image of the batch is in place
+    if bar is not None:
+        bar.update(count)
+    if on_batch_end is not None:
+        on_batch_end(batch_index)
+    return count
+
+
+def _load_batch(batch: Sequence[AlignInput]) -> list[tuple[np.ndarray, tuple, tuple] | ImageLoadError]:
+    """Each input decoded (with its file frame), or the error that says why it could not be."""
+    loaded: list[tuple[np.ndarray, tuple, tuple] | ImageLoadError] = []
+    for item in batch:
         try:
             image = load_rgb(item.path)
         except ImageLoadError as exc:
-            rows[i] = _row(item.key, "", "unreadable", exc.reason, exc.detail or str(exc))
+            loaded.append(exc)
             continue
         size, scale = _file_frame(item.path, image)
+        loaded.append((image, size, scale))
+    return loaded
+
+
+def _write_faces(faces: list[tuple[str, np.ndarray]], dst: Path, fmt: str, jpeg_quality: int) -> None:
+    for output, face in faces:
+        atomic_write_bytes(dst / output, _encode(face, fmt, jpeg_quality))
+
+
+def _align_batch(
+    batch: Sequence[AlignInput], loaded: list, aligner: FaceAligner, outputs: dict[str, str]
+) -> tuple[list[dict[str, str]], list[tuple[str, np.ndarray]]]:
+    """Align the decoded images of a batch: its manifest rows, and the faces to write."""
+    rows: list[dict[str, str] | None] = [None] * len(batch)
+    images, landmarks, where, scales, sizes = [], [], [], [], []
+    for i, (item, entry) in enumerate(zip(batch, loaded)):
+        if isinstance(entry, ImageLoadError):
+            rows[i] = _row(item.key, "", "unreadable", entry.reason, entry.detail or str(entry))
+            continue
+        image, size, scale = entry
         given = item.landmarks
         if given is not None and scale != (1.0, 1.0):
             given = (given + 0.5) / np.asarray(scale) - 0.5  # dataset landmarks are in the file's frame
@@ -330,6 +372,7 @@ def _process_batch(
         scales.append(scale)
         sizes.append(size)
     results = _align_guarded(aligner, images, landmarks)
+    faces: list[tuple[str, np.ndarray]] = []
     for i, result, scale, size in zip(where, results, scales, sizes):
         item = batch[i]
         if isinstance(result, Exception):
@@ -339,7 +382,7 @@ def _process_batch(
         output = ""
         if result.face is not None:
             output = outputs[item.key]
-            atomic_write_bytes(dst / output, _encode(result.face, fmt, jpeg_quality))
+            faces.append((output, result.face))
         detail = result.reason
         if scale != (1.0, 1.0):
             detail = "; ".join(d for d in (detail, f"decoded at 1/{scale[0]:.3f} size") if d)
@@ -356,7 +399,7 @@ def _process_batch(
             transform=_fmt_matrix(result.transform),
             fit_rms="" if result.fit_rms is None else f"{result.fit_rms:.3f}",
         )
-    return rows  # type: ignore[return-value]
+    return rows, faces  # type: ignore[return-value]
 
 
 def _align_guarded(

@@ -89,12 +89,18 @@ class MTCNNDetector:
         retry_thresholds: P-, R-, O-Net thresholds of the retries (None: no relaxed retry).
         pad_retry: retries also run on a canvas edge-padded by this fraction of the longer
             side on every side (0: no padded retries).
+        face_fraction: the smallest face expected, as a fraction of the image's shorter side
+            (0: no expectation). Dataset crops, whose face fills much of the frame, set it: the
+            image pyramid then starts at that face size, which skips most of P-Net's work.
+            Images without a face scoring `retry_below` on that pass are detected again with
+            the full pyramid (from `min_face_size`) before any relaxed retry.
     """
 
     def __init__(self, device: torch.device | str = "cpu", min_face_size: float = 20.0,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709, max_side: int = 1024,
                  min_side: int = 64, tiny_side: int = 12, batch_size: int = 32, retry_below: float = 0.9,
-                 retry_thresholds: Sequence[float] | None = (0.5, 0.5, 0.5), pad_retry: float = 0.1):
+                 retry_thresholds: Sequence[float] | None = (0.5, 0.5, 0.5), pad_retry: float = 0.1,
+                 face_fraction: float = 0.0):
         from data_prep.align.nets import load_mtcnn_nets
 
         if min_face_size <= 0:
@@ -116,6 +122,9 @@ class MTCNNDetector:
         self.retry_below = float(retry_below)
         self.retry_thresholds = None if retry_thresholds is None else [float(t) for t in retry_thresholds]
         self.pad_retry = float(pad_retry)
+        if not 0.0 <= face_fraction < 1.0:
+            raise ValueError(f"face_fraction must be in [0, 1), got {face_fraction}")
+        self.face_fraction = float(face_fraction)
 
     # -- public ---------------------------------------------------------------------------
     def detect(self, images: Sequence[np.ndarray]) -> list[Detection]:
@@ -123,12 +132,16 @@ class MTCNNDetector:
         for index, image in enumerate(images):
             if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3):
                 raise ValueError(f"image {index}: need an HxWx3 RGB array, got shape {getattr(image, 'shape', None)}")
-        results = self._detect_many(images, self.thresholds, pad=0.0)
-        retry = [
-            i
-            for i, d in enumerate(results)
-            if (len(d) == 0 or d.scores.max() < self.retry_below) and "too small" not in d.note
-        ]
+        results = self._detect_many(images, self.thresholds, pad=0.0, face_fraction=self.face_fraction)
+        retry = self._unsure(results)
+        if retry and self.face_fraction > 0:
+            # The expected face size was wrong for these: the whole pyramid, as without it.
+            again = self._detect_many([images[i] for i in retry], self.thresholds, pad=0.0)
+            for index, candidate in zip(retry, again):
+                best = results[index]
+                if len(candidate) and (len(best) == 0 or candidate.scores.max() > best.scores.max()):
+                    results[index] = candidate
+            retry = self._unsure(results)
         if retry and (self.retry_thresholds is not None or self.pad_retry > 0):
             subset = [images[i] for i in retry]
             thresholds = self.retry_thresholds or self.thresholds
@@ -148,10 +161,17 @@ class MTCNNDetector:
         return results
 
     # -- internals ------------------------------------------------------------------------
+    def _unsure(self, results: list[Detection]) -> list[int]:
+        """The images without a face scoring `retry_below` (that could hold one)."""
+        return [i for i, d in enumerate(results)
+                if (len(d) == 0 or d.scores.max() < self.retry_below) and "too small" not in d.note]
+
     def _detect_many(
-        self, images: Sequence[np.ndarray], thresholds: Sequence[float], pad: float, mirror: bool = False
+        self, images: Sequence[np.ndarray], thresholds: Sequence[float], pad: float, mirror: bool = False,
+        face_fraction: float = 0.0,
     ) -> list[Detection]:
-        """One detection pass over `images`, optionally on edge-padded and/or mirrored copies."""
+        """One detection pass over `images`, optionally on edge-padded and/or mirrored copies,
+        looking for faces of at least `face_fraction` of each image's shorter side."""
         results: list[Detection | None] = [None] * len(images)
         plans: dict[tuple[int, int], list[tuple[int, tuple[float, float], int]]] = {}
         for index, image in enumerate(images):
@@ -170,7 +190,7 @@ class MTCNNDetector:
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start : start + self.batch_size]
                 batch = torch.stack([self._resized(self._padded(images[i], b, mirror), size) for i, _, b in chunk])
-                found = self._run(batch, [min(f) for _, f, _ in chunk], thresholds)
+                found = self._run(batch, [min(f) for _, f, _ in chunk], thresholds, face_fraction * min(size))
                 for (index, factors, border), detection in zip(chunk, found):
                     notes = []
                     if factors[0] > 1:
@@ -228,17 +248,19 @@ class MTCNNDetector:
             image = image.copy()  # torch warns on read-only arrays (e.g. np.asarray of a PIL image)
         return torch.from_numpy(np.ascontiguousarray(image)).to(self.device).float()
 
-    def _run(self, batch: torch.Tensor, scales: list[float], thresholds: Sequence[float]) -> list[Detection]:
-        """The cascade on a (B, H, W, 3) float batch of one size."""
+    def _run(self, batch: torch.Tensor, scales: list[float], thresholds: Sequence[float],
+             expected_face: float = 0.0) -> list[Detection]:
+        """The cascade on a (B, H, W, 3) float batch of one size; `expected_face`: the smallest
+        face to look for in detection pixels, when known."""
         # The smallest face in detection pixels; never below MTCNN's own window (see above).
-        minsize = max(_MIN_DETECT_FACE, self.min_face_size * min(scales))
+        minsize = max(_MIN_DETECT_FACE, self.min_face_size * min(scales), expected_face)
         try:
             with torch.inference_mode():
                 found = detect_faces(batch, minsize, self.pnet, self.rnet, self.onet, list(thresholds), self.factor)
         except (RuntimeError, ValueError, IndexError) as exc:
             # One odd image must not sink a batch: retry one by one, then report.
             if len(batch) > 1:
-                return [self._run(batch[i : i + 1], [scales[i]], thresholds)[0] for i in range(len(batch))]
+                return [self._run(batch[i : i + 1], [scales[i]], thresholds, expected_face)[0] for i in range(len(batch))]
             return [Detection(note=f"detector error: {type(exc).__name__}: {exc}")]
         return [Detection(boxes[:, :4].copy(), boxes[:, 4].copy(), points.copy()) for boxes, points in found]
 

@@ -110,5 +110,7 @@ def load_mtcnn_nets(device: torch.device | str = "cpu") -> tuple[PNet, RNet, ONe
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except (RuntimeError, OSError, EOFError) as exc:
             raise FaceganError(f"cannot load the MTCNN weights {path}: {exc}") from exc
-        net.to(device).eval()
+        # NHWC: oneDNN runs these small convolutions and poolings about twice as fast on the CPU
+        # (R-Net 2.2x, O-Net 1.9x, P-Net 1.7x on 2 threads); the cascade feeds them NHWC too.
+        net.to(device, memory_format=torch.channels_last).eval()
     return nets

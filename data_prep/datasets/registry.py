@@ -23,7 +23,7 @@ from data_prep.datasets.utkface import load_utkface
 from engine.errors import FaceganError
 
 __all__ = ["DATASETS", "UnknownDatasetError", "available_datasets", "get_reader", "load_dataset", "read_dataset",
-           "describe_dataset"]
+           "describe_dataset", "expected_face_fraction"]
 
 def _load_synthetic(root: str | Path, split: str | None = None, *, domain: str | None = None) -> FaceDataset:
     """The built-in synthetic faces (`data_prep.synthetic`), imported on use: that module
@@ -54,6 +54,17 @@ _ALIASES = {
     "folder": "folder_csv",
     "csv": "folder_csv",
 }
+
+# Datasets whose default images are face crops: the smallest face's side as a fraction of the
+# image's shorter side, with a margin (MTCNN boxes measured on ../shared/data: CelebA's aligned
+# 178x218 crops 0.45-0.75 of the width, UTKFace's 200x200 chips 0.4-0.8, LFW's 250x250 0.35-0.5).
+# The aligner then skips the small-face levels of its pyramid (AlignConfig.face_fraction).
+_FACE_FRACTIONS = {"celeba": 0.3, "utkface": 0.3, "lfw": 0.25}
+
+
+def expected_face_fraction(name: str) -> float:
+    """How much of the frame the faces of dataset `name` fill at least (0.0: unknown)."""
+    return _FACE_FRACTIONS.get(_ALIASES.get(name.lower(), name.lower()), 0.0)
 
 
 class UnknownDatasetError(FaceganError, KeyError):

@@ -242,6 +242,21 @@ def test_cli_limit_resume_format_and_changed_settings(tmp_path, astronaut_rgb, c
     # Other settings on the same DST would mix two alignments: refused with a message.
     assert main(common + ["--output-size", "96"]) == 2
     assert "output_size" in capsys.readouterr().err
+    # So would an expected face size: it can change which face is found.
+    assert main(common + ["--output-size", "64", "--face-fraction", "0.3"]) == 2
+    assert "face_fraction: None -> 0.3" in capsys.readouterr().err
+
+
+def test_datasets_of_face_crops_say_how_much_of_the_frame_the_face_fills():
+    from data_prep.cli import _face_fraction
+    from data_prep.datasets.registry import expected_face_fraction
+
+    assert expected_face_fraction("celeba") == expected_face_fraction("utkface") == 0.3
+    assert expected_face_fraction("LFWA") == 0.25 and expected_face_fraction("adience") == 0.0
+    assert _face_fraction(None, "celeba") == 0.3 and _face_fraction(0.0, "celeba") == 0.0
+    assert _face_fraction(None, None) == 0.0
+    # Unset, the setting is not recorded: folders and caches aligned before it keep their fingerprints.
+    assert "face_fraction" not in AlignConfig().to_dict() and AlignConfig(face_fraction=0.3).to_dict()["face_fraction"] == 0.3
 
 
 def test_dst_inside_src_is_not_fed_back(tmp_path, astronaut_rgb, aligner):

@@ -198,3 +198,52 @@ def test_tight_crop_landmarks_agree_with_the_padded_image(aligner, astronaut_rgb
     assert len(found) >= 1
     best = found.landmarks[np.argmax(found.scores)] + [x0, y0]
     assert np.linalg.norm(best - astronaut_result.landmarks, axis=1).max() < 4.0
+
+
+def test_our_mtcnn_nets_and_nms_equal_facenet_pytorch_and_torchvision():
+    import torch
+    from facenet_pytorch import MTCNN
+    from torchvision.ops.boxes import batched_nms as torchvision_nms
+
+    from data_prep.align.cascade import batched_nms
+    from data_prep.align.nets import load_mtcnn_nets
+
+    reference = MTCNN(device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    for ours, theirs, shape in zip(load_mtcnn_nets(), (reference.pnet, reference.rnet, reference.onet),
+                                   ((2, 3, 40, 50), (6, 3, 24, 24), (6, 3, 48, 48))):
+        x = torch.randn(*shape, generator=generator)
+        with torch.inference_mode():
+            for a, b in zip(ours(x.contiguous(memory_format=torch.channels_last)), theirs(x)):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for _ in range(50):
+        n = int(torch.randint(1, 300, (1,), generator=generator))
+        corner = torch.rand(n, 2, generator=generator) * 200
+        boxes = torch.cat([corner, corner + torch.rand(n, 2, generator=generator) * 60 + 1], 1).floor()
+        scores, groups = torch.rand(n, generator=generator), torch.randint(0, 4, (n,), generator=generator)
+        for threshold in (0.5, 0.7):
+            assert torch.equal(batched_nms(boxes, scores, groups, threshold), torchvision_nms(boxes, scores, groups, threshold))
+
+
+def test_an_expected_face_size_finds_the_same_face_and_falls_back_when_wrong(astronaut_rgb, astronaut_result, monkeypatch):
+    from data_prep.align.mtcnn import MTCNNDetector
+
+    crop = astronaut_rgb[20:260, 130:370]  # a face crop: the face fills about half of it
+    plain, expecting = MTCNNDetector(), MTCNNDetector(face_fraction=0.3)
+    a, b = plain.detect([crop])[0], expecting.detect([crop])[0]
+    assert a.scores.max() > 0.99 and b.scores.max() > 0.99
+    np.testing.assert_allclose(b.landmarks[b.scores.argmax()], a.landmarks[a.scores.argmax()], atol=2.0)
+    # The whole photo, with a face far smaller than 95% of it: found by the full pyramid after all.
+    wrong = MTCNNDetector(face_fraction=0.95).detect([astronaut_rgb])[0]
+    assert len(wrong) and wrong.scores.max() > 0.99
+    np.testing.assert_allclose(wrong.landmarks[wrong.scores.argmax()], astronaut_result.landmarks, atol=1.0)
+    # What it changes: the pyramid starts at the expected face (72 px of this 240 px crop), not at 20 px.
+    import data_prep.align.mtcnn as mtcnn_module
+
+    seen = []
+    real = mtcnn_module.detect_faces
+    monkeypatch.setattr(mtcnn_module, "detect_faces", lambda images, minsize, *rest: seen.append(minsize) or real(images, minsize, *rest))
+    plain.detect([crop]), expecting.detect([crop])
+    assert seen == [20.0, pytest.approx(72.0)]
+    with pytest.raises(ValueError, match="face_fraction"):
+        MTCNNDetector(face_fraction=1.5)
