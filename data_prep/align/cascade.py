@@ -139,6 +139,16 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     return torch.as_tensor(np.asarray(keep, dtype=np.int64), device=boxes.device)
 
 
+def _best_per_image(image_inds: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask of the first `count` entries of each image in a list ordered best first."""
+    groups = image_inds.cpu().numpy()
+    order = np.argsort(groups, kind="stable")
+    starts = np.r_[0, np.flatnonzero(np.diff(groups[order])) + 1]
+    rank = np.empty(len(groups), dtype=np.int64)
+    rank[order] = np.arange(len(groups)) - np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
+    return torch.from_numpy(rank < count).to(image_inds.device)
+
+
 def _run_in_chunks(net: torch.nn.Module, data: torch.Tensor, chunk: int = 512):
     data = data.contiguous(memory_format=torch.channels_last)
     outputs = [net(data[i : i + chunk]) for i in range(0, len(data), chunk)]
@@ -171,10 +181,14 @@ def detect_faces(
     onet: torch.nn.Module,
     thresholds: Sequence[float],
     factor: float,
+    candidates: tuple[int, int] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Run the cascade on a (B, H, W, 3) batch of 0..255 values (one size).
 
-    Returns, per image, (boxes (K, 5) as x1, y1, x2, y2, score; landmarks (K, 5, 2) as x, y).
+    `candidates` = (r, o) keeps only each image's r best P-Net boxes for R-Net and its o best
+    R-Net boxes for O-Net: for images known to hold one large face (dataset crops), where the
+    rest are near-copies of it. Returns, per image, (boxes (K, 5) as x1, y1, x2, y2, score;
+    landmarks (K, 5, 2) as x, y).
     """
     dtype = next(pnet.parameters()).dtype
     images = images.permute(0, 3, 1, 2).to(dtype)
@@ -196,6 +210,8 @@ def detect_faces(
     if len(boxes) == 0:
         return empty
     pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+    if candidates is not None:
+        pick = pick[_best_per_image(inds[pick], candidates[0])]
     boxes, inds = boxes[pick], inds[pick]
     width_b = boxes[:, 2] - boxes[:, 0]
     height_b = boxes[:, 3] - boxes[:, 1]
@@ -224,6 +240,8 @@ def detect_faces(
     if len(boxes) == 0:
         return empty
     pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+    if candidates is not None:
+        pick = pick[_best_per_image(inds[pick], candidates[1])]
     boxes, inds, reg = boxes[pick], inds[pick], reg[pick]
     boxes = _square(_regress(boxes, reg))
 

@@ -165,7 +165,9 @@ def _rescale_result(result: AlignResult, factor: tuple[float, float]) -> None:
 def _encode(face: np.ndarray, fmt: str, jpeg_quality: int) -> bytes:
     buffer = io.BytesIO()
     if fmt == "png":
-        Image.fromarray(face).save(buffer, format="PNG", compress_level=6)
+        # Level 1: the same pixels, files 3% larger than at level 6, encoded 3x faster (1.1 against
+        # 3.5 ms per 128 px face here): at level 6 encoding cost as much as detecting the face.
+        Image.fromarray(face).save(buffer, format="PNG", compress_level=1)
     else:
         Image.fromarray(face).save(buffer, format="JPEG", quality=jpeg_quality, subsampling=0)
     return buffer.getvalue()

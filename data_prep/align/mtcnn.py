@@ -52,6 +52,11 @@ __all__ = ["Detection", "MTCNNDetector"]
 _MIN_DETECT_FACE = 20.0
 
 
+# With an expected face size (dataset crops: one large face per image), R-Net sees each image's
+# best P-Net boxes and O-Net its best R-Net boxes only; the rest are near-copies of the face.
+_CROP_CANDIDATES = (12, 4)
+
+
 @dataclass
 class Detection:
     """All faces MTCNN found in one image, in that image's pixel coordinates.
@@ -256,7 +261,8 @@ class MTCNNDetector:
         minsize = max(_MIN_DETECT_FACE, self.min_face_size * min(scales), expected_face)
         try:
             with torch.inference_mode():
-                found = detect_faces(batch, minsize, self.pnet, self.rnet, self.onet, list(thresholds), self.factor)
+                found = detect_faces(batch, minsize, self.pnet, self.rnet, self.onet, list(thresholds), self.factor,
+                                     _CROP_CANDIDATES if expected_face > 0 else None)
         except (RuntimeError, ValueError, IndexError) as exc:
             # One odd image must not sink a batch: retry one by one, then report.
             if len(batch) > 1:
