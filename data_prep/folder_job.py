@@ -8,6 +8,11 @@ The rule every such job (`facegan align`, `facegan sr apply`) follows:
    row names a complete file;
 3. a rerun reads the manifest back (`read_rows`), dropping a last row cut short by a kill,
    skips the inputs it lists, and processes only the rest.
+
+Under torchrun (any number of processes, on one machine or several sharing the output folder)
+a job is sharded (`JobShard`): batch j of the whole input list belongs to rank j mod N, each
+rank appends to its own manifest part, and once every rank is done rank 0 merges the parts into
+the manifest in input order (`merge_parts`). A killed rank's rerun resumes its own part.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ from engine.faults import fault_point
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ManifestError", "read_rows", "repair_manifest", "ManifestAppender", "unique_output_names"]
+__all__ = ["ManifestError", "read_rows", "repair_manifest", "ManifestAppender", "unique_output_names", "JobShard",
+           "job_shard", "merge_parts"]
 
 
 class ManifestError(FaceganError):
@@ -121,3 +127,66 @@ def unique_output_names(keys: Sequence[str], suffix: str, keep_own_suffix: bool 
         clash = counts[name] > 1 and not (keep_own_suffix and Path(key).suffix.lower() == suffix)
         names.append(key + suffix if clash else name)
     return names
+
+
+class JobShard:
+    """This process's share of a folder job: rank `rank` of `world` (1 of 1 without torchrun)."""
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+
+    @property
+    def sharded(self) -> bool:
+        return self.world > 1
+
+    def part(self, manifest: Path) -> Path:
+        """The manifest this rank appends to: the manifest itself when not sharded."""
+        if not self.sharded:
+            return manifest
+        return manifest.with_name(f"{manifest.stem}.part{self.rank:03d}-of-{self.world:03d}{manifest.suffix}")
+
+    def parts(self, manifest: Path) -> list[Path]:
+        return [JobShard(rank, self.world).part(manifest) for rank in range(self.world)]
+
+    def batches(self, items: Sequence, batch_size: int) -> list[list]:
+        """This rank's batches of the whole, ordered input list: whole batches, so that every
+        input meets the same batch neighbours as in a one-process run."""
+        batches = [list(items[start:start + batch_size]) for start in range(0, len(items), batch_size)]
+        return batches[self.rank::self.world]
+
+    def barrier(self) -> None:
+        if self.sharded:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def job_shard() -> JobShard:
+    """The shard of this process: from torchrun's RANK / WORLD_SIZE (joining its gloo process
+    group, for the barrier), else the whole job."""
+    from engine.distributed import init_distributed
+
+    info = init_distributed("cpu")
+    return JobShard(info.rank, info.world_size)
+
+
+def merge_parts(manifest: Path, shard: JobShard, columns: Sequence[str], order: dict[str, int], key: str,
+                lineterminator: str = "\n") -> list[dict[str, str]]:
+    """Rank 0, once every rank is done: the manifest's own rows and every part's, in input order
+    (by `order[row[key]]`, unknown keys last), written over the manifest atomically; then the
+    parts are removed. Returns the rows."""
+    rows = read_rows(manifest, columns)
+    for part in shard.parts(manifest):
+        rows += read_rows(part, columns)
+    seen: dict[str, dict[str, str]] = {}
+    for row in rows:
+        seen.setdefault(row[key], row)  # a row is never written twice; keep the first if it were
+    merged = sorted(seen.values(), key=lambda row: order.get(row[key], len(order)))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator=lineterminator)
+    writer.writeheader()
+    writer.writerows(merged)
+    atomic_write_bytes(manifest, buffer.getvalue().encode("utf-8"))
+    for part in shard.parts(manifest):
+        part.unlink(missing_ok=True)
+    return merged

@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image
 
 from data_prep.align.aligner import AlignConfig, AlignResult, FaceAligner
-from data_prep.folder_job import (ManifestAppender, ManifestError, read_rows, repair_manifest,
-                                  unique_output_names)
+from data_prep.folder_job import (JobShard, ManifestAppender, ManifestError, job_shard, merge_parts, read_rows,
+                                  repair_manifest, unique_output_names)
 from data_prep.images import ImageLoadError, list_images, load_rgb
 from engine.checkpoint import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from engine.errors import FaceganError
@@ -274,12 +274,26 @@ def align_folder(
         inputs = inputs[:limit]
 
     dst.mkdir(parents=True, exist_ok=True)
-    _check_settings(dst, config, fmt)
-    remove_stale_temporaries(dst)
+    shard = job_shard()
+    if shard.rank == 0:  # before any rank writes: the settings, and no temporaries of a killed run
+        _check_settings(dst, config, fmt)
+        remove_stale_temporaries(dst)
+    shard.barrier()
+    if shard.rank != 0:
+        _check_settings(dst, config, fmt)
     manifest_path = dst / "manifest.csv"
-    repair_manifest(manifest_path)
-    done = {row["source"] for row in read_manifest(manifest_path)}
-    pending = [item for item in inputs if item.key not in done]
+    part_path = shard.part(manifest_path)
+    repair_manifest(part_path)
+    done = {row["source"] for row in _rows_so_far(manifest_path, shard)}
+    if shard.sharded:
+        # Whole batches of the full input list, rank by rank, so that a rerun of one rank
+        # finds its own batches again; only their unfinished inputs remain.
+        batches = [[item for item in batch if item.key not in done]
+                   for batch in shard.batches(inputs, config.batch_size)]
+        batches = [batch for batch in batches if batch]
+    else:
+        pending = [item for item in inputs if item.key not in done]
+        batches = [pending[start : start + config.batch_size] for start in range(0, len(pending), config.batch_size)]
 
     started = time.perf_counter()
     processed = 0
@@ -287,14 +301,16 @@ def align_folder(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(inputs), initial=len(inputs) - len(pending), unit="img", desc="align", file=sys.stderr)
+        mine = sum(len(batch) for batch in batches)
+        desc = f"align (rank {shard.rank} of {shard.world})" if shard.sharded else "align"
+        total = mine if shard.sharded else len(inputs)
+        bar = tqdm(total=total, initial=total - mine, unit="img", desc=desc, file=sys.stderr)
     try:
-        batches = [pending[start : start + config.batch_size] for start in range(0, len(pending), config.batch_size)]
         # A pipeline of three: while the detector (torch, this thread) works on batch k, a helper
         # thread decodes batch k+1 and another encodes and writes batch k-1's faces (PIL and
         # file writes release the GIL). Batch k-1's manifest rows follow only once its faces are
         # on disk, as before.
-        with ManifestAppender(manifest_path, MANIFEST_COLUMNS, lineterminator="\r\n") as manifest, \
+        with ManifestAppender(part_path, MANIFEST_COLUMNS, lineterminator="\r\n") as manifest, \
                 ThreadPoolExecutor(max_workers=2, thread_name_prefix="align-io") as pool:
             loading = pool.submit(_load_batch, batches[0]) if batches else None
             writing: tuple[Future, list[dict[str, str]], int, int] | None = None
@@ -309,6 +325,12 @@ def align_folder(
                 writing = (written, rows, len(batch), batch_index)
             if writing is not None:
                 processed += _finish(writing, manifest, bar, on_batch_end)
+        if shard.sharded:
+            shard.barrier()  # every rank's part is complete
+            if shard.rank == 0:
+                order = {item.key: index for index, item in enumerate(inputs)}
+                merge_parts(manifest_path, shard, MANIFEST_COLUMNS, order, key="source", lineterminator="\r\n")
+            shard.barrier()  # the manifest is whole before any rank reads it
     finally:
         if bar is not None:
             bar.close()
@@ -318,9 +340,21 @@ def align_folder(
             "seconds": round(seconds, 3),
             "images_per_second": round(processed / seconds, 3) if seconds > 0 else 0.0,
         }
-        summary = _summarise(read_manifest(manifest_path), len(inputs), config, fmt, run)
-        atomic_write_text(dst / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+        if shard.sharded:
+            run["rank"], run["world_size"] = shard.rank, shard.world
+        summary = _summarise(_rows_so_far(manifest_path, shard), len(inputs), config, fmt, run)
+        if shard.rank == 0:
+            atomic_write_text(dst / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def _rows_so_far(manifest: Path, shard: JobShard) -> list[dict[str, str]]:
+    """The manifest's rows and, when sharded, those of every rank's part not yet merged."""
+    rows = read_manifest(manifest)
+    if shard.sharded:
+        for part in shard.parts(manifest):
+            rows += read_manifest(part)
+    return rows
 
 
 def _finish(writing, manifest: ManifestAppender, bar, on_batch_end) -> int:
