@@ -102,6 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="""add Grad-CAM overlays of N test faces per dataset to the report, with the randomised-head
                        sanity check (default 0: none)""")
     p.add_argument("--explain-tasks", help="comma-separated tasks for --explain (default: each head's first six)")
+    p.add_argument("--bf16", action="store_true",
+                   help="""predict in bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX; about 2x the
+                       float32 speed there, logits within about 2e-3); elsewhere float32, with a warning. BatchNorms
+                       are folded into the convolutions either way (outputs within 1e-5)""")
     p.set_defaults(func=_run_eval)
 
     p = add_command(sub, "predict", "align raw photos and predict every attribute with its confidence grade",
@@ -113,6 +117,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--head", help="which dataset's head to use (default: the first one trained)")
     p.add_argument("--out", type=Path, help="write the JSON here (default: print it)")
     add_runtime_options(p, batch_size=32, batch_help="photos aligned and predicted per batch")
+    p.add_argument("--bf16", action="store_true",
+                   help="""predict in bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX; about 2x the
+                       float32 speed there, logits within about 2e-3); elsewhere float32, with a warning. BatchNorms
+                       are folded into the convolutions either way (outputs within 1e-5)""")
     p.set_defaults(func=_run_predict)
 
     p = add_command(
@@ -254,7 +262,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.explain_tasks.split(",") if t.strip()] if args.explain_tasks else None
     results = evaluate_checkpoint(args.checkpoint, args.out, args.split, args.compare, args.dataset, args.head,
                                   args.device, args.batch_size, use_ema=not args.raw, work_dir=args.work_dir,
-                                  explain=args.explain, explain_tasks=tasks)
+                                  explain=args.explain, explain_tasks=tasks, bf16=args.bf16)
     for label, section in results["datasets"].items():
         parts = [f"{label}: {section['faces']} faces"]
         binary = section.get("binary", {})
@@ -278,7 +286,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from attributes.predict import predict_paths
 
     result = predict_paths(args.checkpoint, args.inputs, args.head, args.device, args.batch_size, use_ema=not args.raw,
-                           out=args.out)
+                           out=args.out, bf16=args.bf16)
     if args.out:
         counts = result["counts"]
         print(f"wrote {args.out}: {counts['aligned'] + counts['center_crop']} face(s) predicted, "

@@ -88,7 +88,7 @@ def _gradcam_section(model, cache, head: str, count: int, tasks: list[str] | Non
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str = "test", compare: str | Path | None = None,
                         dataset: str | None = None, head: str | None = None, device: str = "cpu", batch_size: int = 256,
                         use_ema: bool = True, work_dir: str | Path | None = None, explain: int = 0,
-                        explain_tasks: list[str] | None = None) -> dict[str, Any]:
+                        explain_tasks: list[str] | None = None, bf16: bool = False) -> dict[str, Any]:
     from attributes.config import ALL_FACES, DatasetEntry
     from attributes.inference import calibrated_thresholds, load_attribute_model, predict_cache, single_network
     from attributes.metrics import age_metrics, binary_attribute_metrics, categorical_metrics
@@ -120,7 +120,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
     results: dict[str, Any] = {
         "checkpoint": str(checkpoint), "step": loaded.step, "split": split, "weights": "ema" if use_ema else "raw",
         "flip_tta": flip_tta, "compare": str(compare) if compare else None,
-        "members": len(model.members) if isinstance(model, AttributeEnsemble) else 1, "datasets": {},
+        "members": len(model.members) if isinstance(model, AttributeEnsemble) else 1,
+        "precision": "bfloat16" if loaded.fast(bf16).dtype is not None else "float32", "datasets": {},
     }
     for label, (head_name, entry) in plan.items():
         cache = open_split(entry, model.input_size, split, work)
@@ -128,10 +129,11 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
             log.warning("%s: no faces in split %r; skipped", label, split)
             continue
         schema = cache.schema
-        predictions = predict_cache(model, cache, head_name, batch_size, device, flip_tta)
+        predictions = predict_cache(loaded.fast(bf16), cache, head_name, batch_size, device, flip_tta)
         base_predictions = None
         if baseline is not None and head_name in baseline.model.groups:
-            base_predictions = predict_cache(baseline.model, cache, head_name, batch_size, device, baseline.config.eval.flip_tta)
+            base_predictions = predict_cache(baseline.fast(bf16), cache, head_name, batch_size, device,
+                                             baseline.config.eval.flip_tta)
         section: dict[str, Any] = {"faces": len(cache), "head": head_name, "categorical": {}, "age": {}, "selective": {}}
         stem = label.split(" ")[0]
         for group in model.groups[head_name]:

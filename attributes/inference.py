@@ -7,12 +7,16 @@ Images are uint8 (B, 3, S, S) aligned faces, normalised here exactly as in train
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import copy
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
+from torch import nn
 
 from attributes.heads import decode_group
 from attributes.model import AttributeEnsemble, AttributeModel, build_attribute_model
@@ -24,7 +28,9 @@ from engine.errors import FaceganError
 if TYPE_CHECKING:  # attributes.config imports the step, which runs these predictions
     from attributes.config import AttributeRunConfig
 
-__all__ = ["to_model_input", "raw_outputs", "predict_images", "predict_cache", "best_thresholds", "binary_validation",
+log = logging.getLogger(__name__)
+
+__all__ = ["FastAttributeModel", "to_model_input", "raw_outputs", "predict_images", "predict_cache", "best_thresholds", "binary_validation",
            "LoadedModel", "load_attribute_model", "single_network", "run_of", "ensemble_from"]
 
 
@@ -134,6 +140,44 @@ def is_binary(group) -> bool:
     return group.kind is TaskKind.BINARY
 
 
+# ------------------------------------------------------------------ the inference fast path
+class FastAttributeModel(nn.Module):
+    """A trained attribute model (or ensemble) for prediction only: every BatchNorm folded into
+    its convolution (engine.fold), NHWC inputs, and with `dtype` bfloat16 autocast. Called and
+    read like the model itself (`groups`, `schemas`, `input_size`); outputs are float32.
+
+    Folding changes the arithmetic, not the function: outputs stay within 1e-5 of the trained
+    model's (tested). bfloat16 keeps 8 bits of mantissa: logits move by about 1e-3.
+    """
+
+    def __init__(self, model: AttributeModel | AttributeEnsemble, dtype: torch.dtype | None = None):
+        super().__init__()
+        members = model.members if isinstance(model, AttributeEnsemble) else [model]
+        self.members = nn.ModuleList(_folded(member) for member in members)
+        self.groups, self.schemas, self.input_size = model.groups, model.schemas, model.input_size
+        self.dtype = dtype
+
+    def forward(self, images: torch.Tensor, layout: list[tuple[str, int]], unlabelled: int = 0):
+        images = images.contiguous(memory_format=torch.channels_last)
+        autocast = (torch.autocast(images.device.type, dtype=self.dtype) if self.dtype is not None
+                    else contextlib.nullcontext())
+        with torch.no_grad(), autocast:
+            results = [member(images, layout, unlabelled) for member in self.members]
+        outputs = {dataset: {name: torch.stack([r[0][dataset][name].float() for r in results]).mean(0) for name in groups}
+                   for dataset, groups in results[0][0].items()}
+        return outputs, torch.stack([r[1].float() for r in results]).mean(0)
+
+
+def _folded(model: AttributeModel) -> AttributeModel:
+    from engine.fold import fold_batchnorm
+
+    fast = copy.deepcopy(model).eval()
+    fast.trunk = fold_batchnorm(fast.trunk, inplace=True)
+    for head in fast.heads.values():
+        head.conv = fold_batchnorm(head.conv, inplace=True)
+    return fast.to(memory_format=torch.channels_last).requires_grad_(False)
+
+
 # ------------------------------------------------------------------ loading a trained model
 @dataclass
 class LoadedModel:
@@ -142,6 +186,22 @@ class LoadedModel:
     thresholds: dict[str, torch.Tensor]
     step: int
     path: Path
+    _fast: dict = field(default_factory=dict, repr=False)
+
+    def fast(self, bf16: bool = False) -> FastAttributeModel:
+        """The model's inference fast path (made once per precision): BN folded, NHWC, and with
+        `bf16` bfloat16 autocast where the CPU computes it natively (else float32, said once)."""
+        from engine.device import cpu_has_native_bfloat16
+
+        device = next(self.model.parameters()).device
+        native = cpu_has_native_bfloat16() if device.type == "cpu" else device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if bf16 and native else None
+        if bf16 and dtype is None:
+            log.warning("--bf16: this %s has no native bfloat16 (AVX512-BF16 or AMX), where it would be slower: "
+                        "predicting in float32", device.type)
+        if dtype not in self._fast:
+            self._fast[dtype] = FastAttributeModel(self.model, dtype).to(device).eval()
+        return self._fast[dtype]
 
 
 def load_attribute_model(checkpoint: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:

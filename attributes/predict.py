@@ -105,13 +105,15 @@ def aligned_photo_batches(inputs: list[Path], size: int, template: str, device: 
         yield batch, face_paths, failures
 
 
-def face_predictions(loaded, faces: torch.Tensor, head: str, device: str | torch.device = "cpu") -> list[dict[str, dict]]:
+def face_predictions(loaded, faces: torch.Tensor, head: str, device: str | torch.device = "cpu",
+                     bf16: bool = False) -> list[dict[str, dict]]:
     """{task: prediction, probability, confidence, grade (or value)} of each uint8 aligned face
-    (B, 3, S, S) for `head`, with the run's calibrated thresholds and flip test-time augmentation."""
+    (B, 3, S, S) for `head`, with the run's calibrated thresholds and flip test-time augmentation,
+    through the model's inference fast path (`LoadedModel.fast`)."""
     from attributes.heads import decode_group
     from attributes.inference import calibrated_thresholds, raw_outputs
 
-    model = loaded.model
+    model = loaded.fast(bf16)
     if not len(faces):
         return []
     outputs = raw_outputs(model, faces.to(device), head, loaded.config.eval.flip_tta)
@@ -126,7 +128,8 @@ def face_predictions(loaded, faces: torch.Tensor, head: str, device: str | torch
 
 
 def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None = None, device: str = "cpu",
-                  batch_size: int = 32, use_ema: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+                  batch_size: int = 32, use_ema: bool = True, out: str | Path | None = None,
+                  bf16: bool = False) -> dict[str, Any]:
     """Predictions for every image file in `inputs` (files or folders); also written as JSON to
     `out` when given."""
     from attributes.inference import load_attribute_model
@@ -147,7 +150,7 @@ def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None =
         results += failures
         if not face_paths:
             continue
-        for (path, result), tasks in zip(face_paths, face_predictions(loaded, batch, head, device)):
+        for (path, result), tasks in zip(face_paths, face_predictions(loaded, batch, head, device, bf16)):
             results.append({"path": str(path), "status": result.status, "face_score": None if result.score is None else round(float(result.score), 4),
                             "tasks": tasks})
     order = {str(p): i for i, p in enumerate(paths)}
@@ -155,6 +158,7 @@ def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None =
     summary = {
         "checkpoint": str(checkpoint), "head": head, "step": loaded.step, "template": template,
         "input_size": model.input_size, "weights": "ema" if use_ema else "raw",
+        "precision": "bfloat16" if loaded.fast(bf16).dtype is not None else "float32",
         "grades": "S >= 0.8 > A >= 0.6 > B >= 0.4 > C >= 0.2 > D",
         "counts": {s: sum(r["status"] == s for r in results) for s in ("aligned", "center_crop", "no_face", "unreadable")},
         "images": results,
