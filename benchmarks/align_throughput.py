@@ -33,18 +33,17 @@ DATASETS = {"celeba": "celeba/img_align_celeba", "utkface": "utkface/crop_part1"
 FACE_SIZES = {"celeba": 0.3, "utkface": 0.3}
 
 
+def cpu_model_name() -> str:
+    sys.path.insert(0, str(REPO))
+    from engine.device import cpu_model_name as name
+
+    return name()
+
+
 def default_data_root() -> Path:
     return Path(os.environ.get("FACEGAN_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
-def cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return "unknown CPU"
 
 
 def pick(folder: Path, n: int) -> list[Path]:
@@ -108,7 +107,7 @@ def main() -> None:
                         help="options for `facegan align` (default: --face-fraction of the dataset, as --dataset would use)")
     args = parser.parse_args()
     root = args.data_root or default_data_root()
-    print(f"CPU: {cpu_name()}; {args.threads} thread(s); {args.images} images per dataset; {args.rounds} rounds")
+    print(f"CPU: {cpu_model_name()}; {args.threads} thread(s); {args.images} images per dataset; {args.rounds} rounds")
     print()
     print("| dataset | bare MTCNN images/s | facegan align images/s | ratio | bare found (>= 0.9) | facegan aligned |")
     print("|---|---|---|---|---|---|")

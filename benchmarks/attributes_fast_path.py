@@ -15,7 +15,6 @@ untrained: speed does not depend on the weights).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,18 +31,10 @@ from attributes.model import AttributeEnsemble, build_attribute_model  # noqa: E
 from data_prep.datasets.celeba import CELEBA_ATTRIBUTES  # noqa: E402
 from data_prep.datasets.schema import LabelSchema  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.device import cpu_has_native_bfloat16  # noqa: E402
+from engine.device import cpu_has_native_bfloat16, cpu_model_name  # noqa: E402
 from engine.presets import resolve_preset  # noqa: E402
 
 
-def cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return "unknown CPU"
 
 
 def network(config: AttributeRunConfig, seed: int):
@@ -113,7 +104,7 @@ def main() -> None:
     faces = torch.randint(0, 256, (args.batch, 3, config.model.trunk.input_size, config.model.trunk.input_size),
                           dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     bf16 = cpu_has_native_bfloat16()
-    print(f"CPU: {cpu_name()}; native bfloat16: {'yes' if bf16 else 'no'}; {args.threads} thread(s); batch {args.batch}; "
+    print(f"CPU: {cpu_model_name()}; native bfloat16: {'yes' if bf16 else 'no'}; {args.threads} thread(s); batch {args.batch}; "
           f"flip test-time augmentation; best of 3 rounds")
     print()
     print("| model | variant | images/s | x eager float32 | largest |difference| from eager |")

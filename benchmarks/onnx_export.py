@@ -10,8 +10,6 @@ rounds of `--seconds` / 3 each. Prints a Markdown table and the CPU (lscpu's mod
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +24,7 @@ from attributes.model import AttributeEnsemble, build_attribute_model  # noqa: E
 from data_prep.datasets.celeba import CELEBA_ATTRIBUTES  # noqa: E402
 from data_prep.datasets.schema import LabelSchema  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from engine.device import cpu_model_name  # noqa: E402
 from engine.onnx_export import ClampedImages, export_onnx  # noqa: E402
 from engine.presets import resolve_preset  # noqa: E402
 from gan.generators.config import GANConfig  # noqa: E402
@@ -36,14 +35,6 @@ from gan.sr.export import sample_lr_faces  # noqa: E402
 from gan.sr.models import build_sr_generator  # noqa: E402
 
 
-def cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _section(preset: str, package: str, key: str) -> dict:
@@ -103,7 +94,7 @@ def main() -> None:
         lambda: attribute_case("celeba64-closeup-all", args.batch, sa=True),
         lambda: attribute_case("celeba64-closeup-all", args.batch, members=2),
     ]
-    print(f"CPU: {cpu_name()}; torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, "
+    print(f"CPU: {cpu_model_name()}; torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, "
           f"best of 3 rounds of {args.seconds / 3:.1f} s per engine")
     print()
     print("| model | largest abs. difference | largest rel. difference | PyTorch images/s | onnxruntime images/s | ratio |")

@@ -7,7 +7,7 @@ import torch
 
 from engine.errors import FaceganError
 
-__all__ = ["choose_device", "configure_threads", "autocast_dtype", "cpu_has_native_bfloat16", "DeviceError"]
+__all__ = ["choose_device", "configure_threads", "autocast_dtype", "cpu_has_native_bfloat16", "cpu_model_name", "DeviceError"]
 
 
 class DeviceError(FaceganError, RuntimeError):
@@ -61,3 +61,18 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and cpu_has_native_bfloat16():
         return torch.bfloat16
     return None
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name as `lscpu` prints it (what to name beside a published timing)."""
+    import platform
+    import subprocess
+
+    try:
+        listing = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return platform.processor() or "unknown CPU"
+    for line in listing.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
