@@ -76,9 +76,9 @@ def bare_worker(files: list[str], threads: int, batch: int) -> dict:
 
 def run_bare(files: list[Path], threads: int, batch: int) -> dict:
     code = ("import json, sys; sys.path.insert(0, %r); from align_throughput import bare_worker; "
-            "print(json.dumps(bare_worker(json.loads(sys.argv[1]), %d, %d)))") % (str(Path(__file__).parent), threads, batch)
+            "print(json.dumps(bare_worker(json.load(sys.stdin), %d, %d)))") % (str(Path(__file__).parent), threads, batch)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, "-c", code, json.dumps([str(f) for f in files])], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps([str(f) for f in files]), capture_output=True,
                          text=True, env=env, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
