@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import yaml
 
-from data_prep.folder_job import ManifestAppender, read_rows, unique_output_names
+from data_prep.folder_job import JobShard, ManifestAppender, job_shard, merge_parts, read_rows, unique_output_names
 from engine.checkpoint import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from engine.errors import FaceganError
 from gan.sr.inference import lr_from_image
@@ -214,6 +214,14 @@ def _write_skipped(path: Path, skipped: list[tuple[str, str, str]]) -> None:
     atomic_write_text(path, _csv_line(["source", "reason", "detail"]) + "".join(_csv_line(row) for row in skipped))
 
 
+def _merge_skipped(path: Path, shard: JobShard, order: dict[str, int]) -> None:
+    rows = [tuple(row[c] for c in ("source", "reason", "detail")) for part in shard.parts(path) for row in read_rows(part)]
+    rows = sorted(dict.fromkeys(rows), key=lambda row: order.get(row[0], len(order)))
+    _write_skipped(path, rows)
+    for part in shard.parts(path):
+        part.unlink(missing_ok=True)
+
+
 def _png_bytes(image: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -269,20 +277,30 @@ def apply_sr(
     fingerprint = load_checkpoint(checkpoint, map_location="cpu").get("fingerprint")
     lr_size, hr_size = loaded.input_size, loaded.output_size
 
-    if restart and dst.exists():
+    shard = job_shard()
+    if restart and dst.exists() and shard.rank == 0:
         # Only what an earlier run wrote: the outputs its manifest lists, and its own files.
         for row in read_manifest(dst / MANIFEST_FILE):
             (dst / row["path"]).unlink(missing_ok=True)
         for name in (MANIFEST_FILE, SCHEMA_FILE, SKIPPED_FILE, INFO_FILE):
             (dst / name).unlink(missing_ok=True)
     dst.mkdir(parents=True, exist_ok=True)
-    if src is not None:
-        inputs = _folder_inputs(Path(src), lr_size)
-    else:
+
+    def read_inputs() -> _Inputs:
+        if src is not None:
+            return _folder_inputs(Path(src), lr_size)
         train_data = loaded.run_config.get("data", {})
         chosen_template = template or train_data.get("template", "thesis")
-        inputs = _dataset_inputs(dataset, root, split, chosen_template, align, hr_size,
-                                 Path(cache_dir) if cache_dir else dst / ".cache", progress)
+        return _dataset_inputs(dataset, root, split, chosen_template, align, hr_size,
+                               Path(cache_dir) if cache_dir else dst / ".cache", progress and shard.rank == 0)
+
+    # Under torchrun rank 0 prepares alone (a restart's deletions, a dataset's aligned cache, the
+    # info and the manifest); the other ranks then read what it made.
+    if shard.rank == 0:
+        inputs = read_inputs()
+    shard.barrier()
+    if shard.rank != 0:
+        inputs = read_inputs()
     header = _header(inputs)
 
     info = {
@@ -298,6 +316,92 @@ def apply_sr(
     }
     info_path = dst / INFO_FILE
     manifest_path = dst / MANIFEST_FILE
+    if shard.rank == 0:
+        _prepare(dst, info, info_path, manifest_path, header, inputs)
+    shard.barrier()
+    part_path = shard.part(manifest_path)
+    # Keep the rows whose output exists (rank 0 rewrote the manifest so; a part is this rank's own).
+    done_rows = [row for row in read_manifest(manifest_path) if (dst / row["path"]).is_file()]
+    if shard.sharded:
+        done_rows += [row for row in read_manifest(part_path) if (dst / row["path"]).is_file()]
+    done = {row["path"] for row in done_rows}
+    if shard.sharded:
+        batches = [[item for item in batch if item.output not in done] for batch in shard.batches(inputs.items, batch_size)]
+        pending = [item for batch in batches for item in batch]
+    else:
+        pending = [item for item in inputs.items if item.output not in done]
+
+    model: torch.nn.Module = loaded.generator
+    if fast:
+        model = optimize_for_inference(loaded.generator, channels_last=True)
+    skipped = list(inputs.skipped)
+    written = 0
+    started = time.perf_counter()
+    bar = tqdm(total=len(inputs.items), initial=len(inputs.items) - len(pending), desc="sr apply", unit="img",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        work = batches if shard.sharded else list(_batches(pending, batch_size))
+        with ManifestAppender(part_path, header) as manifest:
+            for batch in work:
+                ready: list[_Item] = []
+                images: list[torch.Tensor] = []
+                for item, image, reason, detail in inputs.load(batch, lr_size):
+                    if image is None:
+                        skipped.append((item.source, reason, detail))
+                        bar.update(1)
+                        continue
+                    ready.append(item)
+                    images.append(image)
+                if ready:
+                    lr = torch.stack(images).to(device).float().div_(127.5).sub_(1.0)
+                    with torch.inference_mode():
+                        sr = model(lr).float().clamp_(-1.0, 1.0)
+                    pixels = to_uint8(sr).permute(0, 2, 3, 1).cpu().numpy()
+                    for item, array in zip(ready, pixels):
+                        target = dst / item.output
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        atomic_write_bytes(target, _png_bytes(array))
+                        manifest.write([_row(item, header, inputs.schema)])
+                        written += 1
+                        bar.update(1)
+                _write_skipped(shard.part(dst / SKIPPED_FILE), skipped)
+        if shard.sharded:
+            shard.barrier()  # every rank's part is complete
+            if shard.rank == 0:
+                order = {item.output: index for index, item in enumerate(inputs.items)}
+                merge_parts(manifest_path, shard, header, order, key="path")
+                _merge_skipped(dst / SKIPPED_FILE, shard, {item.source: index for index, item in enumerate(inputs.items)})
+            shard.barrier()
+    finally:
+        bar.close()
+    if not shard.sharded:
+        _write_skipped(dst / SKIPPED_FILE, skipped)
+    seconds = time.perf_counter() - started
+    summary = {
+        "written": written,
+        "already_done": len(done),
+        "skipped": len(skipped),
+        "seconds": seconds,
+        "images_per_second": written / seconds if seconds > 0 else 0.0,
+        "manifest": str(manifest_path),
+        "skipped_file": str(dst / SKIPPED_FILE),
+        "info": str(info_path),
+        "fast_path": fast,
+        "device": str(device),
+    }
+    info["last_run"] = {k: summary[k] for k in ("written", "already_done", "skipped", "seconds", "images_per_second")}
+    if shard.sharded:
+        summary["rank"], summary["world_size"] = shard.rank, shard.world
+        info["last_run"]["processes"] = shard.world  # rank 0's share; every rank's rows are in the manifest
+    if shard.rank == 0:
+        atomic_write_text(info_path, json.dumps(info, indent=2))
+    log.info("sr apply: %d written, %d already done, %d skipped in %.1f s", written, len(done), len(skipped), seconds)
+    return summary
+
+
+def _prepare(dst: Path, info: dict, info_path: Path, manifest_path: Path, header: list[str], inputs: _Inputs) -> None:
+    """Check that DST holds this run's outputs (or none), write its info and schema, and rewrite
+    the manifest without rows whose output is missing (a row cut short by a crash)."""
     if info_path.is_file():
         previous = json.loads(info_path.read_text())
         keys = ("checkpoint_fingerprint", "checkpoint_step", "weights", "input", "columns")
@@ -323,62 +427,6 @@ def apply_sr(
     # Keep the rows whose output exists; rewriting drops a row cut short by a crash.
     done_rows = [row for row in read_manifest(manifest_path) if (dst / row["path"]).is_file()]
     atomic_write_text(manifest_path, _csv_line(header) + "".join(_csv_line([r.get(c, "") for c in header]) for r in done_rows))
-    done = {row["path"] for row in done_rows}
-    pending = [item for item in inputs.items if item.output not in done]
-
-    model: torch.nn.Module = loaded.generator
-    if fast:
-        model = optimize_for_inference(loaded.generator, channels_last=True)
-    skipped = list(inputs.skipped)
-    written = 0
-    started = time.perf_counter()
-    bar = tqdm(total=len(inputs.items), initial=len(inputs.items) - len(pending), desc="sr apply", unit="img",
-               disable=not progress, dynamic_ncols=True)
-    try:
-        with ManifestAppender(manifest_path, header) as manifest:
-            for batch in _batches(pending, batch_size):
-                ready: list[_Item] = []
-                images: list[torch.Tensor] = []
-                for item, image, reason, detail in inputs.load(batch, lr_size):
-                    if image is None:
-                        skipped.append((item.source, reason, detail))
-                        bar.update(1)
-                        continue
-                    ready.append(item)
-                    images.append(image)
-                if ready:
-                    lr = torch.stack(images).to(device).float().div_(127.5).sub_(1.0)
-                    with torch.inference_mode():
-                        sr = model(lr).float().clamp_(-1.0, 1.0)
-                    pixels = to_uint8(sr).permute(0, 2, 3, 1).cpu().numpy()
-                    for item, array in zip(ready, pixels):
-                        target = dst / item.output
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        atomic_write_bytes(target, _png_bytes(array))
-                        manifest.write([_row(item, header, inputs.schema)])
-                        written += 1
-                        bar.update(1)
-                _write_skipped(dst / SKIPPED_FILE, skipped)
-    finally:
-        bar.close()
-    _write_skipped(dst / SKIPPED_FILE, skipped)
-    seconds = time.perf_counter() - started
-    summary = {
-        "written": written,
-        "already_done": len(done),
-        "skipped": len(skipped),
-        "seconds": seconds,
-        "images_per_second": written / seconds if seconds > 0 else 0.0,
-        "manifest": str(manifest_path),
-        "skipped_file": str(dst / SKIPPED_FILE),
-        "info": str(info_path),
-        "fast_path": fast,
-        "device": str(device),
-    }
-    info["last_run"] = {k: summary[k] for k in ("written", "already_done", "skipped", "seconds", "images_per_second")}
-    atomic_write_text(info_path, json.dumps(info, indent=2))
-    log.info("sr apply: %d written, %d already done, %d skipped in %.1f s", written, len(done), len(skipped), seconds)
-    return summary
 
 
 def _schema_entry(task) -> dict[str, Any]:
