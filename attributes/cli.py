@@ -115,7 +115,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path, help="a checkpoint written by `facegan attributes train`")
     p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders of images")
     p.add_argument("--head", help="which dataset's head to use (default: the first one trained)")
-    p.add_argument("--out", type=Path, help="write the JSON here (default: print it)")
+    p.add_argument("--out", type=Path, help="""write the results here (default: print them): FILE.json, one document
+        at the end; FILE.jsonl, one record per photo appended as each batch is done, so that a rerun resumes
+        where an interrupted one stopped, and under torchrun every process takes its share of the photos""")
     add_runtime_options(p, batch_size=32, batch_help="photos aligned and predicted per batch")
     p.add_argument("--bf16", action="store_true",
                    help="""predict in bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX; about 2x the

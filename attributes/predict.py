@@ -10,6 +10,8 @@ which no face is found, are listed with their reason instead of a prediction.
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 from pathlib import Path
@@ -130,9 +132,12 @@ def face_predictions(loaded, faces: torch.Tensor, head: str, device: str | torch
 def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None = None, device: str = "cpu",
                   batch_size: int = 32, use_ema: bool = True, out: str | Path | None = None,
                   bf16: bool = False) -> dict[str, Any]:
-    """Predictions for every image file in `inputs` (files or folders); also written as JSON to
-    `out` when given."""
+    """Predictions for every image file in `inputs` (files or folders); also written to `out`
+    when given: one JSON document (`.json`), or JSON lines (`.jsonl`), a record per image appended
+    as its batch is done, so that a rerun resumes where a killed run stopped and torchrun can
+    share the photos among processes (each appends to its own part; rank 0 merges them)."""
     from attributes.inference import load_attribute_model
+    from data_prep.folder_job import JobShard, JsonLinesAppender, job_shard, merge_json_parts, read_json_lines
 
     loaded = load_attribute_model(checkpoint, use_ema=use_ema, device=device)
     model = loaded.model
@@ -145,14 +150,39 @@ def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None =
     paths = _collect_paths(inputs)
     if not paths:
         raise FaceganError("no image files given")
+    lines = Path(out) if out is not None and Path(out).suffix.lower() == ".jsonl" else None
+    shard = job_shard() if lines is not None else JobShard()
+    part = shard.part(lines) if lines is not None else None
     results: list[dict[str, Any]] = []
-    for batch, face_paths, failures in aligned_photo_batches(paths, model.input_size, template, device, batch_size):
-        results += failures
-        if not face_paths:
-            continue
-        for (path, result), tasks in zip(face_paths, face_predictions(loaded, batch, head, device, bf16)):
-            results.append({"path": str(path), "status": result.status, "face_score": None if result.score is None else round(float(result.score), 4),
-                            "tasks": tasks})
+    if lines is not None:
+        done = {record["path"] for record in read_json_lines(lines)}
+        if shard.sharded:
+            done |= {record["path"] for record in read_json_lines(part)}
+        batches = [[p for p in batch if str(p) not in done] for batch in shard.batches(paths, batch_size)]
+        batches = [batch for batch in batches if batch]
+    else:
+        batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
+    with (JsonLinesAppender(part) if part is not None else contextlib.nullcontext()) as appender:
+        for chunk in batches:
+            records: list[dict[str, Any]] = []
+            for batch, face_paths, failures in aligned_photo_batches(chunk, model.input_size, template, device, len(chunk)):
+                records += failures
+                if face_paths:
+                    for (path, result), tasks in zip(face_paths, face_predictions(loaded, batch, head, device, bf16)):
+                        records.append({"path": str(path), "status": result.status,
+                                        "face_score": None if result.score is None else round(float(result.score), 4),
+                                        "tasks": tasks})
+            order_in_chunk = {str(p): i for i, p in enumerate(chunk)}
+            records.sort(key=lambda r: order_in_chunk.get(r["path"], 0))
+            if appender is not None:
+                appender.write(records)
+            results += records
+    if lines is not None:
+        shard.barrier()
+        if shard.rank == 0 and shard.sharded:
+            merge_json_parts(lines, shard, {str(p): i for i, p in enumerate(paths)}, key="path")
+        shard.barrier()
+        results = read_json_lines(lines) if shard.rank == 0 else results
     order = {str(p): i for i, p in enumerate(paths)}
     results.sort(key=lambda r: order.get(r["path"], 0))
     summary = {
@@ -163,6 +193,6 @@ def predict_paths(checkpoint: str | Path, inputs: list[Path], head: str | None =
         "counts": {s: sum(r["status"] == s for r in results) for s in ("aligned", "center_crop", "no_face", "unreadable")},
         "images": results,
     }
-    if out is not None:
+    if out is not None and lines is None:
         atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
     return summary

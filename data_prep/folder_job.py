@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import json
 import logging
 import os
 from pathlib import Path
@@ -31,7 +32,7 @@ from engine.faults import fault_point
 log = logging.getLogger(__name__)
 
 __all__ = ["ManifestError", "read_rows", "repair_manifest", "ManifestAppender", "unique_output_names", "JobShard",
-           "job_shard", "merge_parts"]
+           "job_shard", "merge_parts", "JsonLinesAppender", "read_json_lines", "merge_json_parts"]
 
 
 class ManifestError(FaceganError):
@@ -170,6 +171,13 @@ def job_shard() -> JobShard:
     return JobShard(info.rank, info.world_size)
 
 
+def _in_order(rows: list[dict], order: dict[str, int], key: str) -> list[dict]:
+    seen: dict[str, dict] = {}
+    for row in rows:
+        seen.setdefault(row[key], row)  # a row is never written twice; keep the first if it were
+    return sorted(seen.values(), key=lambda row: order.get(row[key], len(order)))
+
+
 def merge_parts(manifest: Path, shard: JobShard, columns: Sequence[str], order: dict[str, int], key: str,
                 lineterminator: str = "\n") -> list[dict[str, str]]:
     """Rank 0, once every rank is done: the manifest's own rows and every part's, in input order
@@ -178,15 +186,70 @@ def merge_parts(manifest: Path, shard: JobShard, columns: Sequence[str], order: 
     rows = read_rows(manifest, columns)
     for part in shard.parts(manifest):
         rows += read_rows(part, columns)
-    seen: dict[str, dict[str, str]] = {}
-    for row in rows:
-        seen.setdefault(row[key], row)  # a row is never written twice; keep the first if it were
-    merged = sorted(seen.values(), key=lambda row: order.get(row[key], len(order)))
+    merged = _in_order(rows, order, key)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator=lineterminator)
     writer.writeheader()
     writer.writerows(merged)
     atomic_write_bytes(manifest, buffer.getvalue().encode("utf-8"))
     for part in shard.parts(manifest):
+        part.unlink(missing_ok=True)
+    return merged
+
+
+# ---------------------------------------------------------------- results as JSON lines
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The complete records of a JSON-lines file (none when it does not exist); a last line cut
+    short by a kill is ignored, a damaged line in the middle is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(_complete_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path}:{number}: not a JSON record ({exc.msg}); use a new output file") from None
+    return records
+
+
+class JsonLinesAppender:
+    """Appends records as JSON lines, each call flushed and fsynced before it returns."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        repair_manifest(self.path)
+
+    def __enter__(self) -> "JsonLinesAppender":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a", encoding="utf-8")
+        return self
+
+    def write(self, records: Sequence[dict]) -> None:
+        fault_point("manifest-append")
+        try:
+            self._handle.write("".join(json.dumps(record) + "\n" for record in records))
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"no space left on the device while appending to {self.path}; its complete lines "
+                                    "are kept: free some space and run the command again, it resumes") from exc
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
+
+
+def merge_json_parts(path: Path, shard: JobShard, order: dict[str, int], key: str) -> list[dict]:
+    """`merge_parts` for a JSON-lines file."""
+    records = read_json_lines(path)
+    for part in shard.parts(path):
+        records += read_json_lines(part)
+    merged = _in_order(records, order, key)
+    atomic_write_bytes(path, "".join(json.dumps(record) + "\n" for record in merged).encode("utf-8"))
+    for part in shard.parts(path):
         part.unlink(missing_ok=True)
     return merged
