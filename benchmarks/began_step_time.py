@@ -25,11 +25,11 @@ import dataclasses
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from data_prep.face_array import FaceTensor
 from engine.config import load_config
 from engine.presets import resolve_preset
 from engine.trainer import Trainer
@@ -37,15 +37,6 @@ from gan.generators.config import GANRunConfig
 from gan.generators.step import build_gan_step
 
 
-class _Faces(torch.utils.data.Dataset):
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index]}
 
 
 def step_times(config: GANRunConfig, steps: int, warmup: int, threads: int) -> tuple[list[float], list[float]]:
@@ -66,7 +57,7 @@ def step_times(config: GANRunConfig, steps: int, warmup: int, threads: int) -> t
         train = dataclasses.replace(config.trainer, out_dir=out, max_steps=warmup + steps + 1, ema_modules=("generator",),
                                     log_every=0, checkpoint_every=0, sample_every=0, eval_every=0, progress=False,
                                     tensorboard=False, threads=threads, resume=False, max_seconds=0.0)
-        Trainer(step, _Faces(images), train, {}).fit()
+        Trainer(step, FaceTensor(images), train, {}).fit()
     wall = [b[0] - a[0] for a, b in zip(starts[:-1], starts[1:])]
     cpu = [b[1] - a[1] for a, b in zip(starts[:-1], starts[1:])]
     return wall[warmup:], cpu[warmup:]

@@ -31,21 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from data_prep.face_array import FaceTensor
 from engine.device import autocast_dtype, choose_device
 from engine.trainer import Trainer, TrainerConfig
 from gan.generators.config import DCGANConfig, GANConfig
 from gan.generators.step import build_gan_step
 
 
-class FaceTensorDataset(torch.utils.data.Dataset):
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index]}
 
 
 def gan_config(width: int) -> GANConfig:
@@ -108,7 +100,7 @@ def trainer_seconds(images: torch.Tensor, width: int, steps: int, batch: int, de
                                progress=False, tensorboard=False, threads=torch.get_num_threads(),
                                device=str(device), amp=amp)
         start = time.perf_counter()
-        Trainer(step_obj, FaceTensorDataset(images), config, {}).fit()
+        Trainer(step_obj, FaceTensor(images), config, {}).fit()
         _synchronize(device)
         return time.perf_counter() - start
 

@@ -93,18 +93,12 @@ def load_data(path: Path | None, sizes: Sizes) -> tuple[torch.Tensor, list[bytes
     return faces, [ASTRONAUT_JPG.read_bytes()] * sizes.photos
 
 
-class Faces(torch.utils.data.Dataset):
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index]}
 
 
 # ------------------------------------------------------------------------------------- training
+from data_prep.face_array import FaceTensor  # noqa: E402
+
+
 def bare_images_per_second(step, faces: torch.Tensor, device: torch.device, amp: bool, steps: int, batch: int) -> float:
     """The step's maths alone: its modules and optimisers on the device, batches sliced from a
     device tensor, no DataLoader, EMA, logging or guards."""
@@ -137,7 +131,7 @@ def trainer_seconds(step, faces: torch.Tensor, device: torch.device, amp: bool, 
                            ema_modules=ema, log_every=10, checkpoint_every=0, sample_every=0, progress=False,
                            tensorboard=False, threads=torch.get_num_threads(), device=str(device), amp=amp)
     start = time.perf_counter()
-    Trainer(step, Faces(faces), config, {}).fit()
+    Trainer(step, FaceTensor(faces), config, {}).fit()
     synchronize(device)
     return time.perf_counter() - start
 
@@ -205,7 +199,7 @@ def _sr_checkpoint(make, faces, device, sizes: Sizes, out: Path, preset) -> Path
     step = make()
     config = TrainerConfig(out_dir=str(out), max_steps=2, batch_size=sizes.sr_batch, checkpoint_every=0, progress=False,
                            tensorboard=False, device=str(device), threads=torch.get_num_threads())
-    Trainer(step, Faces(faces), config, {"sr": to_dict(step.config), "data": to_dict(preset.data)}).fit()
+    Trainer(step, FaceTensor(faces), config, {"sr": to_dict(step.config), "data": to_dict(preset.data)}).fit()
     return out / "checkpoints" / "latest.pt"
 
 

@@ -21,11 +21,25 @@ from data_prep.datasets.schema import LabelSchema
 from engine.checkpoint import atomic_write_bytes
 from engine.errors import FaceganError
 
-__all__ = ["FaceArray", "FaceArrayError"]
+__all__ = ["FaceArray", "FaceArrayError", "FaceTensor"]
 
 
 class FaceArrayError(FaceganError, ValueError):
     """Faces and labels that do not fit together, or an unreadable saved array."""
+
+
+class FaceTensor(Dataset):
+    """Unlabelled faces already in one (N, 3, S, S) tensor, as the items a GAN or SR step trains
+    on ({"image": (3, S, S)}): for benchmarks and checks that time training without a cache."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.images[index]}
 
 
 class FaceArray(Dataset):
