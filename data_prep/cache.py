@@ -42,6 +42,7 @@ from data_prep.align.templates import Template, get_template
 from data_prep.datasets.base import FaceDataset
 from data_prep.datasets.record import SPLITS, SampleRecord, SkippedSample
 from data_prep.datasets.schema import LabelSchema, Task, TaskKind
+from data_prep.folder_job import JobShard
 from data_prep.images import ImageLoadError, load_rgb
 from engine.checkpoint import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from engine.errors import FaceganError
@@ -162,7 +163,8 @@ def source_fingerprint(dataset: FaceDataset, size: int, aligner: BatchAligner | 
 def _our_files(out_dir: Path) -> list[Path]:
     names = {INDEX_FILE, LABELS_FILE, PROGRESS_FILE}
     return [p for p in out_dir.iterdir()
-            if p.name in names or (p.name.startswith("images-") and p.name.endswith(".u8"))]
+            if p.name in names or (p.name.startswith("images-") and p.name.endswith(".u8"))
+            or (p.name.startswith("progress.part") and p.name.endswith(".json"))]
 
 
 def _clear(out_dir: Path) -> None:
@@ -192,6 +194,7 @@ def build_cache(
     progress: bool = True,
     on_stale: str = "rebuild",
     on_shard_done: Callable[[int, int], None] | None = None,
+    shard: JobShard | None = None,
 ) -> "AlignedFaceCache":
     """Align (or, without an aligner, centre-crop and resize) every image of `dataset` to
     size x size and store it in `out_dir`; return the cache opened for reading.
@@ -201,7 +204,9 @@ def build_cache(
     `StaleCacheError` (``on_stale="error"``). Images that cannot be loaded or in which the
     aligner finds no face are left out and listed in `AlignedFaceCache.skipped`. `num_workers`
     threads decode images (PIL releases the GIL). `on_shard_done(shard, num_shards)` is called
-    after each shard is recorded.
+    after each shard is recorded. With `shard` (torchrun ranks, `data_prep.folder_job.job_shard`)
+    rank 0 decides alone whether to reuse, resume or start, each rank builds shards j with
+    j mod N = its rank and records them in its own progress part, and rank 0 writes the index.
     """
     if not isinstance(size, (int, np.integer)) or size < 8:
         raise CacheError(f"size must be an integer >= 8, got {size!r}")
@@ -216,7 +221,62 @@ def build_cache(
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = source_fingerprint(dataset, size, aligner)
     content = source_fingerprint(dataset, size, aligner, splits=False)
+    shard = shard or JobShard()
+    if shard.rank == 0:  # alone: reuse, resplit or clear, and record the build's shard size
+        cache = _reuse_or_start(dataset, out_dir, size, aligner, fingerprint, content, on_stale, shard_size)
+        if cache is not None and not shard.sharded:
+            return cache
+    shard.barrier()
+    if not (out_dir / PROGRESS_FILE).is_file():  # rank 0 found the cache up to date
+        return AlignedFaceCache(out_dir)
+    state = _read_json(out_dir / PROGRESS_FILE)
+    shard_size = int(state["shard_size"])
+    num_shards = -(-len(records) // shard_size)
+    done = {}
+    for part in [out_dir / PROGRESS_FILE, *(shard.parts(out_dir / PROGRESS_FILE) if shard.sharded else [])]:
+        for key, entry in ((_read_json(part) or {}).get("shards") or {}).items():
+            if _shard_intact(out_dir, int(key), entry, size):
+                done[int(key)] = entry
+            elif int(key) % shard.world == shard.rank:
+                log.warning("%s: shard %s is missing or cut short; it is built again", out_dir, key)
+    # Shard j is rank j mod N's; each rank records its own in its own progress part.
+    mine = {key: entry for key, entry in done.items() if key % shard.world == shard.rank}
+    part_state = {**state, "shards": {str(k): v for k, v in mine.items()}}
+    part_path = shard.part(out_dir / PROGRESS_FILE)
+    todo = [j for j in range(num_shards) if j % shard.world == shard.rank and j not in done]
+    total = sum(min(shard_size, len(records) - j * shard_size) for j in range(num_shards) if j % shard.world == shard.rank)
+    finished = sum(min(shard_size, len(records) - k * shard_size) for k in mine)
+    desc = f"caching {dataset.name}" + (f" (rank {shard.rank} of {shard.world})" if shard.sharded else "")
+    bar = tqdm(total=total, initial=finished, desc=desc, unit="img", disable=not progress)
+    pool = ThreadPoolExecutor(max_workers=num_workers) if num_workers > 0 else None
+    try:
+        for index in todo:
+            start, stop = index * shard_size, min(len(records), (index + 1) * shard_size)
+            entry = _build_shard(records, start, stop, out_dir / _SHARD_NAME.format(index), size, aligner, pool, bar)
+            fault_point("cache-shard")  # the shard is on disk, the progress file does not list it yet
+            part_state["shards"][str(index)] = entry
+            atomic_write_text(part_path, json.dumps(part_state))
+            if on_shard_done is not None:
+                on_shard_done(index, num_shards)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True)
+    shard.barrier()  # every rank's shards are on disk
+    if shard.rank == 0:
+        for part in [out_dir / PROGRESS_FILE, *shard.parts(out_dir / PROGRESS_FILE)]:
+            state["shards"].update((_read_json(part) or {}).get("shards") or {})
+        _write_index(dataset, out_dir, size, aligner, fingerprint, state, num_shards, content)
+        for part in [out_dir / PROGRESS_FILE, *shard.parts(out_dir / PROGRESS_FILE)]:
+            part.unlink(missing_ok=True)
+    shard.barrier()
+    return AlignedFaceCache(out_dir)
 
+
+def _reuse_or_start(dataset: FaceDataset, out_dir: Path, size: int, aligner: BatchAligner | None, fingerprint: str,
+                    content: str, on_stale: str, shard_size: int | None) -> "AlignedFaceCache | None":
+    """The cache when it is up to date (resplit if only the splits changed); else the build's
+    state in progress.json, new or the one an interrupted build left."""
     index = _read_json(out_dir / INDEX_FILE)
     if index is not None and index.get("version") == CACHE_VERSION:
         same = index.get("fingerprint") == fingerprint
@@ -235,6 +295,7 @@ def build_cache(
                     index["content_fingerprint"] = content
                     atomic_write_text(out_dir / INDEX_FILE, json.dumps(index))
                 log.info("cache %s is up to date (fingerprint %s); reusing it", out_dir, fingerprint)
+                (out_dir / PROGRESS_FILE).unlink(missing_ok=True)
                 return cache
             index = None
     if index is not None:
@@ -258,41 +319,12 @@ def build_cache(
         if shard_size < 1:
             raise CacheError(f"shard_size must be >= 1, got {shard_size}")
         state = {"version": CACHE_VERSION, "fingerprint": fingerprint, "shard_size": shard_size, "shards": {}}
+        atomic_write_text(out_dir / PROGRESS_FILE, json.dumps(state))
     else:
         # Shard boundaries of a started build are fixed: resuming keeps them.
-        shard_size = int(state["shard_size"])
         log.info("resuming the cache build in %s (%d shard(s) done)", out_dir, len(state["shards"]))
-
-    num_shards = -(-len(records) // shard_size)
     remove_stale_temporaries(out_dir, recursive=False)
-    done = {}
-    for key, entry in state["shards"].items():
-        if _shard_intact(out_dir, int(key), entry, size):
-            done[int(key)] = entry
-        else:
-            log.warning("%s: shard %s is missing or cut short; it is built again", out_dir, key)
-    state["shards"] = {str(k): v for k, v in done.items()}
-    finished = sum(min(shard_size, len(records) - k * shard_size) for k in done)
-    bar = tqdm(total=len(records), initial=finished, desc=f"caching {dataset.name}", unit="img", disable=not progress)
-    pool = ThreadPoolExecutor(max_workers=num_workers) if num_workers > 0 else None
-    try:
-        for shard in range(num_shards):
-            if shard in done:
-                continue
-            start, stop = shard * shard_size, min(len(records), (shard + 1) * shard_size)
-            entry = _build_shard(records, start, stop, out_dir / _SHARD_NAME.format(shard), size, aligner, pool, bar)
-            fault_point("cache-shard")  # the shard is on disk, the progress file does not list it yet
-            state["shards"][str(shard)] = entry
-            atomic_write_text(out_dir / PROGRESS_FILE, json.dumps(state))
-            if on_shard_done is not None:
-                on_shard_done(shard, num_shards)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(wait=True)
-    _write_index(dataset, out_dir, size, aligner, fingerprint, state, num_shards, content)
-    (out_dir / PROGRESS_FILE).unlink(missing_ok=True)
-    return AlignedFaceCache(out_dir)
+    return None
 
 
 def _shard_intact(out_dir: Path, shard: int, entry: dict, size: int) -> bool:
@@ -637,9 +669,13 @@ class AlignedFaceCache(Dataset):
 
 def cache_dataset(name: str, root: str | Path, out: str | Path, size: int = 64, align: bool = True,
                   template: str = "thesis", split: str | None = None, shard_size: int | None = None, workers: int = 2,
-                  device: str = "auto", progress: bool = True, on_stale: str = "rebuild") -> "AlignedFaceCache":
+                  device: str = "auto", progress: bool = True, on_stale: str = "rebuild",
+                  face_fraction: float = 0.0) -> "AlignedFaceCache":
     """Read dataset `name` at `root` (only `split` when given), align every face (or only
-    centre-crop and resize with `align=False`) and cache it in `out` (`facegan data cache`)."""
+    centre-crop and resize with `align=False`) and cache it in `out` (`facegan data cache`).
+    Under torchrun the processes share the work (see `build_cache`)."""
+    from data_prep.folder_job import job_shard
+
     from data_prep.datasets.registry import load_dataset
 
     dataset = load_dataset(name, root)
@@ -649,6 +685,7 @@ def cache_dataset(name: str, root: str | Path, out: str | Path, size: int = 64, 
     if align:
         from data_prep.align.aligner import AlignConfig, FaceAligner
 
-        aligner = FaceAligner(AlignConfig(output_size=size, template=template, device=device))
+        aligner = FaceAligner(AlignConfig(output_size=size, template=template, device=device,
+                                          face_fraction=face_fraction))
     return build_cache(dataset, out, size, aligner=aligner, shard_size=shard_size, num_workers=workers,
-                       progress=progress, on_stale=on_stale)
+                       progress=progress, on_stale=on_stale, shard=job_shard())

@@ -179,7 +179,9 @@ def _register_cache(data_sub: argparse._SubParsersAction) -> None:
         """Read a dataset, align every face with the MTCNN aligner (or, with --no-align, only
         centre-crop and resize already-aligned images) and store the faces with their labels in OUT as raw uint8
         shards plus index.json. Unreadable images and images without a face are left out and listed in
-        index.json. An interrupted build resumes; a cache of another source is rebuilt.""")
+        index.json. An interrupted build resumes; a cache of another source is rebuilt. Under torchrun
+        (torchrun --standalone --nproc-per-node N .venv/bin/facegan data cache ...) the processes build alternate
+        shards and rank 0 writes the index.""")
     p.add_argument("out", type=Path, help="cache folder to create (or resume, or reuse)")
     p.add_argument("--dataset", required=True,
                    help="dataset reader name (celeba, lfw, utkface, ... or synthetic); see `facegan data info --help`")
@@ -191,6 +193,10 @@ def _register_cache(data_sub: argparse._SubParsersAction) -> None:
                    help=f"alignment template: one of {template_names()} or a template file (default thesis)")
     p.add_argument("--split", choices=SPLITS, default=None, help="cache only this split (default: all)")
     p.add_argument("--shard-size", type=int, default=None, help="faces per shard file (default: about 64 MiB per shard)")
+    p.add_argument("--face-fraction", type=float, default=0.0, metavar="FRACTION",
+                   help="""the smallest face expected, as a share of each image's shorter side (faster on face crops,
+                       e.g. 0.3; see `facegan align --help`). Default 0, as training commands align: a cache made with
+                       another value has another fingerprint, and a training run would not reuse it""")
     p.add_argument("--workers", type=int, default=2, help="threads that decode images (default 2; 0 = none)")
     p.add_argument("--on-stale", choices=("rebuild", "error"), default="rebuild",
                    help="what to do when OUT holds a cache of another source (default rebuild)")
@@ -203,7 +209,7 @@ def _cache(args: argparse.Namespace) -> int:
 
     cache = cache_dataset(args.dataset, args.root, args.out, args.size, align=not args.no_align, template=args.template,
                           split=args.split, shard_size=args.shard_size, workers=args.workers, device=args.device,
-                          progress=not args.no_progress, on_stale=args.on_stale)
+                          progress=not args.no_progress, on_stale=args.on_stale, face_fraction=args.face_fraction)
     print(cache.summary())
     for item in cache.skipped[:10]:
         print(f"  skipped {item}")
