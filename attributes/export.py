@@ -89,7 +89,7 @@ def _describe(dataset: str, group: TaskGroup, thresholds: dict) -> dict:
 
 def sample_faces(n: int, size: int, seed: int = 0) -> torch.Tensor:
     """`n` built-in synthetic faces at the model's input size, prepared as for the model."""
-    faces = torch.from_numpy(render_faces(n, seed=seed, size=size).images).permute(0, 3, 1, 2).contiguous()
+    faces = render_faces(n, seed=seed, size=size).image_tensor()
     return to_model_input(faces)
 
 

@@ -89,7 +89,7 @@ def load_data(path: Path | None, sizes: Sizes) -> tuple[torch.Tensor, list[bytes
     from data_prep.assets import ASTRONAUT_JPG
     from data_prep.synthetic import render_faces
 
-    faces = torch.from_numpy(render_faces(sizes.faces, seed=0, size=64).images).permute(0, 3, 1, 2).contiguous()
+    faces = render_faces(sizes.faces, seed=0, size=64).image_tensor()
     return faces, [ASTRONAUT_JPG.read_bytes()] * sizes.photos
 
 

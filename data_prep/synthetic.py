@@ -157,6 +157,10 @@ class SyntheticFaces(NamedTuple):
     labels: dict[str, np.ndarray]
     landmarks: np.ndarray
 
+    def image_tensor(self) -> torch.Tensor:
+        """The images as one (N, 3, H, W) uint8 tensor, the layout the models take."""
+        return torch.from_numpy(self.images).permute(0, 3, 1, 2).contiguous()
+
 
 # --------------------------------------------------------------------------------------------
 # Sampling: identities, then images of identities. All randomness lives here, per image, so the

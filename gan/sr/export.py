@@ -23,7 +23,7 @@ __all__ = ["export_sr", "sample_lr_faces"]
 def sample_lr_faces(n: int, output_size: int, scale: int, seed: int = 0) -> torch.Tensor:
     """`n` built-in synthetic faces at `output_size`, bicubic-downsampled by `scale`, in [-1, 1]:
     inputs that look like what the generator was trained on."""
-    faces = torch.from_numpy(render_faces(n, seed=seed, size=output_size).images).permute(0, 3, 1, 2).float()
+    faces = render_faces(n, seed=seed, size=output_size).image_tensor().float()
     return to_unit_range(bicubic_downsample(faces, scale).clamp(0, 255).round())
 
 

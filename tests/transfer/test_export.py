@@ -38,7 +38,7 @@ def _export(checkpoint, tmp_path, *extra) -> tuple[Path, dict]:
 
 
 def _faces(n, size, seed=3):
-    return torch.from_numpy(render_faces(n, seed=seed, size=size).images).permute(0, 3, 1, 2).contiguous()
+    return render_faces(n, seed=seed, size=size).image_tensor()
 
 
 @pytest.mark.parametrize("run", ["legacy_dcgan", "began"])

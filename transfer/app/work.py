@@ -226,6 +226,7 @@ def super_resolve_photo(models: ServedModels, path: str | Path | None, already_a
     """Align the largest face of an upload at the SR model's output size (or, for a face that is
     already aligned, take its centre square), bring it down to the input size, and super-resolve."""
     from data_prep.degrade import bicubic_upsample
+    from gan.metrics.batch import to_uint8
     from gan.sr.inference import lr_from_image, super_resolve
 
     if models.sr is None:
@@ -248,20 +249,22 @@ def super_resolve_photo(models: ServedModels, path: str | Path | None, already_a
     lr = low[None].float() / 127.5 - 1
     with models.lock:
         out = super_resolve(sr.generator, lr)[0]
-    bicubic = bicubic_upsample(low[None].float(), sr.scale)[0].clamp(0, 255)
+    bicubic = bicubic_upsample(low[None].float(), sr.scale)[0]
 
-    def to_image(t: torch.Tensor) -> np.ndarray:
-        return t.round().to(torch.uint8).permute(1, 2, 0).numpy()
+    def to_image(t: torch.Tensor, value_range: tuple[float, float]) -> np.ndarray:
+        return to_uint8(t, value_range).permute(1, 2, 0).numpy()
 
     message = (f"{how} at {sr.output_size} px, brought down to {sr.input_size} px, then x{sr.scale} "
                f"by bicubic interpolation and by the model")
-    return SRResult(aligned, low.permute(1, 2, 0).numpy(), to_image(bicubic),
-                    to_image((out + 1) * 127.5), message)
+    return SRResult(aligned, low.permute(1, 2, 0).numpy(), to_image(bicubic, (0.0, 255.0)),
+                    to_image(out, (-1.0, 1.0)), message)
 
 
 # ------------------------------------------------------------------------------------- generation
 def _images(batch: torch.Tensor) -> list[np.ndarray]:
-    pixels = ((batch.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    from gan.metrics.batch import to_uint8
+
+    pixels = to_uint8(batch).permute(0, 2, 3, 1).numpy()
     return [p.repeat(3, axis=2) if p.shape[2] == 1 else p for p in pixels]
 
 
