@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from data_prep.assets import ASTRONAUT_JPG
+from gan.sr.apply import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = ROOT / "tests" / "fixtures" / "legacy" / "sr_run" / "checkpoints" / "latest.pt"
@@ -38,9 +39,16 @@ def test_killed_ranks_resume_and_merge_into_what_one_process_writes(tmp_path):
     (src / "notes.txt").write_text("not an image\n")
     one, two = tmp_path / "one", tmp_path / "two"
     assert _apply(src, one, 1).returncode == 0
+    # The first rank to append its 3rd row dies there, and torchrun stops the other wherever it is.
     killed = _apply(src, two, 2, fault="manifest-append@3")
     assert killed.returncode != 0
-    assert len(list(two.glob("labels.part*-of-002.csv"))) == 2
+    parts = sorted(two.glob("labels.part*-of-002.csv"))
+    assert parts, "no rank recorded a row before the kill"
+    kept = {}
+    for part in parts:
+        for row in read_manifest(part):
+            kept[row["path"]] = (two / row["path"]).stat().st_mtime_ns
+    assert kept
     rerun = _apply(src, two, 2)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (two / "labels.csv").read_text() == (one / "labels.csv").read_text()
@@ -50,4 +58,5 @@ def test_killed_ranks_resume_and_merge_into_what_one_process_writes(tmp_path):
     for image in images:
         assert (two / image).read_bytes() == (one / image).read_bytes(), image
     assert not list(two.glob("*.part*")), "the parts are merged and removed"
+    assert {path: (two / path).stat().st_mtime_ns for path in kept} == kept, "recorded outputs are not written again"
     shutil.rmtree(tmp_path)
