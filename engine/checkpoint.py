@@ -10,7 +10,7 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -19,6 +19,7 @@ from engine.faults import fault_point
 
 __all__ = [
     "atomic_write_bytes",
+    "atomic_write_files",
     "atomic_write_text",
     "atomic_save",
     "load_checkpoint",
@@ -49,23 +50,49 @@ def _read_umask() -> int:
 _NEW_FILE_MODE = 0o666 & ~_read_umask()
 
 
-def _atomic_replace(path: Path, write, keep_previous: Path | None = None, fault: str | None = None) -> None:
-    # Write beside the target and rename: a crash mid-write leaves the old file intact, never a
-    # truncated one, because rename within a directory is atomic on POSIX. With `keep_previous`,
-    # the old file becomes that one first, so a file damaged later (a disk, a copy, a sync tool)
-    # still has an intact predecessor.
-    path = Path(path)
+def _write_temporary(path: Path, write, durable: bool = True) -> str:
+    """A temporary file beside `path` holding what `write(handle)` writes; with `durable`, on
+    disk (fsynced) before this returns. The caller renames it into place or removes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = None
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             # mkstemp makes the file private (0600); the result gets what a plain write would:
             # the replaced file's permissions, else the umask's.
             os.fchmod(handle.fileno(), path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE)
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
+    except BaseException:
+        _remove(tmp_name)
+        raise
+    return tmp_name
+
+
+def _remove(name: str) -> None:
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+
+
+def _disk_full(exc: BaseException, path: Path) -> DiskFullError | None:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"no space left on the device while writing {path}; the previous version of it is "
+                             "intact (nothing was replaced). Free some space and run the command again: it resumes.")
+    return None
+
+
+def _atomic_replace(path: Path, write, keep_previous: Path | None = None, fault: str | None = None) -> None:
+    # Write beside the target and rename: a crash mid-write leaves the old file intact, never a
+    # truncated one, because rename within a directory is atomic on POSIX. With `keep_previous`,
+    # the old file becomes that one first, so a file damaged later (a disk, a copy, a sync tool)
+    # still has an intact predecessor.
+    path = Path(path)
+    tmp_name = None
+    try:
+        tmp_name = _write_temporary(path, write)
         if fault:
             fault_point(f"{fault}-rename")
         if keep_previous is not None and path.exists():
@@ -73,17 +100,46 @@ def _atomic_replace(path: Path, write, keep_previous: Path | None = None, fault:
             if fault:
                 fault_point(f"{fault}-rotate")
         os.replace(tmp_name, path)
+        tmp_name = None
         _sync_folder(path.parent)
     except BaseException as exc:
         if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except FileNotFoundError:
-                pass
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"no space left on the device while writing {path}; the previous version of it is "
-                                "intact (nothing was replaced). Free some space and run the command again: it resumes."
-                                ) from exc
+            _remove(tmp_name)
+        full = _disk_full(exc, path)
+        if full is not None:
+            raise full from exc
+        raise
+
+
+def atomic_write_files(files: Sequence[tuple[str | os.PathLike, bytes]]) -> None:
+    """Write many small files with `atomic_write_bytes`' guarantee at a fraction of its cost:
+    every file goes to a temporary beside its target, one `os.sync()` puts them all on disk
+    (where one fsync per file, plus one per rename, cost 0.6-2.5 ms per 30 KB face here against
+    0.3 ms), and only then is each renamed into place. So no target is ever renamed into place
+    before its bytes are durable. On failure the temporaries not yet renamed are removed; files
+    already renamed are complete."""
+    if not hasattr(os, "sync"):  # Windows: one fsync per file
+        for path, data in files:
+            atomic_write_bytes(path, data)
+        return
+    pending: list[tuple[str, Path]] = []
+    current = None
+    try:
+        for path, data in files:
+            current = Path(path)
+            pending.append((_write_temporary(current, lambda handle, data=data: handle.write(data), durable=False),
+                            current))
+        os.sync()
+        for tmp_name, current in pending:
+            os.replace(tmp_name, current)
+        for folder in {Path(path).parent for path, _ in files}:
+            _sync_folder(folder)
+    except BaseException as exc:
+        for tmp_name, _ in pending:
+            _remove(tmp_name)  # those renamed already are gone
+        full = _disk_full(exc, current) if current is not None else None
+        if full is not None:
+            raise full from exc
         raise
 
 

@@ -36,8 +36,8 @@ from PIL import Image
 from data_prep.align.aligner import AlignConfig, AlignResult, FaceAligner
 from data_prep.folder_job import (JobShard, ManifestAppender, ManifestError, job_shard, merge_parts, read_rows,
                                   repair_manifest, unique_output_names)
-from data_prep.images import ImageLoadError, list_images, load_rgb
-from engine.checkpoint import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from data_prep.images import ImageLoadError, encode_png, list_images, load_rgb
+from engine.checkpoint import atomic_write_files, atomic_write_text, remove_stale_temporaries
 from engine.errors import FaceganError
 
 __all__ = [
@@ -163,13 +163,12 @@ def _rescale_result(result: AlignResult, factor: tuple[float, float]) -> None:
 
 
 def _encode(face: np.ndarray, fmt: str, jpeg_quality: int) -> bytes:
-    buffer = io.BytesIO()
     if fmt == "png":
-        # Level 1: the same pixels, files 3% larger than at level 6, encoded 3x faster (1.1 against
-        # 3.5 ms per 128 px face here): at level 6 encoding cost as much as detecting the face.
-        Image.fromarray(face).save(buffer, format="PNG", compress_level=1)
-    else:
-        Image.fromarray(face).save(buffer, format="JPEG", quality=jpeg_quality, subsampling=0)
+        # PIL's PNG writer at its default level 6 took 3.5 ms per 128 px face, as long as detecting
+        # it; encode_png takes 0.36 ms, for files a third larger (14.5 against 10.9 KB).
+        return encode_png(face)
+    buffer = io.BytesIO()
+    Image.fromarray(face).save(buffer, format="JPEG", quality=jpeg_quality, subsampling=0)
     return buffer.getvalue()
 
 
@@ -384,8 +383,7 @@ def _load_batch(batch: Sequence[AlignInput]) -> list[tuple[np.ndarray, tuple, tu
 
 
 def _write_faces(faces: list[tuple[str, np.ndarray]], dst: Path, fmt: str, jpeg_quality: int) -> None:
-    for output, face in faces:
-        atomic_write_bytes(dst / output, _encode(face, fmt, jpeg_quality))
+    atomic_write_files([(dst / output, _encode(face, fmt, jpeg_quality)) for output, face in faces])
 
 
 def _align_batch(

@@ -45,7 +45,8 @@ import torch
 import yaml
 
 from data_prep.folder_job import JobShard, ManifestAppender, job_shard, merge_parts, read_rows, unique_output_names
-from engine.checkpoint import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from data_prep.images import encode_png
+from engine.checkpoint import atomic_write_files, atomic_write_text, remove_stale_temporaries
 from engine.errors import FaceganError
 from gan.sr.inference import lr_from_image
 
@@ -222,14 +223,6 @@ def _merge_skipped(path: Path, shard: JobShard, order: dict[str, int]) -> None:
         part.unlink(missing_ok=True)
 
 
-def _png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _batches(items: Sequence[_Item], size: int) -> Iterator[Sequence[_Item]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -357,13 +350,11 @@ def apply_sr(
                     with torch.inference_mode():
                         sr = model(lr).float().clamp_(-1.0, 1.0)
                     pixels = to_uint8(sr).permute(0, 2, 3, 1).cpu().numpy()
-                    for item, array in zip(ready, pixels):
-                        target = dst / item.output
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        atomic_write_bytes(target, _png_bytes(array))
-                        manifest.write([_row(item, header, inputs.schema)])
-                        written += 1
-                        bar.update(1)
+                    # The batch's images on disk first, then their rows: a row never names a missing file.
+                    atomic_write_files([(dst / item.output, encode_png(array)) for item, array in zip(ready, pixels)])
+                    manifest.write([_row(item, header, inputs.schema) for item in ready])
+                    written += len(ready)
+                    bar.update(len(ready))
                 _write_skipped(shard.part(dst / SKIPPED_FILE), skipped)
         if shard.sharded:
             shard.barrier()  # every rank's part is complete

@@ -83,3 +83,21 @@ def test_list_images_keeps_non_images_and_skips_hidden(tmp_path, face):
     (tmp_path / "readme.txt").write_text("hi")
     (tmp_path / ".hidden").write_text("x")
     assert [p.name for p in list_images(tmp_path)] == ["x.png", "readme.txt"]
+
+
+def test_encode_png_keeps_every_pixel_of_rgb_and_grey_faces():
+    import io
+
+    from data_prep.images import encode_png
+
+    rng = np.random.default_rng(0)
+    smooth = np.clip(np.add.outer(np.arange(64), np.arange(48))[..., None] * [1, 2, 3], 0, 255).astype(np.uint8)
+    for image in (rng.integers(0, 256, (37, 23, 3), dtype=np.uint8), smooth, rng.integers(0, 256, (5, 9), dtype=np.uint8),
+                  np.zeros((1, 1, 3), np.uint8), smooth[::2, ::-1]):
+        decoded = Image.open(io.BytesIO(encode_png(image)))
+        assert decoded.mode == ("RGB" if image.ndim == 3 else "L")
+        assert np.array_equal(np.asarray(decoded), image)
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="HxWx3"):
+        encode_png(np.zeros((4, 4, 4), np.uint8))

@@ -3,7 +3,9 @@ import os
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError, atomic_save, atomic_write_text, config_fingerprint, load_checkpoint
+from engine.checkpoint import (CheckpointError, atomic_save, atomic_write_files, atomic_write_text, config_fingerprint,
+                               load_checkpoint)
+from engine.errors import DiskFullError
 
 
 def test_atomic_save_roundtrip(tmp_path):
@@ -92,3 +94,44 @@ def test_training_state_differences_names_each_changed_value():
     retyped = state()
     retyped["modules"]["G"]["w"] = retyped["modules"]["G"]["w"].double()
     assert training_state_differences(state(), retyped)[1] == ["modules/G/w differs"]
+
+
+def test_atomic_write_files_puts_every_file_on_disk_before_renaming_any(tmp_path, monkeypatch):
+    (tmp_path / "b.png").write_bytes(b"old b")
+    files = [(tmp_path / "a.png", b"new a"), (tmp_path / "sub" / "b.png", b"new sub b"), (tmp_path / "b.png", b"new b")]
+    seen_at_sync = []
+    real_sync = os.sync
+    monkeypatch.setattr(os, "sync", lambda: (seen_at_sync.append(sorted(p.name for p in tmp_path.rglob("*.png"))),
+                                             real_sync()))
+    atomic_write_files(files)
+    assert seen_at_sync == [["b.png"]], "one sync, before any target was renamed into place"
+    assert [path.read_bytes() for path, _ in files] == [data for _, data in files]
+    assert not list(tmp_path.rglob("*.tmp")), "no temporary file may be left behind"
+
+
+def test_atomic_write_files_failure_leaves_complete_files_and_no_temporaries(tmp_path, monkeypatch):
+    (tmp_path / "b.png").write_bytes(b"old b")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("b.png"):
+            raise OSError(5, "input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="input/output"):
+        atomic_write_files([(tmp_path / "a.png", b"new a"), (tmp_path / "b.png", b"new b"), (tmp_path / "c.png", b"c")])
+    assert (tmp_path / "a.png").read_bytes() == b"new a"
+    assert (tmp_path / "b.png").read_bytes() == b"old b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+
+def test_atomic_write_files_on_a_full_disk_says_so_and_replaces_nothing(tmp_path, monkeypatch):
+    import errno
+
+    (tmp_path / "a.png").write_bytes(b"old a")
+    monkeypatch.setattr(os, "sync", lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(DiskFullError, match="no space left"):
+        atomic_write_files([(tmp_path / "a.png", b"new a"), (tmp_path / "b.png", b"b")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    assert (tmp_path / "a.png").read_bytes() == b"old a"
