@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {"celeba": "celeba/img_align_celeba", "utkface": "utkface/crop_part1"}
 # What `facegan align --dataset NAME` uses for these crops (data_prep.datasets.registry).
-FACE_SIZES = {"celeba": 0.3, "utkface": 0.5}
+FACE_SIZES = {"celeba": 0.3, "utkface": 0.3}
 
 
 def cpu_model_name() -> str:

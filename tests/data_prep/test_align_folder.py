@@ -251,7 +251,7 @@ def test_datasets_of_face_crops_say_how_much_of_the_frame_the_face_fills():
     from data_prep.cli import _face_fraction
     from data_prep.datasets.registry import expected_face_fraction
 
-    assert expected_face_fraction("celeba") == 0.3 and expected_face_fraction("utkface") == 0.5
+    assert expected_face_fraction("celeba") == expected_face_fraction("utkface") == 0.3
     assert expected_face_fraction("LFWA") == 0.25 and expected_face_fraction("adience") == 0.0
     assert _face_fraction(None, "celeba") == 0.3 and _face_fraction(0.0, "celeba") == 0.0
     assert _face_fraction(None, None) == 0.0
