@@ -94,6 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and the plots")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="which split to evaluate (default test)")
     p.add_argument("--compare", type=Path, help="a plain-softmax checkpoint trained on the same data, for the AURC comparison")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="""with --compare: N bootstrap draws over the test people (over files where a dataset names
+                       nobody, as UTKFace) for the intervals of the top-1 and AURC differences (default 1000; 0: none)""")
     p.add_argument("--dataset", metavar="NAME=ROOT", help="evaluate on this dataset instead (cross-domain), e.g. lfw=/data/lfw")
     p.add_argument("--head", help="with --dataset: which trained head to apply (default: the first)")
     p.add_argument("--work-dir", type=Path, help="where aligned caches of --dataset go (default: the run folder)")
@@ -264,7 +267,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.explain_tasks.split(",") if t.strip()] if args.explain_tasks else None
     results = evaluate_checkpoint(args.checkpoint, args.out, args.split, args.compare, args.dataset, args.head,
                                   args.device, args.batch_size, use_ema=not args.raw, work_dir=args.work_dir,
-                                  explain=args.explain, explain_tasks=tasks, bf16=args.bf16)
+                                  explain=args.explain, explain_tasks=tasks, bf16=args.bf16, bootstrap=args.bootstrap)
     for label, section in results["datasets"].items():
         parts = [f"{label}: {section['faces']} faces"]
         binary = section.get("binary", {})

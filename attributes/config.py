@@ -31,10 +31,16 @@ class DatasetEntry(SourceConfig):
     train_split: str = "train"
     dedupe: bool = True  # drop exact-duplicate images (UTKFace has byte-identical copies with conflicting ages)
     identity: bool = False  # add a face-identity task ("Identity"): one class per person of the training split
+    # Cut the "Age" regression into ordinal groups at these edges: an "AgeGroup" task with classes
+    # [0, e1), [e1, e2), ..., [e_last, max] (e.g. [13, 25, 40, 60]: 0-12, 13-24, 25-39, 40-59, 60+).
+    # Empty: none. Name "AgeGroup" in `tasks` to learn the groups instead of the years.
+    age_groups: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.train_split not in (*SPLITS, ALL_FACES):
             raise ConfigError(f"train_split must be one of {', '.join(SPLITS)} or {ALL_FACES}, not {self.train_split!r}")
+        if any(b <= a for a, b in zip(self.age_groups, self.age_groups[1:])):
+            raise ConfigError(f"age_groups must be increasing edges, got {self.age_groups}")
 
     def learned_tasks(self) -> list[str]:
         """`tasks` as the model plans them (empty: every task), with the identity task when asked."""

@@ -16,7 +16,9 @@ from data_prep.datasets.schema import LabelSchema
 from data_prep.sources import aligned_cache, open_source
 from engine.errors import FaceganError
 
-__all__ = ["DatasetSplits", "aligned_faces", "split_views", "prepare_datasets", "open_split"]
+__all__ = ["DatasetSplits", "aligned_faces", "split_views", "prepare_datasets", "open_split", "AGE_TASK", "AGE_GROUP_TASK"]
+
+AGE_TASK, AGE_GROUP_TASK = "Age", "AgeGroup"  # DatasetEntry.age_groups cuts the first into the second
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +34,16 @@ class DatasetSplits:
 
 def aligned_faces(entry: DatasetEntry, size: int, out_dir: str | Path, progress: bool = True):
     """The dataset of `entry` aligned into its cache at `size` px (exact duplicates dropped when
-    `entry.dedupe` and the reader marks them)."""
+    `entry.dedupe` and the reader marks them), with its age groups when `entry.age_groups`."""
     dataset = open_source(entry, out_dir, min_image_size=size)
     if getattr(entry, "dedupe", True) and any(r.meta and "duplicate_group" in r.meta for r in dataset.records):
         from data_prep.datasets.utkface import deduplicate
 
         dataset = dataset.with_records(deduplicate(dataset.records, drop_conflicting=True))
-    return aligned_cache(dataset, entry, size, Path(out_dir), progress=progress)
+    cache = aligned_cache(dataset, entry, size, Path(out_dir), progress=progress)
+    if getattr(entry, "age_groups", None):
+        cache = cache.with_value_groups(AGE_TASK, entry.age_groups, AGE_GROUP_TASK)
+    return cache
 
 
 def split_views(cache, train_split: str):

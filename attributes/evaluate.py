@@ -72,6 +72,23 @@ def _selective(methods_in: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Pa
     return {"methods": methods, "curve_png": png.name}
 
 
+def _against_plain(methods: dict[str, tuple[np.ndarray, np.ndarray]], groups: np.ndarray, n_boot: int) -> dict:
+    """The model against the separately trained plain-softmax one (`--compare`), on the same
+    predictions, with bootstrap intervals over `groups` (people, or files where a dataset has no
+    identities): its top-1 minus the plain model's, and each of its confidences' AURC minus the
+    plain model's max-softmax AURC (below 0: it ranks its errors better)."""
+    from attributes.metrics import aurc, paired_bootstrap
+
+    plain_confidence, plain_correct = methods["plain_softmax_model"]
+    correct = next(iter(methods.values()))[1]
+    paired = {"top1": paired_bootstrap(lambda i: float(correct[i].mean() - plain_correct[i].mean()), groups, n_boot)}
+    for name, (confidence, right) in methods.items():
+        if name != "plain_softmax_model":
+            paired[f"aurc_{name}"] = paired_bootstrap(
+                lambda i, c=confidence, r=right: aurc(c[i], r[i]) - aurc(plain_confidence[i], plain_correct[i]), groups, n_boot)
+    return paired
+
+
 def _gradcam_section(model, cache, head: str, count: int, tasks: list[str] | None, png: Path) -> dict[str, Any]:
     """Grad-CAM overlays of `count` faces spread over the split, with the randomised-head check."""
     from attributes.explain import explain_faces, save_overlays, targets_for
@@ -88,10 +105,10 @@ def _gradcam_section(model, cache, head: str, count: int, tasks: list[str] | Non
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str = "test", compare: str | Path | None = None,
                         dataset: str | None = None, head: str | None = None, device: str = "cpu", batch_size: int = 256,
                         use_ema: bool = True, work_dir: str | Path | None = None, explain: int = 0,
-                        explain_tasks: list[str] | None = None, bf16: bool = False) -> dict[str, Any]:
+                        explain_tasks: list[str] | None = None, bf16: bool = False, bootstrap: int = 1000) -> dict[str, Any]:
     from attributes.config import ALL_FACES, DatasetEntry
     from attributes.inference import calibrated_thresholds, load_attribute_model, predict_cache, single_network
-    from attributes.metrics import age_metrics, binary_attribute_metrics, categorical_metrics
+    from attributes.metrics import age_metrics, binary_attribute_metrics, categorical_metrics, recognized_summary
     from attributes.model import AttributeEnsemble
     from attributes.report import plot_confusion_matrix, plot_per_attribute, write_evaluation_report
     from data_prep.datasets.schema import TaskKind
@@ -108,7 +125,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
         if head not in model.groups:
             raise FaceganError(f"no head {head!r} in {checkpoint}; it has {list(model.groups)}")
         known = loaded.config.datasets.get(head)
-        entry = DatasetEntry(source=name, root=root, template=known.template if known else "thesis")
+        entry = DatasetEntry(source=name, root=root, template=known.template if known else "thesis",
+                             age_groups=list(known.age_groups) if known else [])
         plan = {f"{name} (head {head})": (head, entry)}
     else:
         plan = {name: (name, entry) for name, entry in loaded.config.datasets.items()}
@@ -129,6 +147,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
             log.warning("%s: no faces in split %r; skipped", label, split)
             continue
         schema = cache.schema
+        # the unit a bootstrap resamples: a person, or a file where the dataset names nobody
+        faces_of = np.asarray([str(r.identity) if r.identity is not None else str(r.path) for r in cache.records])
         predictions = predict_cache(loaded.fast(bf16), cache, head_name, batch_size, device, flip_tta)
         base_predictions = None
         if baseline is not None and head_name in baseline.model.groups:
@@ -167,6 +187,12 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
                     base_correct = ((base["prob"][:, keep] >= 0.5) == t.bool())[m].numpy()
                     methods["plain_softmax_model"] = (base["max_softmax"][:, keep][m].numpy(), base_correct)
                 section["selective"][group.name] = _selective(methods, out_dir, f"{stem}_{group.name}", f"{label}: {group.name}")
+                if "plain_softmax_model" in methods and bootstrap > 0:
+                    groups = np.broadcast_to(faces_of[:, None], m.shape)[m.numpy()]
+                    section["selective"][group.name]["against_plain"] = _against_plain(methods, groups, bootstrap)
+                if group.sa:
+                    section["selective"][group.name]["recognized"] = recognized_summary(
+                        decoded["confidence"][:, keep][m].numpy(), decoded["max_softmax"][:, keep][m].numpy(), correct)
             elif group.kind is TaskKind.REGRESSION:
                 valid = mask[:, 0]
                 section["age"][group.name] = age_metrics(decoded["value"][valid], targets[valid, 0])
@@ -187,6 +213,12 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
                     base_correct = (base["pred"][valid] == targets[valid, 0].long()).numpy()
                     methods["plain_softmax_model"] = (base["max_softmax"][valid].numpy(), base_correct)
                 section["selective"][group.name] = _selective(methods, out_dir, f"{stem}_{group.name}", f"{label}: {task.name}")
+                if "plain_softmax_model" in methods and bootstrap > 0:
+                    section["selective"][group.name]["against_plain"] = _against_plain(methods, faces_of[valid.numpy()],
+                                                                                        bootstrap)
+                if group.sa:
+                    section["selective"][group.name]["recognized"] = recognized_summary(
+                        decoded["confidence"][valid].numpy(), decoded["max_softmax"][valid].numpy(), correct)
         if explain > 0:
             section["gradcam"] = _gradcam_section(model, cache, head_name, explain, explain_tasks, out_dir / f"gradcam_{stem}.png")
         results["datasets"][label] = section

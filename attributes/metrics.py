@@ -19,7 +19,7 @@ AURC = overall error rate. The oracle AURC ranks every correct prediction before
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ import torch
 from attributes.sa_softmax import GRADE_LOWER_BOUNDS, GRADES, grade_index
 
 __all__ = [
+    "recognized_summary",
+    "paired_bootstrap",
     "balanced_accuracy",
     "binary_attribute_metrics",
     "categorical_metrics",
@@ -242,3 +244,49 @@ def selective_summary(confidence, correct) -> dict[str, Any]:
     oracle = oracle_aurc(ok.size, int((~ok).sum()))
     return {"aurc": value, "oracle_aurc": oracle, "e_aurc": value - oracle, "count": int(ok.size),
             "accuracy": float(ok.mean()) if ok.size else None, "grades": grade_table(confidence, ok)}
+
+
+def recognized_summary(confidence, max_softmax, correct) -> dict[str, Any]:
+    """An SA-softmax head as the thesis reports it: top-1 over every face, and over the faces it
+    does not call unrecognizable. A face is called unrecognizable when the N+1-th output is the
+    largest of the softmax over all N+1; with confidence c = 1 - p(unrecognizable) and
+    max-softmax m over the N real classes (each real class keeps its share of c), that is
+    1 - c > m * c."""
+    c = _np(confidence, np.float64).reshape(-1)
+    m = _np(max_softmax, np.float64).reshape(-1)
+    ok = _np(correct, bool).reshape(-1)
+    if not c.shape == m.shape == ok.shape:
+        raise ValueError(f"{c.size} confidences, {m.size} max-softmax values and {ok.size} correctness flags")
+    recognized = (1.0 - c) <= m * c
+    return {"count": int(ok.size), "accuracy": float(ok.mean()) if ok.size else None,
+            "recognized": int(recognized.sum()), "unrecognizable": int((~recognized).sum()),
+            "accuracy_recognized": float(ok[recognized].mean()) if recognized.any() else None}
+
+
+def paired_bootstrap(statistic: Callable[[np.ndarray], float], groups: Sequence, n_boot: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, Any]:
+    """A percentile interval for `statistic(rows)` (e.g. a difference between two models scored on
+    the same predictions) with whole groups resampled: the people (or files) of a test set, so that
+    several faces of one person move together. `groups[i]` names the group of prediction i;
+    `statistic` receives the indices of one resample (with repeats). Returns the value on all
+    predictions, the interval, the share of draws on the other side of 0 doubled (a two-sided
+    bootstrap p-value), and the counts."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    _, group_of = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    if group_of.size == 0:
+        raise ValueError("no predictions to resample")
+    members = np.split(np.argsort(group_of, kind="stable"), np.cumsum(np.bincount(group_of))[:-1])
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        chosen = rng.integers(0, len(members), len(members))
+        draws[b] = statistic(np.concatenate([members[g] for g in chosen]))
+    value = float(statistic(np.arange(group_of.size)))
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    below, above = float(np.mean(draws <= 0)), float(np.mean(draws >= 0))
+    return {"value": value, "low": float(low), "high": float(high), "level": level,
+            "p_two_sided": min(1.0, 2 * min(below, above)), "n_boot": n_boot, "groups": len(members),
+            "predictions": int(group_of.size)}

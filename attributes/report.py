@@ -19,6 +19,8 @@ listed as run information. "datasets" maps a label to a section:
           "methods": {method: {"aurc": float, "grades": grade_table(...), "count": int,
                                "accuracy": float, "oracle_aurc"?: float, "e_aurc"?: float}},
           "curve_png": str,
+          "recognized": recognized_summary(...),                  # SA-softmax groups only
+          "against_plain": {"top1": paired_bootstrap(...), "aurc_<method>": ...},  # with --compare
       }},
     }
 
@@ -254,6 +256,23 @@ def _selective_lines(selective: Mapping[str, Mapping]) -> list[str]:
                         [[f"`{name}`", _fmt(m.get("aurc")), _fmt(m.get("oracle_aurc")), _fmt(m.get("e_aurc")),
                           _pct(m.get("accuracy")), m.get("count", "–")] for name, m in methods.items()])
         lines += [compare_aurc(methods), ""]
+        recognized = block.get("recognized")
+        if recognized:
+            lines += [f"SA-softmax as the thesis reports it: top-1 {_pct(recognized.get('accuracy'))} over all "
+                      f"{recognized.get('count')} predictions, {_pct(recognized.get('accuracy_recognized'))} over the "
+                      f"{recognized.get('recognized')} not called unrecognizable ({recognized.get('unrecognizable')} "
+                      "called unrecognizable: the N+1-th output the largest).", ""]
+        against = block.get("against_plain")
+        if against:
+            top1 = against["top1"]
+            lines += [f"Against the plain-softmax model (`--compare`), on the same {top1['predictions']} predictions, "
+                      f"with {100 * top1['level']:.0f}% bootstrap intervals over {top1['groups']} people (or files):", ""]
+            rows = [["top-1, this model minus the plain one", f"{100 * top1['value']:+.2f} points",
+                     f"[{100 * top1['low']:+.2f}, {100 * top1['high']:+.2f}]", _fmt(top1["p_two_sided"])]]
+            rows += [[f"AURC of `{name[len('aurc_'):]}` minus the plain model's max-softmax", f"{d['value']:+.4f}",
+                      f"[{d['low']:+.4f}, {d['high']:+.4f}]", _fmt(d["p_two_sided"])]
+                     for name, d in against.items() if name.startswith("aurc_")]
+            lines += _table(["Difference", "Value", "Interval", "p (two-sided)"], rows)
         graded = {name: m["grades"] for name, m in methods.items() if m.get("grades")}
         if graded:
             header = ["Grade", "Confidence"]

@@ -638,12 +638,41 @@ class AlignedFaceCache(Dataset):
         identity = self.index["samples"]["identity"]
         values = np.array([position.get(p, 0) for p in identity], dtype=np.float64)
         known = np.array([p in position for p in identity], dtype=bool)
+        task = Task(name, TaskKind.CATEGORICAL, tuple(people), description="face identity (a person of the training split)")
+        return self._with_task(task, values, known)
+
+    def with_value_groups(self, source: str, edges: Sequence[float], name: str) -> "AlignedFaceCache":
+        """This view with one more ordinal task, `name`: the regression task `source` (an age)
+        cut at `edges` into len(edges) + 1 contiguous groups [low, e1), [e1, e2), ...,
+        [e_last, high], so that every value falls in exactly one. A face without a `source`
+        label has none for `name` either. Nothing is re-aligned."""
+        edges = [float(e) for e in edges]
+        if name in self.schema:
+            raise CacheError(f"the cache already has a task named {name!r}")
+        if source not in self.schema or self.schema[source].kind is not TaskKind.REGRESSION:
+            have = [t.name for t in self.schema if t.kind is TaskKind.REGRESSION]
+            raise CacheError(f"{self.name}: no regression task {source!r} to cut into groups (regression tasks: {have})")
+        if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise CacheError(f"group edges must be one or more increasing values, got {edges}")
+        low, high = self.schema[source].value_range or (-np.inf, np.inf)
+        if not low < edges[0] or not edges[-1] <= high:
+            raise CacheError(f"group edges {edges} must lie inside {source}'s range ({low:g}, {high:g}]: "
+                             "every group needs values")
+        column = self.schema.names.index(source)
+        values = np.searchsorted(np.asarray(edges), self._values[:, column], side="right").astype(np.float64)
+        bounds = [low, *edges, high]
+        task = Task(name, TaskKind.ORDINAL, tuple(_group_name(a, b, k == len(edges)) for k, (a, b) in
+                                                  enumerate(zip(bounds, bounds[1:]))),
+                    description=f"{source} in groups cut at {', '.join(f'{e:g}' for e in edges)}")
+        return self._with_task(task, values, self._mask[:, column].numpy())
+
+    def _with_task(self, task: Task, values: np.ndarray, known: np.ndarray) -> "AlignedFaceCache":
+        """This view with `task` appended: `values` and `known` hold its label of every face of the cache."""
         view = self._view(self._rows)
-        view.schema = LabelSchema(self.schema.tasks + (Task(name, TaskKind.CATEGORICAL, tuple(people),
-                                                            description="face identity (a person of the training split)"),))
+        view.schema = LabelSchema(self.schema.tasks + (task,))
         view._values = np.concatenate([self._values, values[:, None]], 1)
         view._targets = torch.from_numpy(view._values.astype(np.float32))
-        view._mask = torch.cat([self._mask, torch.from_numpy(known)[:, None]], 1)
+        view._mask = torch.cat([self._mask, torch.from_numpy(np.asarray(known, dtype=bool))[:, None]], 1)
         view._records = None
         return view
 
@@ -665,6 +694,17 @@ class AlignedFaceCache(Dataset):
 
     def __repr__(self) -> str:
         return f"AlignedFaceCache({self.summary()})"
+
+
+def _group_name(low: float, high: float, last: bool) -> str:
+    """"13-24" for [13, 25) of whole numbers (ages in years), "60+" for the last group; "[1.5, 2)"
+    otherwise."""
+    whole = all(np.isfinite(v) and float(v).is_integer() for v in (low,) + (() if last else (high,)))
+    if last:
+        return f"{low:g}+"
+    if whole and np.isfinite(low):
+        return f"{low:g}-{high - 1:g}"
+    return f"[{low:g}, {high:g})"
 
 
 def cache_dataset(name: str, root: str | Path, out: str | Path, size: int = 64, align: bool = True,

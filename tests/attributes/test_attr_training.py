@@ -65,7 +65,8 @@ def test_resumed_attribute_run_equals_uninterrupted(tmp_path, train_attributes):
 
 
 def test_sa_softmax_run_keeps_tags_and_eval_compares_confidences(trained, tmp_path, train_attributes):
-    sa_run = train_attributes(tmp_path, "sa", 30, "--sa-softmax", "--set", "sa.plain_epochs=1", "--set", "sa.window_epochs=1")
+    sa_run = train_attributes(tmp_path, "sa", 30, "--sa-softmax", "--set", "sa.plain_epochs=1", "--set", "sa.window_epochs=1",
+                              "--set", "datasets.synthetic.age_groups=[30,50]")
     state = torch.load(sa_run / "checkpoints" / "latest.pt", weights_only=True)
     tags = state["step_state"]["sa"]["synthetic/binary"]
     assert tags["windows_completed"] >= 2  # 128 training faces, 16 per step: windows end at steps 16 and 24
@@ -73,15 +74,35 @@ def test_sa_softmax_run_keeps_tags_and_eval_compares_confidences(trained, tmp_pa
     assert any("sa/synthetic/binary/unrecognizable_fraction" in r for r in rows if r["split"] == "train")
     out = tmp_path / "eval"
     assert main(["attributes", "eval", str(sa_run / "checkpoints" / "latest.pt"), "--out", str(out),
-                 "--compare", str(trained / "checkpoints" / "latest.pt")]) == 0
+                 "--compare", str(trained / "checkpoints" / "latest.pt"), "--bootstrap", "50"]) == 0
     results = json.loads((out / "results.json").read_text())
     section = results["datasets"]["synthetic"]
     methods = section["selective"]["binary"]["methods"]
     assert set(methods) == {"sa_softmax", "max_softmax", "plain_softmax_model"}
     assert sum(g["count"] for g in methods["sa_softmax"]["grades"]) == methods["sa_softmax"]["count"]
     assert "mae" in section["age"]["Age"] and section["categorical"]["Hair_Color"]["confusion_matrix"]
+    # the age groups the SA run added: an ordinal head of its own, reported the thesis's way
+    assert section["categorical"]["AgeGroup"]["confusion_matrix"]
+    recognized = section["selective"]["AgeGroup"]["recognized"]
+    assert recognized["recognized"] + recognized["unrecognizable"] == recognized["count"] > 0
+    # against the plain model, on the same predictions, with intervals over the test people
+    against = section["selective"]["binary"]["against_plain"]
+    assert set(against) == {"top1", "aurc_sa_softmax", "aurc_max_softmax"}
+    sa_aurc, plain_aurc = methods["sa_softmax"]["aurc"], methods["plain_softmax_model"]["aurc"]
+    assert against["aurc_sa_softmax"]["value"] == pytest.approx(sa_aurc - plain_aurc)
+    assert against["top1"]["value"] == pytest.approx(methods["sa_softmax"]["accuracy"] - methods["plain_softmax_model"]["accuracy"])
+    assert against["top1"]["groups"] == len({r.identity for r in open_test_split(sa_run)}) and against["top1"]["n_boot"] == 50
     report = (out / "report.md").read_text()
     assert "AURC" in report and (out / section["selective"]["binary"]["curve_png"]).is_file()
+    assert "Against the plain-softmax model" in report and "not called unrecognizable" in report
+
+
+def open_test_split(run):
+    from attributes.data import open_split
+    from attributes.inference import load_attribute_model
+
+    loaded = load_attribute_model(run / "checkpoints" / "latest.pt")
+    return open_split(loaded.config.datasets["synthetic"], loaded.model.input_size, "test", run).records
 
 
 def test_shared_binary_task_keeps_its_own_thresholds_and_accuracy(tmp_path, train_attributes, capsys):

@@ -206,3 +206,54 @@ def test_report_comparison_is_computed_not_fixed(tmp_path):
     assert "Lowest AURC: **`max_softmax`**" in md and "**`sa_softmax`**" not in md
     assert compare_aurc({"a": {"aurc": 0.1}, "b": {"aurc": 0.1}}).startswith("Lowest AURC: tie")
     assert "nothing to compare" in compare_aurc({"a": {"aurc": 0.1}, "b": {"aurc": float("nan")}})
+
+
+def test_recognized_summary_calls_unrecognizable_where_the_extra_output_is_largest(tmp_path):
+    from attributes.metrics import recognized_summary
+    from attributes.sa_softmax import sa_predict
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 4, generator=generator) * 2  # 3 real classes and "unrecognizable"
+    targets = torch.randint(0, 3, (500,), generator=generator)
+    prediction = sa_predict(logits)
+    correct = (prediction.pred == targets).numpy()
+    called = logits.argmax(-1) == 3
+    summary = recognized_summary(prediction.confidence.numpy(), prediction.probs.max(-1).values.numpy(), correct)
+    assert summary["unrecognizable"] == int(called.sum()) > 50 and summary["recognized"] == int((~called).sum())
+    assert summary["accuracy"] == pytest.approx(correct.mean())
+    assert summary["accuracy_recognized"] == pytest.approx(correct[~called.numpy()].mean())
+    with pytest.raises(ValueError, match="3 confidences"):
+        recognized_summary(np.ones(3), np.ones(4), np.ones(4, bool))
+    # the report states it
+    results = {"datasets": {"utkface": {"faces": 500, "selective": {"Race": {
+        "methods": {"sa_softmax": {"aurc": 0.1, "count": 500, "accuracy": summary["accuracy"]}}, "recognized": summary}}}}}
+    md = write_evaluation_report(results, tmp_path)["markdown"].read_text()
+    assert (f"over the {summary['recognized']} not called unrecognizable ({summary['unrecognizable']} called "
+            "unrecognizable") in md
+
+
+def test_paired_bootstrap_resamples_whole_groups_and_brackets_the_difference():
+    from attributes.metrics import paired_bootstrap
+
+    groups = np.repeat(np.arange(50), 4)  # 50 people, 4 faces each
+    seen = []
+
+    def statistic(rows):
+        seen.append(rows)
+        return float(len(rows))
+
+    paired_bootstrap(statistic, groups, n_boot=20, seed=1)
+    for rows in seen:  # a person's faces come and go together
+        counts = np.bincount(groups[rows], minlength=50)
+        assert len(rows) == 200 and np.all(counts % 4 == 0)
+    rng = np.random.default_rng(0)
+    better = rng.random(200) < 0.9
+    worse = rng.random(200) < 0.6
+    result = paired_bootstrap(lambda i: float(better[i].mean() - worse[i].mean()), groups, n_boot=500)
+    assert result["value"] == pytest.approx(better.mean() - worse.mean())
+    assert 0 < result["low"] < result["value"] < result["high"] and result["p_two_sided"] < 0.01
+    assert (result["groups"], result["predictions"]) == (50, 200)
+    same = paired_bootstrap(lambda i: float(better[i].mean() - better[i].mean()), groups, n_boot=50)
+    assert same["low"] == same["high"] == 0 and same["p_two_sided"] == 1.0
+    with pytest.raises(ValueError, match="level"):
+        paired_bootstrap(statistic, groups, level=1.5)

@@ -291,3 +291,29 @@ def test_cli_caches_the_synthetic_dataset(tmp_path, synth, capsys):
     assert "faces at 16x16" in capsys.readouterr().out
     cache = AlignedFaceCache(out)
     assert set(cache.split_counts()) == {"val"} and len(cache) == len(synth.subset("val"))
+
+
+def test_value_groups_cut_an_age_into_contiguous_groups_that_cover_every_age(tmp_path, synth):
+    cache = build_cache(synth, tmp_path / "c", SIZE, progress=False)
+    grouped = cache.with_value_groups("Age", [30, 50], "AgeGroup")
+    task = grouped.schema["AgeGroup"]
+    assert task.kind.value == "ordinal" and task.classes == ("18-29", "30-49", "50+")
+    column, age = grouped.schema.names.index("AgeGroup"), grouped.schema.names.index("Age")
+    targets, mask = grouped.get_targets(list(range(len(grouped))))
+    for record, target, known, age_known in zip(grouped.records, targets, mask, mask[:, age]):
+        years = record.labels["Age"]
+        assert int(target[column]) == (0 if years < 30 else 1 if years < 50 else 2)
+        assert bool(known[column]) == bool(age_known)
+    assert len(set(targets[:, column].tolist())) == 3, "the synthetic ages reach every group"
+    # splits of the grouped cache keep the task
+    train = grouped.subset(split="train")
+    assert "AgeGroup" in train.schema and len(train) < len(grouped)
+    assert cache.schema == synth.schema, "the original view is unchanged"
+    with pytest.raises(CacheError, match="no regression task 'Height'"):
+        cache.with_value_groups("Height", [30], "G")
+    with pytest.raises(CacheError, match="increasing"):
+        cache.with_value_groups("Age", [50, 30], "G")
+    with pytest.raises(CacheError, match="inside Age's range"):
+        cache.with_value_groups("Age", [10, 30], "G")
+    with pytest.raises(CacheError, match="already has a task"):
+        grouped.with_value_groups("Age", [30], "AgeGroup")
