@@ -111,6 +111,7 @@ def source_root(config: SourceConfig) -> Path:
 def aligned_cache(dataset, config: SourceConfig, size: int, out_dir: str | Path, progress: bool = True):
     """Align and cache `dataset` at size x size (reused when up to date); returns the cache."""
     from data_prep.cache import build_cache
+    from engine.file_lock import exclusive_lock
 
     aligner = None
     if config.align:
@@ -118,7 +119,10 @@ def aligned_cache(dataset, config: SourceConfig, size: int, out_dir: str | Path,
 
         aligner = FaceAligner(AlignConfig(template=config.template, output_size=size))
     cache_dir = Path(config.cache_dir) if config.cache_dir else Path(out_dir) / "cache" / f"{dataset.name}-{size}"
-    cache = build_cache(dataset, cache_dir, size=size, aligner=aligner, progress=progress)
+    # torchrun's ranks (and runs sharing a cache folder) each get here: the first builds, the
+    # others wait and find the cache up to date.
+    with exclusive_lock(cache_dir.parent / f".{cache_dir.name}.lock", what=f"the aligned cache {cache_dir}"):
+        cache = build_cache(dataset, cache_dir, size=size, aligner=aligner, progress=progress)
     if len(cache) == 0:
         raise SourceError(f"no usable faces in {config.source} (see {cache_dir}/index.json for the reasons)")
     if cache.skipped:

@@ -3,6 +3,7 @@ stale-cache detection, and DataLoader workers."""
 import argparse
 import json
 import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -317,3 +318,28 @@ def test_value_groups_cut_an_age_into_contiguous_groups_that_cover_every_age(tmp
         cache.with_value_groups("Age", [10, 30], "G")
     with pytest.raises(CacheError, match="already has a task"):
         grouped.with_value_groups("Age", [30], "AgeGroup")
+
+
+def test_processes_opening_one_cache_at_once_build_it_once(tmp_path, synth):
+    # torchrun's ranks each open the training cache: the first builds it, the others wait and reuse it
+    import subprocess
+    import sys
+
+    code = f"""
+import logging, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s: %(message)s")
+from data_prep.sources import SourceConfig, aligned_cache, open_source
+config = SourceConfig(source="folder", root={str(synth.root)!r}, align=False, cache_dir={str(tmp_path / 'cache')!r})
+cache = aligned_cache(open_source(config, {str(tmp_path)!r}, min_image_size=16), config, {SIZE}, {str(tmp_path)!r}, progress=False)
+print("faces", len(cache))
+"""
+    runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert all(run.returncode == 0 for run in runs), outputs
+    built = [out for out in outputs if "data_prep.cache: cached" in out]
+    reused = [out for out in outputs if "up to date" in out and "reusing it" in out]
+    assert len(built) == 1 and len(reused) == 1, outputs
+    counts = [out.split("faces ")[-1].strip() for out in outputs]
+    assert counts[0] == counts[1] and int(counts[0]) > 0
