@@ -24,7 +24,7 @@ from attributes.multidataset import ParallelDatasets, SamplerConfig, balancing_w
 from attributes.step import AttributeStep, DistillStep
 from data_prep.datasets.schema import LabelSchema, TaskKind
 from engine.checkpoint import atomic_save, load_checkpoint, module_weights
-from engine.config import save_config, to_dict
+from engine.config import save_config, to_dict, without_later_defaults
 from engine.deprecation import moved_names
 from engine.device import choose_device
 from engine.errors import FaceganError
@@ -48,7 +48,7 @@ StepFactory = Callable[[AttributeModel, dict[str, Any], dict[str, Any], dict[str
 def run_record(config: AttributeRunConfig, schemas: dict[str, LabelSchema]) -> dict:
     """What a checkpoint records of the run: the config without its trainer section, and the
     label schemas the heads were built for."""
-    data = to_dict(config)
+    data = without_later_defaults(to_dict(config), {"age_groups": []})
     data.pop("trainer")
     data["schemas"] = {name: schema.to_dict() for name, schema in schemas.items()}
     return data

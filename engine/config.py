@@ -19,7 +19,8 @@ import yaml
 
 from engine.errors import FaceganError
 
-__all__ = ["ConfigError", "to_dict", "from_dict", "load_config", "save_config", "apply_overrides", "plain_data"]
+__all__ = ["ConfigError", "to_dict", "from_dict", "load_config", "save_config", "apply_overrides", "plain_data",
+           "without_later_defaults"]
 
 T = TypeVar("T")
 
@@ -90,6 +91,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is Path:
         return Path(value)
     return value
+
+
+def without_later_defaults(data: Any, later: dict[str, Any]) -> Any:
+    """`data` (a `to_dict` tree) without the keys of options added later that hold the value they
+    default to: what a fingerprint hashes, so that runs and caches recorded before an option
+    existed keep their fingerprints (and resume, or are reused) while it is left at its default."""
+    if isinstance(data, dict):
+        return {k: without_later_defaults(v, later) for k, v in data.items() if not (k in later and v == later[k])}
+    return data
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:

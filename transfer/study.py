@@ -38,7 +38,7 @@ from attributes.model import build_attribute_model
 from attributes.train import fit
 from data_prep.datasets.schema import TaskKind
 from engine.checkpoint import atomic_write_text, config_fingerprint, load_checkpoint, module_weights
-from engine.config import ConfigError, load_config, to_dict
+from engine.config import ConfigError, load_config, to_dict, without_later_defaults
 from engine.device import choose_device, configure_threads
 from engine.errors import FaceganError
 from data_prep.sources import source_root
@@ -190,14 +190,11 @@ def prepare_sr_stage(domain: str, config: StudyConfig, out_dir: Path, progress: 
 # ------------------------------------------------------------------------------------------
 # Fields that shared configs gained after studies had cached cells, with their defaults. Left
 # out of a cell's fingerprint while at the default, so that those cells stay valid.
-_LATER_DEFAULTS = {"channels": [], "identity": False}
+_LATER_DEFAULTS = {"channels": [], "identity": False, "age_groups": []}
 
 
 def _without_later_defaults(data):
-    if isinstance(data, dict):
-        return {k: _without_later_defaults(v) for k, v in data.items()
-                if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
-    return data
+    return without_later_defaults(data, _LATER_DEFAULTS)
 
 
 def _cell_fingerprint(recipe: Recipe, seed: int, config: StudyConfig, sr_checkpoints: dict[str, Path],
