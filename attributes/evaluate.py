@@ -80,13 +80,26 @@ def _against_plain(methods: dict[str, tuple[np.ndarray, np.ndarray]], groups: np
     from attributes.metrics import aurc, paired_bootstrap
 
     plain_confidence, plain_correct = methods["plain_softmax_model"]
-    correct = next(iter(methods.values()))[1]
+    correct = methods["max_softmax"][1]  # every method of this model shares its predictions
     paired = {"top1": paired_bootstrap(lambda i: float(correct[i].mean() - plain_correct[i].mean()), groups, n_boot)}
     for name, (confidence, right) in methods.items():
         if name != "plain_softmax_model":
             paired[f"aurc_{name}"] = paired_bootstrap(
                 lambda i, c=confidence, r=right: aurc(c[i], r[i]) - aurc(plain_confidence[i], plain_correct[i]), groups, n_boot)
     return paired
+
+
+def _add_comparisons(block: dict, methods: dict[str, tuple[np.ndarray, np.ndarray]], bootstrap: int,
+                     groups: np.ndarray | None) -> None:
+    """Into a group's selective block: an SA head's thesis view ("recognized"), and with a plain
+    model to compare and the bootstrap unit of each prediction (`groups`), "against_plain"."""
+    from attributes.metrics import recognized_summary
+
+    if groups is not None and "plain_softmax_model" in methods:
+        block["against_plain"] = _against_plain(methods, groups, bootstrap)
+    if "sa_softmax" in methods:
+        confidence, correct = methods["sa_softmax"]
+        block["recognized"] = recognized_summary(confidence, methods["max_softmax"][0], correct)
 
 
 def _gradcam_section(model, cache, head: str, count: int, tasks: list[str] | None, png: Path) -> dict[str, Any]:
@@ -108,7 +121,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
                         explain_tasks: list[str] | None = None, bf16: bool = False, bootstrap: int = 1000) -> dict[str, Any]:
     from attributes.config import ALL_FACES, DatasetEntry
     from attributes.inference import calibrated_thresholds, load_attribute_model, predict_cache, single_network
-    from attributes.metrics import age_metrics, binary_attribute_metrics, categorical_metrics, recognized_summary
+    from attributes.metrics import age_metrics, binary_attribute_metrics, categorical_metrics
     from attributes.model import AttributeEnsemble
     from attributes.report import plot_confusion_matrix, plot_per_attribute, write_evaluation_report
     from data_prep.datasets.schema import TaskKind
@@ -147,14 +160,16 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
             log.warning("%s: no faces in split %r; skipped", label, split)
             continue
         schema = cache.schema
-        # the unit a bootstrap resamples: a person, or a file where the dataset names nobody
-        faces_of = np.asarray([str(r.identity) if r.identity is not None else str(r.path) for r in cache.records])
         predictions = predict_cache(loaded.fast(bf16), cache, head_name, batch_size, device, flip_tta)
         base_predictions = None
         if baseline is not None and head_name in baseline.model.groups:
             base_predictions = predict_cache(baseline.fast(bf16), cache, head_name, batch_size, device,
                                              baseline.config.eval.flip_tta)
         section: dict[str, Any] = {"faces": len(cache), "head": head_name, "categorical": {}, "age": {}, "selective": {}}
+        faces_of = None
+        if base_predictions is not None and bootstrap > 0:
+            # the unit a bootstrap resamples: a person, or a file where the dataset names nobody
+            faces_of = np.asarray([str(r.identity) if r.identity is not None else str(r.path) for r in cache.records])
         stem = label.split(" ")[0]
         for group in model.groups[head_name]:
             columns = _columns_for(group, schema)
@@ -187,12 +202,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
                     base_correct = ((base["prob"][:, keep] >= 0.5) == t.bool())[m].numpy()
                     methods["plain_softmax_model"] = (base["max_softmax"][:, keep][m].numpy(), base_correct)
                 section["selective"][group.name] = _selective(methods, out_dir, f"{stem}_{group.name}", f"{label}: {group.name}")
-                if "plain_softmax_model" in methods and bootstrap > 0:
-                    groups = np.broadcast_to(faces_of[:, None], m.shape)[m.numpy()]
-                    section["selective"][group.name]["against_plain"] = _against_plain(methods, groups, bootstrap)
-                if group.sa:
-                    section["selective"][group.name]["recognized"] = recognized_summary(
-                        decoded["confidence"][:, keep][m].numpy(), decoded["max_softmax"][:, keep][m].numpy(), correct)
+                _add_comparisons(section["selective"][group.name], methods, bootstrap,
+                                 None if faces_of is None else np.broadcast_to(faces_of[:, None], m.shape)[m.numpy()])
             elif group.kind is TaskKind.REGRESSION:
                 valid = mask[:, 0]
                 section["age"][group.name] = age_metrics(decoded["value"][valid], targets[valid, 0])
@@ -213,12 +224,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, split: str 
                     base_correct = (base["pred"][valid] == targets[valid, 0].long()).numpy()
                     methods["plain_softmax_model"] = (base["max_softmax"][valid].numpy(), base_correct)
                 section["selective"][group.name] = _selective(methods, out_dir, f"{stem}_{group.name}", f"{label}: {task.name}")
-                if "plain_softmax_model" in methods and bootstrap > 0:
-                    section["selective"][group.name]["against_plain"] = _against_plain(methods, faces_of[valid.numpy()],
-                                                                                        bootstrap)
-                if group.sa:
-                    section["selective"][group.name]["recognized"] = recognized_summary(
-                        decoded["confidence"][valid].numpy(), decoded["max_softmax"][valid].numpy(), correct)
+                _add_comparisons(section["selective"][group.name], methods, bootstrap,
+                                 None if faces_of is None else faces_of[valid.numpy()])
         if explain > 0:
             section["gradcam"] = _gradcam_section(model, cache, head_name, explain, explain_tasks, out_dir / f"gradcam_{stem}.png")
         results["datasets"][label] = section

@@ -699,10 +699,9 @@ class AlignedFaceCache(Dataset):
 def _group_name(low: float, high: float, last: bool) -> str:
     """"13-24" for [13, 25) of whole numbers (ages in years), "60+" for the last group; "[1.5, 2)"
     otherwise."""
-    whole = all(np.isfinite(v) and float(v).is_integer() for v in (low,) + (() if last else (high,)))
     if last:
         return f"{low:g}+"
-    if whole and np.isfinite(low):
+    if np.isfinite(low) and float(low).is_integer() and float(high).is_integer():
         return f"{low:g}-{high - 1:g}"
     return f"[{low:g}, {high:g})"
 
