@@ -9,6 +9,9 @@ All numbers are JSON-ready. Per task and direction `source->target`:
 - `verdicts[arm]`: the paired difference to source-only on the target's test split, its
   Holm-corrected interval and p-value, and the verdict "better", "worse" or "no significant
   difference";
+- `verdicts_vs_colour[arm]`: the same against colour-match, for the label-free arms that are
+  not colour-match itself (a second Holm family: an arm that closes half the residual gap must
+  beat both baselines);
 - `gap`: the residual gap (oracle minus colour-match balanced accuracy on the target) and, for
   each arm that uses no target labels, the share of it the arm closes.
 """
@@ -20,12 +23,18 @@ import numpy as np
 
 from transfer import stats
 from transfer.arms import Recipe
-from transfer.config import StudyConfig
+from transfer.config import StudyConfig, arm_base
 
-__all__ = ["analyse", "LABEL_FREE_ARMS", "sentences"]
+__all__ = ["analyse", "LABEL_FREE_ARMS", "is_label_free", "sentences"]
 
 # Arms that never see a target label; the oracle (target_only) and joint do.
-LABEL_FREE_ARMS = ("sr_mix", "bicubic_mix", "augment_mix", "colour_match", "dann")
+LABEL_FREE_ARMS = ("sr_mix", "bicubic_mix", "augment_mix", "colour_match", "dann", "adabn", "tent", "self_train",
+                   "colour_self_train", "combined")
+
+
+def is_label_free(arm: str) -> bool:
+    """Whether an arm (AdaBN suffix and all) trains without any target label."""
+    return arm_base(arm) in LABEL_FREE_ARMS or arm == "source_only+adabn"
 
 
 def _groups(identities: list[str | None]) -> np.ndarray | None:
@@ -102,23 +111,36 @@ def analyse(config: StudyConfig, directions: list[tuple[str, str]], recipes: dic
                 for arm in config.arms if arm != "source_only"
             }
             verdicts = stats.verdicts(paired, alpha=st.alpha) if paired else {}
+            against_colour = [arm for arm in config.arms if is_label_free(arm) and arm != "colour_match"]
+            verdicts_vs_colour = {}
+            if scorable and "colour_match" in config.arms and against_colour:
+                versus = {arm: stats.paired_bootstrap(y_t[known_t], seed_preds[arm][target], seed_preds["colour_match"][target],
+                                                      groups=g_t, n_boot=st.n_boot, level=st.level, seed=st.seed)
+                          for arm in against_colour}
+                verdicts_vs_colour = _holm_entries(versus, stats.verdicts(versus, alpha=st.alpha))
             if not scorable:
                 per_direction[f"{source}->{target}"] = {
                     "source": source, "target": target, "matrix": matrix, "majority": majority, "verdicts": {},
                     "gap": {"note": f"no labelled {task} faces in {target}'s test split"}, **_test_counts(labels, domains),
                 }
                 continue
-            for arm, result in paired.items():
-                entry = verdicts[arm]
-                # Holm's own interval (at its per-comparison level) decides; the plain 95% one is shown beside it.
-                entry["holm_low"], entry["holm_high"], entry["holm_level"] = entry.pop("low"), entry.pop("high"), entry.pop("level")
-                entry.update(result.to_dict())
+            verdicts = _holm_entries(paired, verdicts)
             per_direction[f"{source}->{target}"] = {
                 "source": source, "target": target, "matrix": matrix, "majority": majority,
-                "verdicts": verdicts, "gap": _gap(matrix, target, config.arms), **_test_counts(labels, domains),
+                "verdicts": verdicts, "verdicts_vs_colour": verdicts_vs_colour, "gap": _gap(matrix, target, config.arms),
+                **_test_counts(labels, domains),
             }
         results["tasks"][task] = per_direction
     return results
+
+
+def _holm_entries(paired: dict[str, Any], verdicts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Holm's own interval (at its per-comparison level) decides; the plain 95% one is shown beside it."""
+    for arm, result in paired.items():
+        entry = verdicts[arm]
+        entry["holm_low"], entry["holm_high"], entry["holm_level"] = entry.pop("low"), entry.pop("high"), entry.pop("level")
+        entry.update(result.to_dict())
+    return verdicts
 
 
 def _cell_metrics(y: np.ndarray, preds: list[np.ndarray], groups, st) -> dict[str, Any]:
@@ -146,7 +168,7 @@ def _gap(matrix: dict[str, dict[str, Any]], target: str, arms: list[str]) -> dic
     result["colour_gain"] = colour - source
     result["closed"] = {}
     for arm in arms:
-        if arm in LABEL_FREE_ARMS and arm != "colour_match":
+        if is_label_free(arm) and arm != "colour_match":
             # A share of a gap that is not there (colour-match at or above the oracle) means nothing.
             result["closed"][arm] = (ba(arm) - colour) / residual if residual > 1e-9 else None
     # source-only's own share: when colour-matching costs accuracy it is above 0, and an arm's share
@@ -204,6 +226,11 @@ def sentences(direction: dict[str, Any], task: str) -> list[str]:
                 text += (f" Of these, {', '.join(unsupported)} {'does' if len(unsupported) == 1 else 'do'} not beat "
                          "source-only by the rule above, so the data do not support a gain for "
                          f"{'it' if len(unsupported) == 1 else 'them'}.")
+            versus = direction.get("verdicts_vs_colour") or {}
+            both = [a for a in supported if versus.get(a, {}).get("verdict") == "better"]
+            if versus and supported:
+                text += (f" Beating colour-match as well (its own Holm family): {', '.join(both)}." if both else
+                         " None of them also beats colour-match by the same rule.")
             out.append(text)
         else:
             out.append("No arm without target labels closes half of the residual gap.")

@@ -127,7 +127,8 @@ def _transfer_run(args: argparse.Namespace) -> int:
         distinct = plan_study(config)
         print(f"study {config.name!r}: {len(config.directions)} direction(s), {len(config.arms)} arm(s), "
               f"{len(config.seeds)} seed(s); {len(distinct)} distinct recipe(s) x {len(config.seeds)} seed(s) = "
-              f"{len(distinct) * len(config.seeds)} trainings of {config.budget.steps} steps")
+              f"{len(distinct) * len(config.seeds)} cells; every arm takes {config.budget.steps} optimiser steps in all "
+              "(an adapting arm's stages share them; AdaBN takes none)")
         for uses in distinct.values():
             print("  " + ", ".join(uses))
         return 0

@@ -11,14 +11,24 @@ from dataclasses import dataclass, field
 from attributes.config import DatasetEntry, OptimConfig
 from attributes.model import ModelConfig
 from attributes.trunks import TrunkConfig
-from engine.config import to_dict
+from engine.config import ConfigError, to_dict
 
 __all__ = [
-    "ARM_NAMES", "faceset_parts", "faceset_transform", "SRStageConfig", "AugmentMixConfig", "ArmOptions", "BudgetConfig", "StatsConfig", "StudyConfig",
+    "ARM_NAMES", "ADABN_SUFFIX", "arm_base", "faceset_parts", "faceset_transform", "SRStageConfig", "AugmentMixConfig",
+    "AdaptationConfig", "ArmOptions", "BudgetConfig", "StatsConfig", "StudyConfig",
 ]
 
 # Every arm, in report order; `transfer.arms` defines each recipe.
-ARM_NAMES = ("source_only", "target_only", "sr_mix", "bicubic_mix", "augment_mix", "colour_match", "dann", "joint")
+ARM_NAMES = ("source_only", "target_only", "sr_mix", "bicubic_mix", "augment_mix", "colour_match", "dann", "joint",
+             "adabn", "tent", "self_train", "colour_self_train", "combined")
+# Any arm named with this suffix ends with AdaBN: its model's BatchNorm statistics re-estimated on
+# the target's train faces ("colour_match+adabn").
+ADABN_SUFFIX = "+adabn"
+
+
+def arm_base(arm: str) -> str:
+    """The arm an arm name builds on: "colour_match+adabn" -> "colour_match"."""
+    return arm[:-len(ADABN_SUFFIX)] if arm.endswith(ADABN_SUFFIX) else arm
 
 
 def faceset_parts(name: str) -> list[str]:
@@ -28,10 +38,11 @@ def faceset_parts(name: str) -> list[str]:
 
 def faceset_transform(part: str) -> tuple[str, str, str] | None:
     """One part's (base face set, transform kind, argument): `"D/train|sr:T"` -> ("D/train", "sr", "T");
-    None for an untransformed part."""
+    None for an untransformed part. Transforms chain left to right, so the last one is applied to
+    the set before it: `"D/train|sr:T|gray"` -> ("D/train|sr:T", "gray", "")."""
     if "|" not in part:
         return None
-    base, transform = part.split("|", 1)
+    base, transform = part.rsplit("|", 1)
     kind, _, argument = transform.partition(":")
     return base, kind, argument
 
@@ -60,9 +71,46 @@ class AugmentMixConfig:
 
 
 @dataclass
+class AdaptationConfig:
+    """The arms that adapt to the target's train faces without their labels (AdaBN, TENT,
+    self-training). Their optimiser steps come out of the arm's budget: the first phase trains
+    on the source for the rest."""
+
+    tent_steps: int = 30  # TENT's entropy-minimisation steps on target faces
+    tent_lr: float = 1e-3  # Adam's learning rate on the BatchNorm scales and shifts, the only weights TENT changes
+    self_train_fraction: float = 0.5  # share of the budget trained on source labels plus target pseudo-labels
+    relabel_every: int = 50  # steps between two labellings of the target faces by the model being trained
+    confidence: str = "max_softmax"  # what selects pseudo-labels: max_softmax (the only one so far)
+    precision: float = 0.95  # a pseudo-label is kept when its confidence is at least the threshold at which this share of
+    # the SOURCE validation faces is right (never chosen on target labels)
+    strong_color: float = 0.4  # the strong view of a pseudo-labelled face (FixMatch): colour jitter of 1 +- this
+    strong_erase: float = 0.5  # and the probability of erasing one rectangle of it
+
+    def __post_init__(self) -> None:
+        if self.confidence != "max_softmax":
+            raise ConfigError(f"options.adapt.confidence must be 'max_softmax', not {self.confidence!r}")
+        if not 0.0 < self.self_train_fraction < 1.0:
+            raise ConfigError(f"options.adapt.self_train_fraction must be in (0, 1), got {self.self_train_fraction}")
+        if not 0.5 <= self.precision <= 1.0:
+            raise ConfigError(f"options.adapt.precision must be in [0.5, 1], got {self.precision}")
+        if self.tent_steps < 1 or self.relabel_every < 1:
+            raise ConfigError("options.adapt.tent_steps and options.adapt.relabel_every must be at least 1")
+
+    def used_by(self, procedure: str) -> dict:
+        """The options one procedure reads (its step count is in the recipe itself)."""
+        if procedure == "tent":
+            return {"tent_lr": self.tent_lr}
+        if procedure == "self_train":
+            return {key: getattr(self, key) for key in ("relabel_every", "confidence", "precision", "strong_color",
+                                                         "strong_erase")}
+        return {}
+
+
+@dataclass
 class ArmOptions:
     colour_match: str = "grayscale"  # grayscale | target_stats (source faces get the target train split's per-channel mean and std)
     augment: AugmentMixConfig = field(default_factory=AugmentMixConfig)
+    adapt: AdaptationConfig = field(default_factory=AdaptationConfig)
     dann_weight: float = 0.3  # largest weight of the domain loss; it ramps up as 2/(1+exp(-10p))-1 over training
     dann_hidden: int = 128  # width of the domain classifier's hidden layer
     degradation_seed: int = 0  # seeds the degradation of the source faces (SR-mix and bicubic-mix share it)

@@ -337,7 +337,7 @@ def _section_transfer(config: DemoConfig, report: Report) -> None:
     from transfer.analysis import sentences
     from transfer.config import StudyConfig
     from transfer.study import run_study
-    from transfer.study_report import ARM_TITLES, format_interval
+    from transfer.study_report import arm_title, format_interval
 
     out = config.out_dir / "transfer"
     domains = {}
@@ -357,6 +357,8 @@ def _section_transfer(config: DemoConfig, report: Report) -> None:
             f"trainer.max_steps={sr_steps}", f"sr.pretrain_steps={sr_steps}", "sr.model.channels=16", "sr.model.num_blocks=2",
             "sr.model.min_channels=16", f"trainer.eval_every={sr_steps}", "trainer.sample_every=0",
             f"trainer.checkpoint_every={sr_steps}", "data.eval_images=16", f"trainer.batch_size={min(16, batch)}"]}},
+        "options": {"adapt": {"tent_steps": max(1, config.transfer_steps // 10),
+                              "relabel_every": max(1, config.transfer_steps // 6)}},
         "stats": {"n_boot": 300}, "strips": 4, "domain_gap_embedded_faces": 40, "out_dir": str(out),
     })
     results = run_study(study, progress=config.progress)
@@ -371,7 +373,7 @@ def _section_transfer(config: DemoConfig, report: Report) -> None:
     for line in sentences(direction, "Male"):
         report.text(line)
     domains_order = ["studio", "wild"]
-    rows = [[ARM_TITLES.get(arm, arm)] + [format_interval(direction["matrix"][arm][d]["balanced_accuracy"]) for d in domains_order]
+    rows = [[arm_title(arm)] + [format_interval(direction["matrix"][arm][d]["balanced_accuracy"]) for d in domains_order]
             for arm in direction["matrix"]]
     report.table(["trained as", "studio test (source)", "wild test (target)"], rows, "Balanced accuracy (%), Male")
     report.image(out / "figures" / "bars_Male_studio_to_wild.png", "Every arm on the target domain")

@@ -100,6 +100,7 @@ class FaceSets:
         self._memory: dict[str, FaceArray] = {}
         self._splits: dict[str, object] = {}
         self._sr_models: dict[str, object] = {}
+        self._depends: dict[str, dict] = {}  # what each transformed set was built from, for the sets chained on it
 
     # -- domains --------------------------------------------------------------------------------
     def domain_splits(self, domain: str):
@@ -149,6 +150,8 @@ class FaceSets:
         options = self.config.options
         depends: dict = {"name": name, "base": [len(base), self.config.domains[domain].source, to_dict(self.config.domains[domain])],
                          "tasks": self.config.tasks, "size": self.config.model.trunk.input_size}
+        if faceset_transform(base_name) is not None:  # a chain: whatever the set before depends on
+            depends["before"] = self._depends.get(base_name)
         if kind in ("sr", "bicubic"):
             checkpoint = self.sr_checkpoints.get(argument)
             if checkpoint is None:
@@ -161,6 +164,7 @@ class FaceSets:
         elif kind not in ("gray", "augment"):
             raise StudyDataError(f"unknown face transform {kind!r} in {name!r}")
         depends.update(options.used_by_transform(kind))
+        self._depends[name] = depends
         path = self.out_dir / "facesets" / f"{_slug(name)}-{config_fingerprint(depends)}.npz"
         if path.is_file():
             try:
@@ -170,17 +174,18 @@ class FaceSets:
             except FaceganError as exc:
                 log.warning("%s; building it again", exc)
         log.info("building face set %s (%d faces)", name, len(base))
-        faces = base.map_batches(self._transform_fn(kind, argument, domain, base), batch_size=128, name=name)
+        faces = base.map_batches(self._transform_fn(kind, argument, domain, base_name), batch_size=128, name=name)
         faces.save(path)
         return faces
 
     def _transform_fn(self, kind: str, argument: str, domain: str,
-                      base: FaceArray) -> Callable[[torch.Tensor, np.ndarray], torch.Tensor]:
+                      base_name: str) -> Callable[[torch.Tensor, np.ndarray], torch.Tensor]:
         options = self.config.options
         if kind == "gray":
             return lambda faces, rows: to_grayscale(faces)
         if kind == "stats":
-            own = channel_stats(self.get(f"{domain}/train"))
+            # A split is mapped with its domain's train statistics; a transformed train set with its own.
+            own = channel_stats(self.get(re.sub(r"^([^/|]+)/(test|val)", r"\1/train", base_name)))
             wanted = channel_stats(self.get(f"{argument}/train"))
             return lambda faces, rows: match_channel_stats(faces, own, wanted)
         if kind == "augment":

@@ -13,7 +13,9 @@ What happens, in order:
    trainer (`attributes.train.fit`) for the same budget, and its EMA model predicts every domain's test split. Two arms
    with the same recipe (source-only A->B and target-only B->A; joint in both directions)
    share one cell. A cell's predictions are cached under a fingerprint of everything it
-   depends on; an interrupted cell resumes from its last checkpoint.
+   depends on; an interrupted cell resumes from its last checkpoint. An adapting recipe's cell
+   starts from the trained model of the cell before it (its first phase, or the arm it adds
+   AdaBN to), trained first if it is not cached.
 4. Statistics (`transfer.stats`) and the report (`transfer.study_report`).
 
 Binary decisions use the threshold 0.5: choosing it on any domain's labels would leak that
@@ -43,11 +45,11 @@ from engine.device import choose_device, configure_threads
 from engine.errors import FaceganError
 from data_prep.sources import source_root
 from engine.trainer import TrainerConfig
-from transfer.arms import Recipe, recipe_for, faces_for_testing
-from transfer.config import ARM_NAMES, SRStageConfig, StudyConfig
+from transfer.arms import Recipe, is_known_arm, recipe_for, faces_for_testing
+from transfer.config import ADABN_SUFFIX, ARM_NAMES, AdaptationConfig, SRStageConfig, StudyConfig
 from transfer.facesets import FaceSets
 
-__all__ = ["run_study", "plan_study", "StudyError", "Cell", "parse_direction", "cell_run_config", "load_cell_model"]
+__all__ = ["run_study", "plan_study", "plan_cells", "StudyError", "Cell", "parse_direction", "cell_run_config", "load_cell_model"]
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +77,21 @@ def validate(config: StudyConfig) -> list[tuple[str, str]]:
                 raise StudyError(f"direction {source}->{target}: unknown domain {domain!r}; domains: {sorted(config.domains)}")
         if source == target:
             raise StudyError(f"direction {source}->{target}: source and target must differ")
-    unknown = [a for a in config.arms if a not in ARM_NAMES]
+    unknown = [a for a in config.arms if not is_known_arm(a)]
     if unknown:
-        raise StudyError(f"unknown arm(s) {unknown}; arms: {', '.join(ARM_NAMES)}")
+        raise StudyError(f"unknown arm(s) {unknown}; arms: {', '.join(ARM_NAMES)}, each also as ARM{ADABN_SUFFIX}")
     if "source_only" not in config.arms:
         raise StudyError("every study needs the source_only arm: it is what the other arms are compared with")
     if not config.seeds:
         raise StudyError("a study needs at least one seed (study.seeds)")
     if not config.tasks:
         raise StudyError("a study needs at least one task (study.tasks), e.g. Male")
+    for source, target in directions:
+        for arm in config.arms:
+            try:
+                recipe_for(arm, source, target, config)
+            except ValueError as exc:
+                raise StudyError(f"arm {arm}: {exc}") from None
     for name, entry in config.domains.items():
         if entry.test_fraction and entry.test_fraction < 0.3:
             log.warning("domain %s holds out only %.0f%% of its people for testing; the study protocol asks for >= 30%%",
@@ -99,10 +107,15 @@ class Cell:
     seed: int
     fingerprint: str
     folder: Path
+    previous: "Cell | None" = None  # the cell whose trained model this one starts from
 
     @property
     def predictions_path(self) -> Path:
         return self.folder / "predictions.npz"
+
+    @property
+    def trained_path(self) -> Path:
+        return self.folder / "trained.json"
 
 
 # ------------------------------------------------------------------------------------------
@@ -211,12 +224,16 @@ def _cell_fingerprint(recipe: Recipe, seed: int, config: StudyConfig, sr_checkpo
         "optim": to_dict(config.optim),
         "budget": {k: v for k, v in to_dict(config.budget).items() if k not in ("threads", "device")},
         "tasks": config.tasks, "domains": {d: _without_later_defaults(to_dict(e)) for d, e in config.domains.items()},
-        "options": to_dict(config.options) if legacy else recipe.options_used(config.options), "sr": sr,
+        "options": (without_later_defaults(to_dict(config.options), {"adapt": to_dict(AdaptationConfig())}) if legacy
+                    else recipe.options_used(config.options)), "sr": sr,
     })
 
 
 def _cell_folder(recipe: Recipe, seed: int, fingerprint: str, out_dir: Path) -> Path:
-    return out_dir / "cells" / f"{recipe.arm}-s{seed}-{fingerprint}"
+    """`<arm>-s<seed>-<fingerprint>`, or the folder already holding that fingerprint's cell under
+    another arm's name (the first phase of self-training, say, is found by its fingerprint)."""
+    existing = sorted((out_dir / "cells").glob(f"*-s{seed}-{fingerprint}"))
+    return existing[0] if existing else out_dir / "cells" / f"{recipe.arm}-s{seed}-{fingerprint}"
 
 
 def _adopt_legacy_cell(recipe: Recipe, seed: int, config: StudyConfig, sr_checkpoints: dict[str, Path],
@@ -236,26 +253,31 @@ def cell_run_config(cell: Cell, config: StudyConfig, progress: bool = True) -> A
     """The attribute run a cell is: its recipe's domains with the study's tasks (every task head
     shared across them, plain softmax), the study's model and optimiser, and its budget."""
     recipe, budget = cell.recipe, config.budget
+    steps = recipe.adapt_steps if recipe.adapt else (recipe.steps or budget.steps)
     model = replace(config.model, head=replace(config.model.head, share_tasks=list(config.tasks), sa_softmax=False))
     trainer = TrainerConfig(
-        out_dir=str(cell.folder), max_steps=budget.steps, batch_size=recipe.batch_size, seed=cell.seed,
+        out_dir=str(cell.folder), max_steps=steps, batch_size=recipe.batch_size, seed=cell.seed,
         ema_decay=budget.ema_decay, ema_modules=("model",), eval_every=0, sample_every=0,
-        checkpoint_every=max(50, budget.steps // 4), log_every=max(1, min(20, budget.steps // 10)),
+        checkpoint_every=max(50, steps // 4), log_every=max(1, min(20, steps // 10)),
         threads=budget.threads or None, device=budget.device, progress=progress,
         resume="auto",
     )
     datasets = {name: replace(config.domains[name], tasks=list(config.tasks)) for name, _ in recipe.train}
-    return AttributeRunConfig(datasets=datasets, model=model, optim=config.optim,
+    init = str(cell.previous.folder / "checkpoints" / "latest.pt") if recipe.adapt and cell.previous is not None else ""
+    return AttributeRunConfig(datasets=datasets, model=model, optim=config.optim, init_weights=init,
                               eval=EvalConfig(flip_tta=True, calibrate_thresholds=False), trainer=trainer)
 
 
 def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool) -> None:
     """Train a cell with the attribute trainer: its checkpoints open in `attributes eval` and
-    `predict` like any attribute model's."""
+    `predict` like any attribute model's. An adapting cell's phase starts from the previous
+    cell's model and sees the target faces without labels."""
     recipe = cell.recipe
     data = {name: DatasetSplits(name, sets.get(faces), None, None, sets.get(faces).schema) for name, faces in recipe.train}
     unlabelled = {f"unlabelled{i}:{faces.split('/')[0]}": sets.get(faces) for i, faces in enumerate(recipe.unlabelled)}
     make_step = None
+    steps: list = []  # the step, kept to read an adaptation's record after training
+    head = recipe.train[0][0]
     if recipe.domain_adversarial:
         def make_step(model, train_sets, val_sets, settings):
             from attributes.trunks import feature_shape
@@ -266,10 +288,91 @@ def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool)
             return DANNStep(model, train_sets, val_sets,
                             domain_classifier=DomainClassifier(channels, config.options.dann_hidden),
                             weight=config.options.dann_weight, **settings)
+    elif recipe.adapt:
+        from transfer.adaptation import SelfTrainStep, TentStep, unlabelled_view
+
+        target = unlabelled_view(sets.get(recipe.target_faces))
+        unlabelled = {f"target:{recipe.target}": target}
+        options = config.options.adapt
+
+        def make_step(model, train_sets, val_sets, settings):
+            if recipe.adapt == "tent":
+                step = TentStep(model, train_sets, val_sets, head=head, lr=options.tent_lr, **settings)
+            else:
+                step = SelfTrainStep(model, train_sets, val_sets, head=head, target_faces=target,
+                                     source_val=sets.get(_validation_faces(recipe)), relabel_every=options.relabel_every,
+                                     precision=options.precision, strong_color=options.strong_color,
+                                     strong_erase=options.strong_erase, **settings)
+            steps.append(step)
+            return step
     # What facegan 0.1 recorded for a cell, so that a cell it left unfinished resumes.
     legacy = {"study_cell": recipe.key(), "seed": cell.seed, "fingerprint": cell.fingerprint}
     fit(cell_run_config(cell, config, progress), data, unlabelled=unlabelled, make_step=make_step,
         legacy_run_configs=[legacy])
+    if steps and getattr(steps[0], "rounds", None) is not None:
+        _write_pseudo_label_record(cell, steps[0].rounds, sets)
+
+
+def _validation_faces(recipe: Recipe) -> str:
+    """The source's validation people in the colours of the recipe's first training set."""
+    first = recipe.train[0][1].split("+")[0].strip()
+    return first.replace("/train", "/val", 1)
+
+
+def _write_pseudo_label_record(cell: Cell, rounds: list[dict], sets: FaceSets) -> None:
+    """How many target faces each labelling round kept and how many of them were right, against
+    the withheld true labels: read here, for the report, after training has ended."""
+    truth = sets.get(cell.recipe.target_faces)
+    record = []
+    for entry in rounds:
+        tasks = {}
+        for column, task in enumerate(truth.schema.names):
+            kept = entry["mask"][:, column]
+            known = kept & truth.mask[:, column]
+            right = (entry["targets"][:, column] == truth.targets[:, column].round()) & known
+            tasks[task] = {"kept": int(kept.sum()), "of": len(truth), "scored": int(known.sum()),
+                           "accuracy": float(right.sum() / known.sum()) if known.any() else None,
+                           "threshold": entry["thresholds"].get(task)}
+        record.append({"step": int(entry["step"]), "tasks": tasks})
+    atomic_write_text(cell.folder / "pseudo_labels.json", json.dumps(record, indent=2))
+
+
+def _adabn_cell(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch.device) -> None:
+    """The previous cell's model with its BatchNorm statistics re-estimated on the target's train
+    faces, saved as this cell's checkpoint (it opens in `attributes eval` like any other)."""
+    from engine.checkpoint import atomic_save
+    from transfer.adaptation import adapt_batch_norm, unlabelled_view
+
+    source = cell.previous.folder / "checkpoints" / "latest.pt"
+    state = load_checkpoint(source, map_location="cpu")
+    model = load_cell_model(cell.previous, config, sets, device)
+    adapt_batch_norm(model, unlabelled_view(sets.get(cell.recipe.target_faces)), cell.recipe.train[0][0], device=device)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state["modules"]["model"] = weights
+    if "model" in (state.get("ema") or {}):
+        state["ema"]["model"] = weights
+    atomic_save(state, cell.folder / "checkpoints" / "latest.pt")
+
+
+def _ensure_trained(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch.device, progress: bool) -> float:
+    """Train the cell (and the cells before it) unless done; returns the seconds of training
+    behind its model, its previous cells' included."""
+    if cell.trained_path.is_file():
+        return float(json.loads(cell.trained_path.read_text()).get("seconds_total", 0.0))
+    if cell.predictions_path.is_file():  # a cell finished before the trained marker existed
+        meta = cell.folder / "cell.json"
+        return float(json.loads(meta.read_text()).get("seconds", 0.0)) if meta.is_file() else 0.0
+    before = _ensure_trained(cell.previous, config, sets, device, progress) if cell.previous is not None else 0.0
+    cell.folder.mkdir(parents=True, exist_ok=True)
+    log.info("cell %s seed %d (%s): training", cell.recipe.arm, cell.seed, cell.folder.name)
+    start = time.perf_counter()
+    if cell.recipe.adabn:
+        _adabn_cell(cell, config, sets, device)
+    else:
+        _train_cell(cell, config, sets, progress)
+    seconds = time.perf_counter() - start
+    atomic_write_text(cell.trained_path, json.dumps({"seconds": seconds, "seconds_total": before + seconds}, indent=2))
+    return before + seconds
 
 
 def load_cell_model(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch.device):
@@ -313,12 +416,10 @@ def _run_cell(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch.dev
             arrays = {k: data[k] for k in data.files}
         meta = json.loads((cell.folder / "cell.json").read_text()) if (cell.folder / "cell.json").is_file() else {}
         return {"arrays": arrays, "seconds": meta.get("seconds", 0.0), "cached": True}
-    cell.folder.mkdir(parents=True, exist_ok=True)
-    log.info("cell %s seed %d (%s): training", cell.recipe.arm, cell.seed, cell.folder.name)
+    trained = _ensure_trained(cell, config, sets, device, progress)
     start = time.perf_counter()
-    _train_cell(cell, config, sets, progress)
     arrays = _predict_cell(cell, config, sets, device)
-    seconds = time.perf_counter() - start
+    seconds = trained + time.perf_counter() - start  # what the arm costs from scratch, its earlier cells included
     import io
 
     buffer = io.BytesIO()
@@ -334,6 +435,29 @@ def _run_cell(cell: Cell, config: StudyConfig, sets: FaceSets, device: torch.dev
 # ------------------------------------------------------------------------------------------
 # The study
 # ------------------------------------------------------------------------------------------
+def plan_cells(config: StudyConfig, recipes: dict[tuple[str, str, str], Recipe], sr_checkpoints: dict[str, Path],
+               out_dir: Path) -> tuple[dict[str, Cell], dict[tuple[str, str, str], list[str]]]:
+    """Every distinct cell the arms need (the earlier cells of adapting recipes too), by
+    fingerprint, and for each (source, target, arm) the fingerprints of its seeds' cells."""
+    cells: dict[str, Cell] = {}
+
+    def cell_of(recipe: Recipe, seed: int) -> Cell:
+        fingerprint = _cell_fingerprint(recipe, seed, config, sr_checkpoints)
+        if fingerprint not in cells:
+            previous = recipe.previous()
+            before = cell_of(previous, seed) if previous is not None else None
+            folder = _cell_folder(recipe, seed, fingerprint, out_dir)
+            _adopt_legacy_cell(recipe, seed, config, sr_checkpoints, folder)
+            cells[fingerprint] = Cell(recipe, seed, fingerprint, folder, before)
+        return cells[fingerprint]
+
+    assignment: dict[tuple[str, str, str], list[str]] = {}
+    for key, recipe in recipes.items():
+        for seed in config.seeds:
+            assignment.setdefault(key, []).append(cell_of(recipe, seed).fingerprint)
+    return cells, assignment
+
+
 def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the study of `config`; returns the results written to results.json."""
     from transfer.analysis import analyse, sentences
@@ -360,23 +484,16 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
     for domain in sr_needed:
         sets.sr_checkpoints[domain], sr_seconds[domain] = prepare_sr_stage(domain, config, out_dir, progress)
 
-    cells: dict[str, Cell] = {}
-    assignment: dict[tuple[str, str, str], list[str]] = {}
-    for key, recipe in recipes.items():
-        for seed in config.seeds:
-            fingerprint = _cell_fingerprint(recipe, seed, config, sets.sr_checkpoints)
-            if fingerprint not in cells:
-                folder = _cell_folder(recipe, seed, fingerprint, out_dir)
-                _adopt_legacy_cell(recipe, seed, config, sets.sr_checkpoints, folder)
-                cells[fingerprint] = Cell(recipe, seed, fingerprint, folder)
-            assignment.setdefault(key, []).append(fingerprint)
+    cells, assignment = plan_cells(config, recipes, sets.sr_checkpoints, out_dir)
+    arm_cells = {f for fingerprints in assignment.values() for f in fingerprints}
     log.info("%d arm x direction x seed combinations need %d distinct trainings", sum(map(len, assignment.values())), len(cells))
 
     start = time.perf_counter()
     face_sets_start = start
     outputs: dict[str, dict[str, Any]] = {}
     for fingerprint, cell in cells.items():
-        outputs[fingerprint] = _run_cell(cell, config, sets, device, progress)
+        if fingerprint in arm_cells:
+            outputs[fingerprint] = _run_cell(cell, config, sets, device, progress)
     timings["cells"] = time.perf_counter() - face_sets_start
     timings["cells_trained_now"] = sum(o["seconds"] for o in outputs.values() if not o["cached"])
 
@@ -384,7 +501,10 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
     results["summary"] = [line for task, per_direction in results["tasks"].items()
                           for direction in per_direction.values() for line in sentences(direction, task)]
     results["timings"] = {**timings, "sr_stages": sr_seconds,
-                          "cell_seconds": {cells[f].folder.name: round(o["seconds"], 1) for f, o in outputs.items()}}
+                          "cell_seconds": {cells[f].folder.name: round(o["seconds"], 1) for f, o in outputs.items()},
+                          "arm_seconds": {f"{arm} {s}->{t}": round(float(np.mean([outputs[f]["seconds"] for f in fps])), 1)
+                                          for (s, t, arm), fps in assignment.items()}}
+    results["pseudo_labels"] = _pseudo_label_records(assignment, cells)
     results["sr_checkpoints"] = {d: str(p) for d, p in sets.sr_checkpoints.items()}
     if config.domain_gap_faces > 0 and sets.sr_checkpoints:
         from transfer.domain_gap import measure_domain_gap
@@ -398,6 +518,24 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
         results["timings"]["domain_gap"] = time.perf_counter() - start
     write_study_report(config, results, sets, out_dir)
     return results
+
+
+def _pseudo_label_records(assignment: dict[tuple[str, str, str], list[str]], cells: dict[str, Cell]) -> dict[str, Any]:
+    """Per direction and self-training arm, each seed's labelling rounds (kept faces, their accuracy
+    against the withheld labels), from the cell of its self-training stage."""
+    records: dict[str, Any] = {}
+    for (s, t, arm), fingerprints in assignment.items():
+        per_seed = []
+        for fingerprint in fingerprints:
+            cell = cells[fingerprint]
+            while cell is not None and cell.recipe.adapt != "self_train":
+                cell = cell.previous
+            path = cell.folder / "pseudo_labels.json" if cell is not None else None
+            if path is not None and path.is_file():
+                per_seed.append({"seed": cell.seed, "rounds": json.loads(path.read_text())})
+        if per_seed:
+            records.setdefault(f"{s}->{t}", {})[arm] = per_seed
+    return records
 
 
 def _settle_locations(config: StudyConfig, out_dir: Path) -> None:
@@ -436,7 +574,12 @@ def plan_study(config: StudyConfig) -> dict[str, list[str]]:
     distinct: dict[str, list[str]] = {}
     for s, t in validate(config):
         for arm in config.arms:
-            distinct.setdefault(str(recipe_for(arm, s, t, config).key()), []).append(f"{arm} {s}->{t}")
+            recipe = recipe_for(arm, s, t, config)
+            distinct.setdefault(str(recipe.key()), []).append(f"{arm} {s}->{t}")
+            previous = recipe.previous()
+            while previous is not None:  # an adapting arm's earlier stages: each its own cell
+                distinct.setdefault(str(previous.key()), []).append(f"{previous.arm} {s}->{t} (an earlier stage of {arm})")
+                previous = previous.previous()
     return distinct
 
 

@@ -12,15 +12,22 @@ import torch
 from engine.checkpoint import atomic_write_text
 from engine.config import to_dict
 from transfer.analysis import sentences
-from transfer.config import StudyConfig
+from transfer.config import ADABN_SUFFIX, StudyConfig, arm_base
 from transfer.report import Report
 
-__all__ = ["write_study_report", "format_interval"]
+__all__ = ["write_study_report", "format_interval", "arm_title"]
 
 ARM_TITLES = {
     "source_only": "source only", "target_only": "target only (oracle)", "sr_mix": "SR-mix", "bicubic_mix": "bicubic-mix",
     "augment_mix": "augment-mix", "colour_match": "colour-match", "dann": "DANN", "joint": "joint (both labels)",
+    "adabn": "AdaBN", "tent": "TENT", "self_train": "self-training", "colour_self_train": "colour-match + self-training + AdaBN",
+    "combined": "colour-match + SR-mix + self-training + AdaBN",
 }
+
+
+def arm_title(arm: str) -> str:
+    title = ARM_TITLES.get(arm_base(arm), arm_base(arm))
+    return f"{title} + AdaBN" if arm.endswith(ADABN_SUFFIX) else title
 
 
 def format_interval(entry: dict[str, Any] | None) -> str:
@@ -57,11 +64,44 @@ def _bar_chart(direction: dict[str, Any], task: str, path: Path) -> Path:
     where = ", below the axis" if majority < bottom else ""
     ax.axhline(majority, color="k", linestyle=":", linewidth=1, label=f"majority class ({majority:.0f}{where})")
     ax.set_xticks(x)
-    ax.set_xticklabels([ARM_TITLES.get(a, a) for a in arms], rotation=30, ha="right")
+    ax.set_xticklabels([arm_title(a) for a in arms], rotation=30, ha="right")
     ax.set_ylabel(f"balanced accuracy on {target} (%)")
     ax.set_ylim(bottom, min(100.0, max(highs) + 5))
     ax.set_title(f"{task}: {direction['source']} -> {target} (green: beats source-only after Holm)")
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _pseudo_label_chart(pseudo: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    index = 0
+    for name, arms in pseudo.items():
+        for arm, seeds in arms.items():
+            colour = colours[index % len(colours)]
+            index += 1
+            for n, seed in enumerate(seeds):
+                steps = [r["step"] for r in seed["rounds"]]
+                for task in seed["rounds"][0]["tasks"] if seed["rounds"] else []:
+                    kept = [100 * r["tasks"][task]["kept"] / max(1, r["tasks"][task]["of"]) for r in seed["rounds"]]
+                    accuracy = [100 * r["tasks"][task]["accuracy"] if r["tasks"][task]["accuracy"] is not None else np.nan
+                                for r in seed["rounds"]]
+                    label = f"{name} {arm_title(arm)} {task}" if n == 0 else None
+                    ax.plot(steps, kept, "-o", color=colour, label=label, markersize=3)
+                    ax.plot(steps, accuracy, "--o", color=colour, markersize=3)
+    ax.set_xlabel("step of the self-training phase")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 101)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -144,7 +184,13 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
         f"± sd over seeds. An arm beats source-only when the {100 * config.stats.level:.0f}% interval of the paired "
         f"difference (same resamples for both, averaged over seeds) excludes 0 after a Holm correction across the arms "
         f"(family-wise alpha {config.stats.alpha}). Whatever sees target faces without labels (the SR model, DANN, the "
-        f"colour statistics) sees only the target's train split.")
+        f"colour statistics, the adapting arms) sees only the target's train split. The adapting arms take their "
+        f"optimiser steps out of the same budget: TENT trains on the source for {budget.steps - config.options.adapt.tent_steps} "
+        f"steps, then minimises the prediction entropy on target faces for {config.options.adapt.tent_steps} steps "
+        f"(BatchNorm scales and shifts only); self-training trains on the source for "
+        f"{100 * (1 - config.options.adapt.self_train_fraction):.0f}% of the steps, then on the source labels plus "
+        f"pseudo-labelled target faces (added on top of the {budget.batch_size} labelled ones); AdaBN re-estimates "
+        "the BatchNorm statistics on the target's train faces and takes no optimiser step.")
     def split_rule(domain: str, info: dict) -> str:
         entry = config.domains[domain]
         if not entry.test_fraction:
@@ -180,25 +226,33 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
                 entry = direction["majority"][domain]
                 return "n/a" if entry is None else f"{100 * entry[name]:.1f}"
 
-            table = [[ARM_TITLES.get(arm, arm)] + [metric(arm, d, "balanced_accuracy") for d in domains]
+            table = [[arm_title(arm)] + [metric(arm, d, "balanced_accuracy") for d in domains]
                      for arm in direction["matrix"]]
             table.append(["majority class of the source"] + [majority(d, "balanced_accuracy") for d in domains])
             report.table(header, table, caption=f"Balanced accuracy (%), {task}")
-            accuracy = [[ARM_TITLES.get(arm, arm)] + [metric(arm, d, "accuracy") for d in domains] for arm in direction["matrix"]]
+            accuracy = [[arm_title(arm)] + [metric(arm, d, "accuracy") for d in domains] for arm in direction["matrix"]]
             accuracy.append(["majority class of the source"] + [majority(d, "accuracy") for d in domains])
             report.table(header, accuracy, caption=f"Plain accuracy (%), {task}")
             verdict_rows = []
             for arm, v in direction["verdicts"].items():
-                verdict_rows.append([ARM_TITLES.get(arm, arm), f"{100 * v['difference']:+.1f}",
+                verdict_rows.append([arm_title(arm), f"{100 * v['difference']:+.1f}",
                                      f"[{100 * v['holm_low']:+.1f}, {100 * v['holm_high']:+.1f}]",
                                      f"{v['p_adjusted']:.3g}", v["verdict"]])
             report.table(["arm", "difference to source-only (points)", "Holm-level interval", "Holm p", "verdict"],
                          verdict_rows, caption=f"Paired comparison with source-only on {target} test people")
+            versus = direction.get("verdicts_vs_colour") or {}
+            if versus:
+                report.table(["arm (no target labels)", "difference to colour-match (points)", "Holm-level interval",
+                              "Holm p", "verdict"],
+                             [[arm_title(arm), f"{100 * v['difference']:+.1f}",
+                               f"[{100 * v['holm_low']:+.1f}, {100 * v['holm_high']:+.1f}]", f"{v['p_adjusted']:.3g}",
+                               v["verdict"]] for arm, v in versus.items()],
+                             caption=f"Paired comparison with colour-match on {target} test people (a Holm family of its own)")
             gap = direction["gap"]
             if "residual_gap" in gap:
-                gap_rows = [[ARM_TITLES.get(a, a), "n/a" if c is None else f"{100 * c:.0f}%"] for a, c in gap["closed"].items()]
+                gap_rows = [[arm_title(a), "n/a" if c is None else f"{100 * c:.0f}%"] for a, c in gap["closed"].items()]
                 if gap.get("source_only_share") is not None:
-                    gap_rows.append([f"{ARM_TITLES.get('source_only', 'source only')} (reference)",
+                    gap_rows.append([f"{arm_title('source_only')} (reference)",
                                      f"{100 * gap['source_only_share']:.0f}%"])
                 report.table(["arm (no target labels)", "share of the residual gap closed"], gap_rows,
                              caption=f"Residual gap = oracle − colour-match = {100 * gap['residual_gap']:.1f} points "
@@ -206,6 +260,30 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
             if direction["verdicts"]:
                 chart = _bar_chart(direction, task, figures / f"bars_{task}_{source}_to_{target}.png")
                 report.image(chart, f"{task}: arms on {target} (error bars: {100 * config.stats.level:.0f}% intervals)")
+
+    pseudo = results.get("pseudo_labels") or {}
+    if pseudo:
+        report.heading("Pseudo-labels of the self-training arms")
+        report.text(
+            f"Every {config.options.adapt.relabel_every} steps of its second phase a self-training arm labels the target's "
+            f"train faces with its EMA model (the face and its mirror image) and keeps the labels whose max-softmax "
+            f"confidence reaches the threshold at which {100 * config.options.adapt.precision:.0f}% of the source's "
+            "validation faces are right. Their accuracy is measured against the withheld target labels for this table "
+            "only; training never reads them.")
+        rows = []
+        for name, arms in pseudo.items():
+            for arm, seeds in arms.items():
+                for index, first in enumerate(seeds[0]["rounds"]):
+                    for task in first["tasks"]:
+                        entries = [s["rounds"][index]["tasks"][task] for s in seeds if index < len(s["rounds"])]
+                        kept = np.mean([e["kept"] / max(1, e["of"]) for e in entries])
+                        scored = [e["accuracy"] for e in entries if e["accuracy"] is not None]
+                        rows.append([name, arm_title(arm), task, first["step"], f"{100 * kept:.0f}%",
+                                     f"{100 * np.mean(scored):.1f}" if scored else "n/a", len(entries)])
+        report.table(["direction", "arm", "task", "phase step", "target faces kept", "accuracy of the kept labels (%)",
+                      "seeds"], rows, caption="Pseudo-labels per labelling round (mean over seeds)")
+        chart = _pseudo_label_chart(pseudo, figures / "pseudo_labels.png")
+        report.image(chart, "Share of target faces kept (solid) and the accuracy of their labels (dashed) per round")
 
     strips = _sr_strips(config, results, sets, out_dir)
     if strips:
@@ -225,6 +303,10 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
                  + [[f"SR stage for {d}" + (" (given or cached)" if s == 0 else ""), f"{s:.0f}"] for d, s in timings["sr_stages"].items()]
                  + [["cells (training + testing; cached cells cost 0)", f"{timings['cells']:.0f}"]],
                  caption="Wall time of this invocation")
+    if timings.get("arm_seconds"):
+        report.table(["arm and direction", "seconds"], [[k, f"{v:.0f}"] for k, v in timings["arm_seconds"].items()],
+                     caption="What each arm costs from scratch, mean over seeds: its training, the earlier stages it "
+                             "builds on (once each, though arms share them) and testing")
     report.code(json.dumps(to_dict(config), indent=1)[:6000])
     md = report.to_markdown()
     atomic_write_text(out_dir / "results.md", md)

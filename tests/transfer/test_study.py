@@ -54,11 +54,17 @@ def test_a_cell_fingerprint_changes_only_with_the_options_its_recipe_reads(tmp_p
 
     base = fingerprints(config.options)
     changes = {
-        "colour_match": (replace(config.options, colour_match="target_stats"), {"colour_match"}),
+        "colour_match": (replace(config.options, colour_match="target_stats"), {"colour_match", "colour_self_train", "combined"}),
         "dann_weight": (replace(config.options, dann_weight=1.0), {"dann"}),
         "dann_hidden": (replace(config.options, dann_hidden=7), {"dann"}),
         "augment": (replace(config.options, augment=replace(config.options.augment, blur_prob=0.0)), {"augment_mix"}),
-        "degradation_seed": (replace(config.options, degradation_seed=3), {"sr_mix", "bicubic_mix", "augment_mix"}),
+        "degradation_seed": (replace(config.options, degradation_seed=3), {"sr_mix", "bicubic_mix", "augment_mix", "combined"}),
+        "tent_lr": (replace(config.options, adapt=replace(config.options.adapt, tent_lr=0.1)), {"tent"}),
+        "tent_steps": (replace(config.options, adapt=replace(config.options.adapt, tent_steps=10)), {"tent"}),
+        "precision": (replace(config.options, adapt=replace(config.options.adapt, precision=0.9)),
+                      {"self_train", "colour_self_train", "combined"}),
+        "self_train_fraction": (replace(config.options, adapt=replace(config.options.adapt, self_train_fraction=0.3)),
+                                {"self_train", "colour_self_train", "combined"}),
     }
     for name, (options, expected) in changes.items():
         after = fingerprints(options)
@@ -141,6 +147,7 @@ def _tiny_config(out):
         "budget": {"steps": 8, "batch_size": 16, "ema_decay": 0.5, "threads": 1},
         "optim": {"warmup_steps": 2},
         "sr": {"wild": {"config": "x4-16to64-cpu", "overrides": sr_overrides}},
+        "options": {"adapt": {"tent_steps": 3, "relabel_every": 2, "precision": 0.6}},
         "stats": {"n_boot": 200}, "strips": 3, "domain_gap_faces": 30, "out_dir": str(out),
     })
 
@@ -234,7 +241,7 @@ def test_cli_dry_run_and_bad_config_errors(tmp_path, capsys):
 
     preset = "lfw-celeba-quick"
     assert main(["transfer", "run", preset, "--dry-run"]) == 0
-    assert "13 distinct recipe(s)" in capsys.readouterr().out
+    assert "35 distinct recipe(s)" in capsys.readouterr().out
     assert main(["transfer", "run", preset, "--dry-run", "--set", "arms=[source_only,magic]"]) == 2
     assert "unknown arm" in capsys.readouterr().err
     assert main(["transfer", "run", preset, "--dry-run", "--set", "directions=[lfw->nowhere]"]) == 2
