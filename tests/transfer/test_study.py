@@ -212,16 +212,19 @@ def test_sr_and_bicubic_sets_are_degraded_copies_of_the_source_faces(study):
     assert len(mixed) == 2 * len(original)
 
 
-def test_a_cell_checkpoint_opens_in_attributes_eval_and_predict(study, tmp_path, capsys):
+@pytest.mark.parametrize("cells", ["joint-*", "adabn-*", "self_train-s*", "colour_self_train-s*"])
+def test_a_cell_checkpoint_opens_in_attributes_eval_and_predict(study, tmp_path, capsys, cells):
     from data_prep.assets import ASTRONAUT_JPG
     from transfer.cli import main
 
     out, _ = study
-    checkpoint = next((out / "cells").glob("joint-*/checkpoints/latest.pt"))
+    checkpoint = next((out / "cells").glob(f"{cells}/checkpoints/latest.pt"))
     assert main(["attributes", "eval", str(checkpoint), "--out", str(tmp_path / "eval")]) == 0
     printed = capsys.readouterr().out
-    assert "studio:" in printed and "wild:" in printed and "Male accuracy" in printed  # both domains' test people
-    assert main(["attributes", "predict", str(checkpoint), str(ASTRONAUT_JPG), "--head", "wild"]) == 0
+    assert "studio:" in printed and "Male accuracy" in printed  # the test people of the domains it trained on
+    assert ("wild:" in printed) == (cells == "joint-*")
+    head = "wild" if cells == "joint-*" else "studio"
+    assert main(["attributes", "predict", str(checkpoint), str(ASTRONAUT_JPG), "--head", head]) == 0
     prediction = json.loads(capsys.readouterr().out)
     assert set(prediction["images"][0]["tasks"]) == {"Male"}
 
