@@ -23,6 +23,7 @@ from attributes.model import AttributeModel, build_attribute_model
 from attributes.multidataset import ParallelDatasets, SamplerConfig, balancing_weights
 from attributes.step import AttributeStep, DistillStep
 from data_prep.datasets.schema import LabelSchema, TaskKind
+from data_prep.sources import LATER_SOURCE_DEFAULTS
 from engine.checkpoint import atomic_save, load_checkpoint, module_weights
 from engine.config import save_config, to_dict, without_later_defaults
 from engine.deprecation import moved_names
@@ -48,7 +49,7 @@ StepFactory = Callable[[AttributeModel, dict[str, Any], dict[str, Any], dict[str
 def run_record(config: AttributeRunConfig, schemas: dict[str, LabelSchema]) -> dict:
     """What a checkpoint records of the run: the config without its trainer section, and the
     label schemas the heads were built for."""
-    data = without_later_defaults(to_dict(config), {"age_groups": []})
+    data = without_later_defaults(to_dict(config), {"age_groups": [], **LATER_SOURCE_DEFAULTS})
     data.pop("trainer")
     data["schemas"] = {name: schema.to_dict() for name, schema in schemas.items()}
     return data

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from engine.errors import FaceganError
 
-__all__ = ["DATA_ENV", "SourceConfig", "open_source", "source_root", "aligned_cache", "SourceError"]
+__all__ = ["DATA_ENV", "SourceConfig", "LATER_SOURCE_DEFAULTS", "open_source", "source_root", "aligned_cache", "SourceError"]
 
 DATA_ENV = "FACEGAN_DATA"  # a folder holding datasets by name (celeba/, lfw/, ...): where an empty root looks
 
@@ -42,10 +42,18 @@ class SourceConfig:
     test_fraction: float = 0.0  # > 0: replace the dataset's split by an identity-disjoint one holding out this share of people
     val_fraction: float = 0.0  # with test_fraction: the share of people held out for validation
     split_seed: int = 0  # seed of that identity-disjoint split
+    folds: int = 0  # >= 2: k-fold over people instead: fold `fold` of the shuffled people is the test split
+    fold: int = 0  # which fold is tested (0 .. folds-1); val_fraction of the other people is validation
     synthetic_identities: int = 500
     synthetic_images_per_identity: int = 4
     synthetic_domain: str = "studio"  # studio | wild | all
     synthetic_seed: int = 0
+
+
+# Source options added after runs and caches had recorded their configs, with their defaults: left
+# out of run records and fingerprints while at the default (`engine.config.without_later_defaults`),
+# so that those runs resume and those caches are reused.
+LATER_SOURCE_DEFAULTS = {"folds": 0, "fold": 0}
 
 
 def open_source(config: SourceConfig, out_dir: str | Path, min_image_size: int = 64, assign_splits: bool = True):
@@ -54,7 +62,7 @@ def open_source(config: SourceConfig, out_dir: str | Path, min_image_size: int =
     from data_prep.datasets.base import FaceDataset
     from data_prep.datasets.record import SampleRecord
     from data_prep.datasets.schema import LabelSchema
-    from data_prep.datasets.splits import ensure_splits, resplit_by_identity
+    from data_prep.datasets.splits import ensure_splits, resplit_by_identity, resplit_kfold
     from data_prep.images import list_images
 
     out_dir = Path(out_dir)
@@ -87,7 +95,13 @@ def open_source(config: SourceConfig, out_dir: str | Path, min_image_size: int =
             from data_prep.datasets.registry import load_dataset
 
             dataset = load_dataset(source, root)
-    if config.test_fraction > 0:
+    if config.folds:
+        if config.test_fraction > 0:
+            raise SourceError("give test_fraction or folds, not both: with folds the test people are one fold")
+        if config.folds < 2 or not 0 <= config.fold < config.folds:
+            raise SourceError(f"folds must be >= 2 and 0 <= fold < folds, got fold {config.fold} of {config.folds}")
+        dataset = resplit_kfold(dataset, config.folds, config.fold, val_fraction=config.val_fraction, seed=config.split_seed)
+    elif config.test_fraction > 0:
         if not 0 < config.test_fraction + config.val_fraction < 1:
             raise SourceError(f"test_fraction + val_fraction must lie in (0, 1), got {config.test_fraction} + {config.val_fraction}")
         dataset = resplit_by_identity(dataset, config.test_fraction, val_fraction=config.val_fraction, seed=config.split_seed)

@@ -21,7 +21,8 @@ from data_prep.face_array import FaceArray
 from data_prep.images import luma
 from data_prep.transforms import gaussian_blur, jitter_colour
 from engine.checkpoint import config_fingerprint
-from engine.config import to_dict
+from data_prep.sources import LATER_SOURCE_DEFAULTS
+from engine.config import to_dict, without_later_defaults
 from engine.errors import FaceganError
 from engine.reproducibility import derive_seed
 from transfer.config import AugmentMixConfig, StudyConfig, faceset_parts, faceset_transform
@@ -148,7 +149,8 @@ class FaceSets:
         base = self.get(base_name)
         domain = base_name.split("/")[0]
         options = self.config.options
-        depends: dict = {"name": name, "base": [len(base), self.config.domains[domain].source, to_dict(self.config.domains[domain])],
+        entry = without_later_defaults(to_dict(self.config.domains[domain]), LATER_SOURCE_DEFAULTS)
+        depends: dict = {"name": name, "base": [len(base), self.config.domains[domain].source, entry],
                          "tasks": self.config.tasks, "size": self.config.model.trunk.input_size}
         if faceset_transform(base_name) is not None:  # a chain: whatever the set before depends on
             depends["before"] = self._depends.get(base_name)

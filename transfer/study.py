@@ -43,7 +43,7 @@ from engine.checkpoint import atomic_write_text, config_fingerprint, load_checkp
 from engine.config import ConfigError, load_config, to_dict, without_later_defaults
 from engine.device import choose_device, configure_threads
 from engine.errors import FaceganError
-from data_prep.sources import source_root
+from data_prep.sources import LATER_SOURCE_DEFAULTS, source_root
 from engine.trainer import TrainerConfig
 from transfer.arms import Recipe, is_known_arm, recipe_for, faces_for_testing
 from transfer.config import ADABN_SUFFIX, ARM_NAMES, AdaptationConfig, SRStageConfig, StudyConfig
@@ -121,7 +121,7 @@ class Cell:
 # ------------------------------------------------------------------------------------------
 # SR stages
 # ------------------------------------------------------------------------------------------
-_SPLIT_FIELDS = ("source", "test_fraction", "val_fraction", "split_seed", "template", "align")
+_SPLIT_FIELDS = ("source", "test_fraction", "val_fraction", "split_seed", "template", "align", *LATER_SOURCE_DEFAULTS)
 
 
 def _check_sr_checkpoint(path: Path, domain: str, config: StudyConfig) -> None:
@@ -133,7 +133,7 @@ def _check_sr_checkpoint(path: Path, domain: str, config: StudyConfig) -> None:
     if "sr" not in run or not isinstance(data, dict):
         raise StudyError(f"{path} is not a facegan SR checkpoint")
     entry = to_dict(config.domains[domain])
-    mismatched = [f for f in _SPLIT_FIELDS if data.get(f) != entry.get(f)]
+    mismatched = [f for f in _SPLIT_FIELDS if data.get(f, LATER_SOURCE_DEFAULTS.get(f)) != entry.get(f)]
     if Path(str(data.get("root", ""))).resolve() != Path(entry["root"]).resolve():
         mismatched.append("root")
     if data.get("split") != "train":
@@ -175,7 +175,7 @@ def prepare_sr_stage(domain: str, config: StudyConfig, out_dir: Path, progress: 
         log.warning("the SR model of %s outputs %d px; its faces are resized to the study's %d px",
                     domain, sr_config.sr.model.output_size, config.model.trunk.input_size)
     # "train" is the name facegan 0.1 gave the trainer section: kept, so that cached stages stay valid.
-    fingerprint = config_fingerprint({"sr": to_dict(sr_config.sr), "data": data,
+    fingerprint = config_fingerprint({"sr": to_dict(sr_config.sr), "data": without_later_defaults(data, LATER_SOURCE_DEFAULTS),
                                       "train": {k: v for k, v in to_dict(sr_config.trainer).items() if k != "out_dir"}})
     folder = out_dir / "stages" / f"sr-{domain}-{fingerprint}"
     done = folder / "stage.json"
@@ -203,7 +203,7 @@ def prepare_sr_stage(domain: str, config: StudyConfig, out_dir: Path, progress: 
 # ------------------------------------------------------------------------------------------
 # Fields that shared configs gained after studies had cached cells, with their defaults. Left
 # out of a cell's fingerprint while at the default, so that those cells stay valid.
-_LATER_DEFAULTS = {"channels": [], "identity": False, "age_groups": []}
+_LATER_DEFAULTS = {"channels": [], "identity": False, "age_groups": [], **LATER_SOURCE_DEFAULTS}
 
 
 def _without_later_defaults(data):

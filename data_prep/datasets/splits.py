@@ -19,7 +19,8 @@ group. Sizes are counted in images (`balance="images"`) or in groups/people
 
 `resplit_by_identity` replaces an official split by an identity-disjoint one; CelebA's
 official test split holds only 14 identities in the shared subset, too few to measure
-anything per person.
+anything per person. `kfold_split` deals the shuffled people round-robin into k folds, one of
+which is the test split: over the k folds every person is tested exactly once.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ __all__ = [
     "DEFAULT_FRACTIONS",
     "identity_disjoint_split",
     "resplit_by_identity",
+    "kfold_split",
+    "resplit_kfold",
     "ensure_splits",
     "split_groups",
     "split_leaks",
@@ -210,6 +213,45 @@ def resplit_by_identity(
         group_key=group_key,
         balance="groups",
     )
+    return data.with_records(resplit) if isinstance(data, FaceDataset) else resplit
+
+
+def kfold_split(
+    records: Iterable[SampleRecord],
+    folds: int,
+    fold: int,
+    *,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    group_key: GroupKey | None = None,
+) -> list[SampleRecord]:
+    """Records with `split` set for fold `fold` of `folds`: the people (groups, as in
+    `identity_disjoint_split`) are shuffled with a seed derived from `seed` and dealt round-robin
+    into the folds, so fold sizes differ by at most one person; fold `fold` is "test", and
+    `val_fraction` of the other people (the first of them in the shuffled order) is "val"."""
+    if folds < 2 or not 0 <= fold < folds:
+        raise SplitError(f"k-fold splits need folds >= 2 and 0 <= fold < folds, got fold {fold} of {folds}")
+    if not 0 <= val_fraction < 1:
+        raise SplitError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    records = list(records)
+    if not records:
+        return []
+    groups = split_groups(records, group_key)
+    order = sorted(set(groups))
+    if len(order) < folds:
+        raise SplitError(f"{folds} folds need at least {folds} people (or groups); these records have {len(order)}")
+    random.Random(derive_seed(seed, "kfold_split")).shuffle(order)
+    rest = [g for i, g in enumerate(order) if i % folds != fold]
+    val = set(rest[:round(val_fraction * len(rest))])
+    split_of_group = {g: "test" if i % folds == fold else "val" if g in val else "train" for i, g in enumerate(order)}
+    return [record.with_split(split_of_group[group]) for record, group in zip(records, groups)]
+
+
+def resplit_kfold(data: _T, folds: int, fold: int, *, val_fraction: float = 0.0, seed: int = 0,
+                  group_key: GroupKey | None = None) -> _T:
+    """`kfold_split` of a FaceDataset or a list of records, returning the same kind."""
+    records = data.records if isinstance(data, FaceDataset) else list(data)
+    resplit = kfold_split(records, folds, fold, val_fraction=val_fraction, seed=seed, group_key=group_key)
     return data.with_records(resplit) if isinstance(data, FaceDataset) else resplit
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from data_prep.sources import LATER_SOURCE_DEFAULTS
 from engine.config import save_config, to_dict
 from engine.trainer import Trainer, check_run_folder
 from gan.generators.config import GANRunConfig
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 # Split settings GANDataConfig gained in facegan 0.2 (from SourceConfig), at their defaults. A run
 # records its data section without them while they keep these values, so that a run begun with
 # 0.1 resumes as the same configuration.
-_SPLIT_DEFAULTS = {"test_fraction": 0.0, "val_fraction": 0.0, "split_seed": 0}
+_SPLIT_DEFAULTS = {"test_fraction": 0.0, "val_fraction": 0.0, "split_seed": 0, **LATER_SOURCE_DEFAULTS}
 
 
 def run_record(config: GANRunConfig) -> dict:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from data_prep.selection import evenly_spaced
 from data_prep.transforms import RandomHorizontalFlip
-from engine.config import save_config, to_dict
+from data_prep.sources import LATER_SOURCE_DEFAULTS
+from engine.config import save_config, to_dict, without_later_defaults
 from engine.errors import FaceganError
 from engine.trainer import Trainer, check_run_folder
 from gan.sr.config import SRDataConfig, SRRunConfig
@@ -54,7 +55,7 @@ def train(config: SRRunConfig) -> dict:
     hr_size = sr_config.model.output_size
     dataset, eval_hr = build_sr_data(config.data, hr_size, out_dir, progress=config.trainer.progress)
     step = SRStep(sr_config, eval_hr=eval_hr)
-    run_config = {"sr": to_dict(sr_config), "data": to_dict(config.data)}
+    run_config = {"sr": to_dict(sr_config), "data": without_later_defaults(to_dict(config.data), LATER_SOURCE_DEFAULTS)}
     m = sr_config.model
     log.info("training x%d SR, %d -> %d px, on %d faces from %s; adversarial from step %s", m.scale, m.input_size,
              m.output_size, len(dataset), config.data.source, sr_config.pretrain_steps if sr_config.adversarial else "never")

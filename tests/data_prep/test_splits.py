@@ -11,6 +11,7 @@ from data_prep.datasets import FaceDataset, LabelSchema, SampleRecord, SplitErro
 from data_prep.datasets.splits import (
     ensure_splits,
     identity_disjoint_split,
+    kfold_split,
     resplit_by_identity,
     split_groups,
     split_leaks,
@@ -89,6 +90,40 @@ def test_resplit_overrides_official_split_by_people():
     assert len(test_people) == 30 and not split_leaks(resplit.records)
     derived = ensure_splits(FaceDataset("y", [r.with_split(None) for r in records], LabelSchema(())))
     assert all(r.split is not None for r in derived.records)
+
+
+def test_kfold_tests_every_person_exactly_once_and_keeps_people_whole():
+    records = _records(people=103)
+    tested = Counter()
+    for fold in range(5):
+        split = kfold_split(records, 5, fold, val_fraction=0.1, seed=3)
+        assert not split_leaks(split) and [r.path for r in split] == [r.path for r in records]
+        people = {s: {r.identity for r in split if r.split == s} for s in ("train", "val", "test")}
+        assert len(people["test"]) in (20, 21)  # 103 people dealt into 5 folds
+        assert len(people["val"]) == round(0.1 * (103 - len(people["test"])))
+        tested.update(people["test"])
+    assert len(tested) == 103 and set(tested.values()) == {1}
+    shuffled = list(reversed(records))
+    assert ({r.path: r.split for r in kfold_split(shuffled, 5, 2, seed=3)}
+            == {r.path: r.split for r in kfold_split(records, 5, 2, seed=3)}), "order-independent"
+    assert kfold_split(records, 5, 2, seed=3) != kfold_split(records, 5, 2, seed=4)
+    with pytest.raises(SplitError, match="folds >= 2"):
+        kfold_split(records, 5, 5)
+    with pytest.raises(SplitError, match="at least 5 people"):
+        kfold_split(_records(people=4), 5, 0)
+
+
+def test_a_source_with_folds_is_split_by_its_fold(tmp_path):
+    from data_prep.sources import SourceConfig, SourceError, open_source
+
+    config = SourceConfig(synthetic_identities=20, synthetic_images_per_identity=2, folds=4, fold=1, val_fraction=0.2)
+    data = open_source(config, tmp_path, min_image_size=32)
+    people = {s: {r.identity for r in data.records if r.split == s} for s in ("train", "val", "test")}
+    assert len(people["test"]) == 5 and len(people["val"]) == 3 and len(people["train"]) == 12
+    with pytest.raises(SourceError, match="not both"):
+        open_source(SourceConfig(synthetic_identities=20, folds=4, test_fraction=0.2), tmp_path, min_image_size=32)
+    with pytest.raises(SourceError, match="0 <= fold < folds"):
+        open_source(SourceConfig(synthetic_identities=20, folds=4, fold=4), tmp_path, min_image_size=32)
 
 
 def test_bad_fractions():
