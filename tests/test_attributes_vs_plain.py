@@ -1,0 +1,57 @@
+"""`benchmarks/attributes_vs_plain.py`: the plain reference is the network the benchmark names,
+and its scores are the mean and balanced accuracies they say they are."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_is_nine_conv_bn_relu_layers_with_three_pools_and_trains():
+    reference = _load("plain_cnn_reference")
+    model = reference.PlainCNN(40)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 128, 128, 256, 256, 256]
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 3
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 40)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 64, 64, 3)).astype(np.uint8)
+    labels = (images.mean((1, 2, 3)) > 127).astype(np.float32)[:, None].repeat(2, 1)
+    mask = np.ones_like(labels, dtype=bool)
+    mask[:, 1] = False  # a column without labels contributes nothing
+    trained, seconds, steps = reference.train_plain(images, labels, mask, epochs=2, batch_size=8)
+    assert steps == 4 and seconds > 0 and not trained.training
+    assert reference.predict_plain(trained, images).shape == (16, 2)
+
+
+def test_scores_are_the_mean_and_balanced_accuracy_over_attributes():
+    bench = _load("attributes_vs_plain")
+    truth = np.array([[1, 0], [1, 1], [0, 1], [0, 0]])
+    correct = np.array([[1, 1], [1, 0], [0, 1], [1, 1]])
+    known = np.ones_like(truth, dtype=bool)
+    accuracy, balanced = bench.scores(correct, truth, known)
+    # attribute 0: 3/4 right; positives 2/2, negatives 1/2 -> 0.75. attribute 1: 3/4; positives 1/2, negatives 2/2 -> 0.75
+    assert accuracy == pytest.approx(0.75) and balanced == pytest.approx(0.75)
+    known[0, 0] = False  # an unknown label is not scored
+    accuracy, _ = bench.scores(correct, truth, known)
+    assert accuracy == pytest.approx((2 / 3 + 3 / 4) / 2)
+    people = np.array(["a", "a", "b", "b"])
+    result = bench.bootstrap(people, correct, np.zeros_like(correct), truth, np.ones_like(truth, dtype=bool), 50, 0)
+    assert result["difference_accuracy"]["value"] == pytest.approx(0.75)
+    assert result["plain_accuracy"]["value"] == 0.0
+    assert result["difference_accuracy"]["low"] <= 0.75 <= result["difference_accuracy"]["high"]
