@@ -11,7 +11,8 @@
   is confident of, and trains on a strong view (colour jitter, erasing) of those faces beside
   the labelled source faces; it labels them again every `relabel_every` steps. The confidence
   threshold is chosen on the SOURCE validation people: the lowest confidence at which a stated
-  share of them is predicted right.
+  share of them is predicted right. Or, with an SA-softmax head (Yu 2017), the faces it grades S
+  or A are kept: the thesis's own measure of which predictions to trust.
 
 The target's faces reach these procedures only through `unlabelled_view`, which carries no
 label, so no target label can steer them; the pseudo-labels' accuracy is measured afterwards by
@@ -30,6 +31,7 @@ from attributes.heads import TaskGroup
 from attributes.inference import predict_cache, to_model_input
 from attributes.model import AttributeModel
 from attributes.multidataset import augment_batch
+from attributes.sa_softmax import GRADE_LOWER_BOUNDS, GRADES, SATagState
 from attributes.step import AttributeStep
 from data_prep.datasets.schema import TaskKind
 from data_prep.face_array import FaceArray
@@ -165,48 +167,66 @@ def confidence_threshold(confidence: torch.Tensor, correct: torch.Tensor, precis
     return float(conf[int(torch.nonzero(ok).max())])
 
 
-def _task_predictions(model: AttributeModel, faces: FaceArray, head: str, device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """(label, max-softmax confidence) per target column of every binary or categorical plain task,
-    from the face and its mirror image."""
+# The lowest confidence of grade A: "S or A" is a confidence at or above it.
+SA_KEEP_FROM = GRADE_LOWER_BOUNDS[GRADES.index("A")]
+
+
+def _task_predictions(model: AttributeModel, faces: FaceArray, head: str, device,
+                      selection: str = "max_softmax") -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """(label, confidence) per target column of every binary or categorical task, from the face
+    and its mirror image: max-softmax, or with `selection="sa_grade"` an SA head's confidence."""
     decoded = predict_cache(model, faces, head, batch_size=256, device=device, flip_tta=True)
     result: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for group in model.groups[head]:
-        if group.sa or group.kind is TaskKind.REGRESSION:
+        if group.kind is TaskKind.REGRESSION or group.sa != (selection == "sa_grade"):
             continue
         d = decoded[group.name]
+        key = "confidence" if group.sa else "max_softmax"
         if group.kind is TaskKind.BINARY:
             pred = d["pred"].reshape(len(faces), -1)
-            conf = d["max_softmax"].reshape(len(faces), -1)
+            conf = d[key].reshape(len(faces), -1)
             for k, column in enumerate(group.columns):
                 result[column] = (pred[:, k].float(), conf[:, k])
         else:
-            result[group.columns[0]] = (d["pred"].float(), d["max_softmax"])
+            result[group.columns[0]] = (d["pred"].float(), d[key])
     return result
 
 
 def pseudo_labels(model: AttributeModel, head: str, target: FaceArray, source_val: FaceArray, precision: float,
-                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+                  device: torch.device | str = "cpu", selection: str = "max_softmax"
+                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """(targets, mask, thresholds): the model's labels of the `target` faces, kept (mask) where its
-    confidence reaches the threshold chosen on the labelled `source_val` faces for `precision`."""
+    max-softmax reaches the threshold chosen on the labelled `source_val` faces for `precision`,
+    or with `selection="sa_grade"` where its SA head grades them S or A."""
+    if selection not in ("max_softmax", "sa_grade"):
+        raise AdaptationError(f"pseudo-labels are selected by max_softmax or sa_grade, not {selection!r}")
+    if selection == "sa_grade":
+        on_target = _task_predictions(model, target, head, device, selection)
+        if not on_target:
+            raise AdaptationError(f"selection by SA grade needs an SA-softmax head; {head!r} has none")
+        return _kept(target, on_target, {column: SA_KEEP_FROM for column in on_target})
     if len(source_val) == 0:
         raise AdaptationError("self-training chooses its confidence threshold on source validation faces, and there are "
                               "none: give the source domain a val_fraction above 0")
-    was_training = model.training
     val = _task_predictions(model, source_val, head, device)
     on_target = _task_predictions(model, target, head, device)
-    model.train(was_training)
-    targets = torch.zeros(len(target), len(target.schema))
-    mask = torch.zeros(len(target), len(target.schema), dtype=torch.bool)
-    thresholds: dict[str, float] = {}
-    for column, (label, conf) in on_target.items():
+    thresholds = {}
+    for column in on_target:
         known = source_val.mask[:, column]
         val_label, val_conf = val[column]
         correct = val_label[known] == source_val.targets[known, column].round()
-        threshold = confidence_threshold(val_conf[known], correct, precision)
-        thresholds[target.schema.names[column]] = threshold
+        thresholds[column] = confidence_threshold(val_conf[known], correct, precision)
+    return _kept(target, on_target, thresholds)
+
+
+def _kept(target: FaceArray, on_target: dict[int, tuple[torch.Tensor, torch.Tensor]], thresholds: dict[int, float]
+          ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    targets = torch.zeros(len(target), len(target.schema))
+    mask = torch.zeros(len(target), len(target.schema), dtype=torch.bool)
+    for column, (label, conf) in on_target.items():
         targets[:, column] = label
-        mask[:, column] = conf >= threshold
-    return targets, mask, thresholds
+        mask[:, column] = conf >= thresholds[column]
+    return targets, mask, {target.schema.names[c]: t for c, t in thresholds.items()}
 
 
 class SelfTrainStep(AttributeStep):
@@ -215,7 +235,8 @@ class SelfTrainStep(AttributeStep):
     trainer keeps one) every `relabel_every` steps."""
 
     def __init__(self, *args, head: str, target_faces: FaceArray, source_val: FaceArray, relabel_every: int,
-                 precision: float, strong_color: float = 0.4, strong_erase: float = 0.5, **kwargs):
+                 precision: float, strong_color: float = 0.4, strong_erase: float = 0.5, selection: str = "max_softmax",
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.target = _single_target(self, head)
         self.unlabelled = []  # the target batch joins the source head's slice once it has labels
@@ -229,6 +250,17 @@ class SelfTrainStep(AttributeStep):
         self.source_val = source_val
         self.relabel_every = relabel_every
         self.precision = precision
+        self.selection = selection
+        # An SA head keeps dynamic tags per training face: the target faces get rows after the
+        # source's (their `index` in the merged batch), labelled by each round's pseudo-labels.
+        self.n_source = len(self.train_sets[head])
+        for key, state in self.sa_states.items():
+            if key.startswith(f"{head}/"):
+                empty = torch.zeros(len(target_faces), state.num_tasks, dtype=torch.long)
+                self.sa_states[key] = SATagState(
+                    self.n_source + len(target_faces), state.num_tasks, state.num_classes,
+                    torch.cat([state.true.long().clamp(min=0), empty]), torch.cat([state.valid, empty.bool()]),
+                    threshold=state.threshold)
         self.strong_color = strong_color
         self.strong_erase = strong_erase
         self.pseudo_targets = torch.zeros(len(target_faces), len(target_faces.schema))
@@ -238,9 +270,26 @@ class SelfTrainStep(AttributeStep):
     def relabel(self, step: int) -> None:
         model = self.ctx.ema.get("model", self.model)
         targets, mask, thresholds = pseudo_labels(model, self.head, self.target_faces, self.source_val, self.precision,
-                                                  self.ctx.device)
-        self.pseudo_targets, self.pseudo_mask = targets, mask
+                                                  self.ctx.device, self.selection)
+        self._use(targets, mask)
         self.rounds.append({"step": step, "thresholds": thresholds, "targets": targets.clone(), "mask": mask.clone()})
+
+    def _use(self, targets: torch.Tensor, mask: torch.Tensor) -> None:
+        """Train on these pseudo-labels from now on; an SA head's tags of the target rows start
+        again from them."""
+        self.pseudo_targets, self.pseudo_mask = targets, mask
+        rows = slice(self.n_source, None)
+        for key, state in self.sa_states.items():
+            if not key.startswith(f"{self.head}/"):
+                continue
+            group = next(g for g in self.model.groups[self.head] if g.name == key.split("/", 1)[1])
+            known = mask[:, group.columns]
+            true = torch.where(known, targets[:, group.columns].long(), torch.full_like(known, -1, dtype=torch.long))
+            state.true[rows] = true.to(state.true.dtype)
+            state.current[rows] = state.true[rows]
+            state.valid[rows] = known
+            state.seen[rows] = 0
+            state.correct[rows] = 0
 
     def train_step(self, batch: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str, float]:
         if step % self.relabel_every == 0 or not self.rounds:
@@ -266,7 +315,7 @@ class SelfTrainStep(AttributeStep):
         return {**super().state_dict(), "rounds": self.rounds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
         self.rounds = list(state.get("rounds", []))
-        if self.rounds:
-            self.pseudo_targets, self.pseudo_mask = self.rounds[-1]["targets"].clone(), self.rounds[-1]["mask"].clone()
+        if self.rounds:  # before the SA tags load: they were saved for these labels
+            self._use(self.rounds[-1]["targets"].clone(), self.rounds[-1]["mask"].clone())
+        super().load_state_dict(state)

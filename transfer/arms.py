@@ -55,6 +55,7 @@ class Recipe:
     adapt_steps: int = 0  # the optimiser steps of that phase, out of `steps`
     adabn: bool = False  # end with the BatchNorm statistics re-estimated on target_faces
     target_faces: str = ""  # the only target faces an adapting recipe sees: its train split, no labels
+    sa_softmax: bool = False  # train an SA-softmax head (self-training then keeps the target faces graded S or A)
 
     def key(self) -> dict:
         """What the trained model depends on (not the arm's name nor the direction): two arms
@@ -63,7 +64,7 @@ class Recipe:
                "batch_size": self.batch_size, "test_colour": self.test_colour,
                "domain_adversarial": self.domain_adversarial}
         # Only when set, so that the recipes before adaptation keep their keys (and cached cells).
-        for name in ("steps", "adapt", "adapt_steps", "adabn", "target_faces"):
+        for name in ("steps", "adapt", "adapt_steps", "adabn", "target_faces", "sa_softmax"):
             if getattr(self, name):
                 key[name] = getattr(self, name)
         return key
@@ -94,8 +95,8 @@ class Recipe:
                 transform = faceset_transform(transform[0])
         if self.domain_adversarial:
             used.update(options.used_by_dann())
-        if self.adapt:
-            used.update(options.adapt.used_by(self.adapt))
+        if self.adapt or self.sa_softmax:
+            used.update(options.adapt.used_by(self.adapt, self.sa_softmax))
         return used
 
 
@@ -172,6 +173,13 @@ def _self_train(s: str, t: str, config: StudyConfig) -> Recipe:
     return _with_adaptation(_source_only(s, t, config), "self_train", "self_train", _self_train_steps(config), t, config)
 
 
+def _self_train_sa(s: str, t: str, config: StudyConfig) -> Recipe:
+    """Self-training whose pseudo-labels are the target faces its SA-softmax grades S or A (Yu
+    2017's grades choose them, in place of a threshold on max-softmax)."""
+    source_only = replace(_source_only(s, t, config), sa_softmax=True)
+    return _with_adaptation(source_only, "self_train_sa", "self_train", _self_train_steps(config), t, config)
+
+
 def _colour_self_train(s: str, t: str, config: StudyConfig) -> Recipe:
     """Colour-match, then self-training in the matched colours, then AdaBN."""
     return _with_adaptation(_colour_match(s, t, config), "colour_self_train", "self_train", _self_train_steps(config), t,
@@ -200,6 +208,7 @@ ARMS: dict[str, Callable[[str, str, StudyConfig], Recipe]] = {
     "adabn": _adabn,
     "tent": _tent,
     "self_train": _self_train,
+    "self_train_sa": _self_train_sa,
     "colour_self_train": _colour_self_train,
     "combined": _combined,
 }

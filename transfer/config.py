@@ -20,7 +20,7 @@ __all__ = [
 
 # Every arm, in report order; `transfer.arms` defines each recipe.
 ARM_NAMES = ("source_only", "target_only", "sr_mix", "bicubic_mix", "augment_mix", "colour_match", "dann", "joint",
-             "adabn", "tent", "self_train", "colour_self_train", "combined")
+             "adabn", "tent", "self_train", "self_train_sa", "colour_self_train", "combined")
 # Any arm named with this suffix ends with AdaBN: its model's BatchNorm statistics re-estimated on
 # the target's train faces ("colour_match+adabn").
 ADABN_SUFFIX = "+adabn"
@@ -80,15 +80,16 @@ class AdaptationConfig:
     tent_lr: float = 1e-3  # Adam's learning rate on the BatchNorm scales and shifts, the only weights TENT changes
     self_train_fraction: float = 0.5  # share of the budget trained on source labels plus target pseudo-labels
     relabel_every: int = 50  # steps between two labellings of the target faces by the model being trained
-    confidence: str = "max_softmax"  # what selects pseudo-labels: max_softmax (the only one so far)
-    precision: float = 0.95  # a pseudo-label is kept when its confidence is at least the threshold at which this share of
-    # the SOURCE validation faces is right (never chosen on target labels)
+    precision: float = 0.95  # self_train keeps a pseudo-label when its max-softmax is at least the threshold at which this
+    # share of the SOURCE validation faces is right (never chosen on target labels); self_train_sa keeps grades S and A
+    sa_plain_epochs: int = 0  # self_train_sa: epochs of plain softmax before the "unrecognizable" class (each phase)
+    sa_window_epochs: int = 1  # self_train_sa: epochs per counting window of the dynamic tags
     strong_color: float = 0.4  # the strong view of a pseudo-labelled face (FixMatch): colour jitter of 1 +- this
     strong_erase: float = 0.5  # and the probability of erasing one rectangle of it
 
     def __post_init__(self) -> None:
-        if self.confidence != "max_softmax":
-            raise ConfigError(f"options.adapt.confidence must be 'max_softmax', not {self.confidence!r}")
+        if self.sa_plain_epochs < 0 or self.sa_window_epochs < 1:
+            raise ConfigError("options.adapt.sa_plain_epochs must be >= 0 and options.adapt.sa_window_epochs >= 1")
         if not 0.0 < self.self_train_fraction < 1.0:
             raise ConfigError(f"options.adapt.self_train_fraction must be in (0, 1), got {self.self_train_fraction}")
         if not 0.5 <= self.precision <= 1.0:
@@ -96,14 +97,19 @@ class AdaptationConfig:
         if self.tent_steps < 1 or self.relabel_every < 1:
             raise ConfigError("options.adapt.tent_steps and options.adapt.relabel_every must be at least 1")
 
-    def used_by(self, procedure: str) -> dict:
-        """The options one procedure reads (its step count is in the recipe itself)."""
+    def used_by(self, procedure: str, sa_softmax: bool = False) -> dict:
+        """The options one procedure reads (its step count is in the recipe itself); with
+        `sa_softmax`, those of training an SA head and selecting by its grades."""
+        used: dict = {}
         if procedure == "tent":
-            return {"tent_lr": self.tent_lr}
+            used["tent_lr"] = self.tent_lr
         if procedure == "self_train":
-            return {key: getattr(self, key) for key in ("relabel_every", "confidence", "precision", "strong_color",
-                                                         "strong_erase")}
-        return {}
+            used.update({key: getattr(self, key) for key in ("relabel_every", "strong_color", "strong_erase")})
+            if not sa_softmax:
+                used["precision"] = self.precision
+        if sa_softmax:
+            used.update(sa_plain_epochs=self.sa_plain_epochs, sa_window_epochs=self.sa_window_epochs)
+        return used
 
 
 @dataclass

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attributes.config import AttributeRunConfig, EvalConfig
+from attributes.config import AttributeRunConfig, EvalConfig, SAConfig
 from attributes.data import DatasetSplits
 from attributes.inference import load_attribute_model, predict_cache
 from attributes.model import build_attribute_model
@@ -251,10 +251,15 @@ def _adopt_legacy_cell(recipe: Recipe, seed: int, config: StudyConfig, sr_checkp
 
 def cell_run_config(cell: Cell, config: StudyConfig, progress: bool = True) -> AttributeRunConfig:
     """The attribute run a cell is: its recipe's domains with the study's tasks (every task head
-    shared across them, plain softmax), the study's model and optimiser, and its budget."""
+    shared across them, plain softmax unless the recipe asks for SA-softmax), the study's model
+    and optimiser, and its budget."""
     recipe, budget = cell.recipe, config.budget
     steps = recipe.adapt_steps if recipe.adapt else (recipe.steps or budget.steps)
-    model = replace(config.model, head=replace(config.model.head, share_tasks=list(config.tasks), sa_softmax=False))
+    model = replace(config.model, head=replace(config.model.head, share_tasks=list(config.tasks),
+                                                 sa_softmax=recipe.sa_softmax))
+    options = config.options.adapt
+    # The SA schedule only where an SA head trains: every other cell keeps the run record it had.
+    sa = SAConfig(plain_epochs=options.sa_plain_epochs, window_epochs=options.sa_window_epochs) if recipe.sa_softmax else SAConfig()
     trainer = TrainerConfig(
         out_dir=str(cell.folder), max_steps=steps, batch_size=recipe.batch_size, seed=cell.seed,
         ema_decay=budget.ema_decay, ema_modules=("model",), eval_every=0, sample_every=0,
@@ -264,7 +269,7 @@ def cell_run_config(cell: Cell, config: StudyConfig, progress: bool = True) -> A
     )
     datasets = {name: replace(config.domains[name], tasks=list(config.tasks)) for name, _ in recipe.train}
     init = str(cell.previous.folder / "checkpoints" / "latest.pt") if recipe.adapt and cell.previous is not None else ""
-    return AttributeRunConfig(datasets=datasets, model=model, optim=config.optim, init_weights=init,
+    return AttributeRunConfig(datasets=datasets, model=model, optim=config.optim, init_weights=init, sa=sa,
                               eval=EvalConfig(flip_tta=True, calibrate_thresholds=False), trainer=trainer)
 
 
@@ -302,6 +307,7 @@ def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool)
                 step = SelfTrainStep(model, train_sets, val_sets, head=head, target_faces=target,
                                      source_val=sets.get(_validation_faces(recipe)), relabel_every=options.relabel_every,
                                      precision=options.precision, strong_color=options.strong_color,
+                                     selection="sa_grade" if recipe.sa_softmax else "max_softmax",
                                      strong_erase=options.strong_erase, **settings)
             steps.append(step)
             return step

@@ -20,7 +20,8 @@ __all__ = ["write_study_report", "format_interval", "arm_title"]
 ARM_TITLES = {
     "source_only": "source only", "target_only": "target only (oracle)", "sr_mix": "SR-mix", "bicubic_mix": "bicubic-mix",
     "augment_mix": "augment-mix", "colour_match": "colour-match", "dann": "DANN", "joint": "joint (both labels)",
-    "adabn": "AdaBN", "tent": "TENT", "self_train": "self-training", "colour_self_train": "colour-match + self-training + AdaBN",
+    "adabn": "AdaBN", "tent": "TENT", "self_train": "self-training",
+    "self_train_sa": "self-training on SA grades", "colour_self_train": "colour-match + self-training + AdaBN",
     "combined": "colour-match + SR-mix + self-training + AdaBN",
 }
 

@@ -25,14 +25,14 @@ def _faces(n: int, seed: int, brightness: int = 0):
     return FaceArray(images, labels, torch.ones(n, 1, dtype=torch.bool), schema, name=f"faces{seed}")
 
 
-def _model(faces):
+def _model(faces, sa_softmax: bool = False):
     from attributes.model import ModelConfig, build_attribute_model
     from attributes.trunks import TrunkConfig
     from attributes.heads import HeadConfig
 
     torch.manual_seed(0)
     config = ModelConfig(trunk=TrunkConfig(name="alexnet_bn", input_size=32, width=0.125),
-                         head=HeadConfig(conv_channels=8, reduce_channels=8, feature_dim=16))
+                         head=HeadConfig(conv_channels=8, reduce_channels=8, feature_dim=16, sa_softmax=sa_softmax))
     return build_attribute_model(config, {"src": faces.schema})
 
 
@@ -54,7 +54,7 @@ def test_adapting_recipes_keep_the_budget_and_see_only_the_target_train_faces():
     combined = recipe_for("combined", "a", "b", config)
     assert combined.train == (("a", "a/train|gray + a/train|sr:b|gray"),) and combined.needs_sr == ("b",)
     assert faceset_transform("a/train|sr:b|gray") == ("a/train|sr:b", "gray", "")
-    for arm in ("adabn", "tent", "self_train", "colour_self_train", "combined", "dann+adabn"):
+    for arm in ("adabn", "tent", "self_train", "self_train_sa", "colour_self_train", "combined", "dann+adabn"):
         recipe = recipe_for(arm, "a", "b", config)
         while recipe is not None:
             assert all(not faces.startswith("b/") for _, faces in recipe.train), arm  # never a labelled target face
@@ -84,11 +84,11 @@ def test_adabn_replaces_the_statistics_by_the_target_faces_and_keeps_the_weights
         adapt_batch_norm(model, _faces(1, 2), "src")
 
 
-def _settings(steps: int = 4):
+def _settings(steps: int = 4, sa=None):
     from attributes.config import AugmentConfig, LossConfig, OptimConfig, SAConfig
 
     return dict(batch_size=16, max_steps=steps, optim=OptimConfig(lr=1e-2, warmup_steps=0), loss=LossConfig(),
-                sa=SAConfig(), augment=AugmentConfig(), flip_tta=True, calibrate_thresholds=False)
+                sa=sa or SAConfig(), augment=AugmentConfig(), flip_tta=True, calibrate_thresholds=False)
 
 
 class _Context:
@@ -177,6 +177,39 @@ def test_self_training_refuses_labelled_target_faces_and_trains_on_kept_pseudo_l
     assert torch.equal(restored.pseudo_mask, step.rounds[-1]["mask"])  # a resumed run keeps its last labels
 
 
+def test_sa_grades_select_the_pseudo_labels_and_tag_the_target_faces_as_training_faces():
+    from attributes.config import SAConfig
+    from attributes.inference import predict_cache
+
+    source, target = _faces(32, 0), unlabelled_view(_faces(32, 1))
+    model = _model(source, sa_softmax=True)
+    targets, mask, thresholds = pseudo_labels(model.eval(), "src", target, source, precision=0.99, selection="sa_grade")
+    decoded = predict_cache(model, target, "src", flip_tta=True)["binary"]
+    assert thresholds == {"Male": 0.6}  # grades S and A; the source threshold is not used
+    assert torch.equal(mask[:, 0], decoded["confidence"][:, 0] >= 0.6)
+    assert torch.equal(targets[:, 0], decoded["pred"][:, 0].float())
+    with pytest.raises(AdaptationError, match="needs an SA-softmax head"):
+        pseudo_labels(_model(source).eval(), "src", target, source, precision=0.9, selection="sa_grade")
+
+    # One epoch of the 32 source faces per window: the window closes at step 1 with batches of 16.
+    step = SelfTrainStep(model, {"src": source, "target:t": target}, {}, head="src", target_faces=target, source_val=source,
+                         relabel_every=4, precision=0.9, selection="sa_grade",
+                         **_settings(sa=SAConfig(plain_epochs=0, window_epochs=1)))
+    step.setup(_Context(model, step.optimizer))
+    (state,) = step.sa_states.values()
+    assert state.num_images == 64 and not state.valid[32:].any()
+    rows = np.arange(16)
+    step.train_step({"src": _batch(source, rows), "target:t": _batch(target, rows)}, 0)
+    assert torch.equal(state.valid[32:, 0], step.pseudo_mask[:, 0])  # the kept target faces are tagged training faces
+    assert torch.equal(state.true[32:, 0][step.pseudo_mask[:, 0]].long(), step.pseudo_targets[step.pseudo_mask[:, 0], 0].long())
+    saved = step.state_dict()
+    restored = SelfTrainStep(model, {"src": source, "target:t": target}, {}, head="src", target_faces=target,
+                             source_val=source, relabel_every=4, precision=0.9, selection="sa_grade",
+                             **_settings(sa=SAConfig(plain_epochs=0, window_epochs=1)))
+    restored.load_state_dict(saved)  # the tags were saved for the pseudo-labels of the last round
+    assert torch.equal(next(iter(restored.sa_states.values())).valid, state.valid)
+
+
 # -- no target label, no target test face -------------------------------------------------------
 def _train_adapting_cells(out, poison: bool, monkeypatch):
     """Train the adapting arms' cells of the tiny study; with `poison`, every target train label
@@ -187,7 +220,7 @@ def _train_adapting_cells(out, poison: bool, monkeypatch):
     from transfer.study import _ensure_trained, _settle_locations, plan_cells
 
     config = _tiny_config(out)
-    config.arms = ["source_only", "adabn", "tent", "self_train", "colour_self_train", "colour_match+adabn"]
+    config.arms = ["source_only", "adabn", "tent", "self_train", "self_train_sa", "colour_self_train", "colour_match+adabn"]
     config.budget.steps = 8
     config.options.adapt.tent_steps = 3
     config.options.adapt.relabel_every = 2

@@ -64,7 +64,9 @@ def test_a_cell_fingerprint_changes_only_with_the_options_its_recipe_reads(tmp_p
         "precision": (replace(config.options, adapt=replace(config.options.adapt, precision=0.9)),
                       {"self_train", "colour_self_train", "combined"}),
         "self_train_fraction": (replace(config.options, adapt=replace(config.options.adapt, self_train_fraction=0.3)),
-                                {"self_train", "colour_self_train", "combined"}),
+                                {"self_train", "self_train_sa", "colour_self_train", "combined"}),
+        "sa_window_epochs": (replace(config.options, adapt=replace(config.options.adapt, sa_window_epochs=2)),
+                             {"self_train_sa"}),
     }
     for name, (options, expected) in changes.items():
         after = fingerprints(options)
@@ -244,7 +246,7 @@ def test_cli_dry_run_and_bad_config_errors(tmp_path, capsys):
 
     preset = "lfw-celeba-quick"
     assert main(["transfer", "run", preset, "--dry-run"]) == 0
-    assert "35 distinct recipe(s)" in capsys.readouterr().out
+    assert "39 distinct recipe(s)" in capsys.readouterr().out
     assert main(["transfer", "run", preset, "--dry-run", "--set", "arms=[source_only,magic]"]) == 2
     assert "unknown arm" in capsys.readouterr().err
     assert main(["transfer", "run", preset, "--dry-run", "--set", "directions=[lfw->nowhere]"]) == 2
