@@ -229,6 +229,12 @@ def _kept(target: FaceArray, on_target: dict[int, tuple[torch.Tensor, torch.Tens
     return targets, mask, {target.schema.names[c]: t for c, t in thresholds.items()}
 
 
+def _columns(schema) -> list[tuple]:
+    """What a target column means to a head: its task's name, kind and classes (two datasets
+    describe the same task in their own words)."""
+    return [(task.name, task.kind, tuple(task.classes)) for task in schema]
+
+
 class SelfTrainStep(AttributeStep):
     """The attribute step on the labelled source batch plus the pseudo-labelled faces of an
     unlabelled target batch, whose labels come from the model being trained (its EMA copy when the
@@ -244,9 +250,9 @@ class SelfTrainStep(AttributeStep):
         self.target_faces = target_faces
         if self.train_sets[self.target].mask.any():
             raise AdaptationError("self-training was handed target faces with labels; it takes an unlabelled_view")
-        if target_faces.schema != self.train_sets[head].schema:
-            raise AdaptationError(f"the target's tasks {target_faces.schema.names} differ from the source head's "
-                                  f"{self.train_sets[head].schema.names}")
+        if _columns(target_faces.schema) != _columns(self.train_sets[head].schema):
+            raise AdaptationError(f"the target's tasks {_columns(target_faces.schema)} differ from the source head's "
+                                  f"{_columns(self.train_sets[head].schema)}")
         self.source_val = source_val
         self.relabel_every = relabel_every
         self.precision = precision

@@ -163,6 +163,11 @@ def test_self_training_refuses_labelled_target_faces_and_trains_on_kept_pseudo_l
         SelfTrainStep(model, {"src": source, "target:t": target}, {}, head="src", target_faces=target, source_val=source,
                       relabel_every=2, precision=0.5, **settings)
     hidden = unlabelled_view(target)
+    from data_prep.datasets.schema import LabelSchema, Task, TaskKind
+
+    # Two datasets describe one task in their own words: its name, kind and classes are what count.
+    hidden.schema = LabelSchema((Task("Male", TaskKind.BINARY, description="verified gender"),))
+    assert hidden.schema != source.schema
     step = SelfTrainStep(model, {"src": source, "target:t": hidden}, {}, head="src", target_faces=hidden,
                          source_val=source, relabel_every=2, precision=0.5, **settings)
     step.setup(_Context(model, step.optimizer))
