@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="NAME[=ROOT]",
                    help="""add a training dataset (repeatable): a data_prep name and its folder, e.g.
                        celeba=/data/celeba; 'synthetic' needs no folder""")
-    p.add_argument("--trunk", help="alexnet_bn, resnet10, resnet18, resnet34 or resnet50 (model.trunk.name; ResNet widths and stem: model.trunk.resnet_width, model.trunk.resnet_stem_stride)")
+    p.add_argument("--trunk", help="alexnet_bn, vgg_bn, resnet10, resnet18, resnet34 or resnet50 (model.trunk.name; width: model.trunk.width; ResNet widths and stem: model.trunk.resnet_width, model.trunk.resnet_stem_stride)")
     p.add_argument("--init-from", metavar="CKPT",
                    help="""start the trunk from this checkpoint's trunk: a facegan run (an identity model trained
                        with --identity, say; EMA weights when present), a trunk state_dict or torchvision ResNet

@@ -84,6 +84,9 @@ class LossConfig:
     # 5 faces of a batch of 64 weighs as much as one labelled on all 64 (each of its labels ~13x).
     # by_coverage: that mean times the labelled share of the batch, so every label weighs the same.
     sparse_labels: str = "per_task"  # per_task | by_coverage
+    # Label smoothing of the plain binary and class heads (Szegedy et al. 2016): a binary
+    # attribute trains towards 1 - s/2 and s/2 instead of 1 and 0 (0: off).
+    label_smoothing: float = 0.0
     # Joint supervision (attributes/losses.py): each term is added to the total loss with
     # its weight (0: off), outside the fixed or uncertainty weighting of the heads' own losses.
     center: float = 0.0  # center loss on the embeddings of single-label heads (identity, categorical)
@@ -102,6 +105,8 @@ class LossConfig:
             raise ConfigError(f"loss.sparse_labels must be 'per_task' or 'by_coverage', not {self.sparse_labels!r}")
         if self.f_measure_variant not in F_MEASURE_VARIANTS:
             raise ConfigError(f"loss.f_measure_variant must be one of {F_MEASURE_VARIANTS}, not {self.f_measure_variant!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         for name in ("center", "contrastive_center", "exclusive", "f_measure"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0 (0: off), got {getattr(self, name)}")

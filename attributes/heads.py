@@ -140,12 +140,15 @@ def group_loss(
     mask: torch.Tensor,
     sa_targets: torch.Tensor | None = None,
     sa_active: bool = False,
+    smoothing: float = 0.0,
 ) -> torch.Tensor | None:
     """Mean loss of one group over the labelled entries of the batch (None when none are).
 
     `targets`/`mask` are the group's columns, (B, T). `sa_targets` are SA-softmax's current
     labels (B, T) (-1 = no label), used once SA is active; before that an SA head trains as a
-    plain softmax over its N real classes.
+    plain softmax over its N real classes. `smoothing` is label smoothing for the plain binary
+    and class heads (targets 1 - s/2 and s/2 for a binary attribute; cross-entropy's own for
+    classes and DEX bins); SA heads and L1 regression ignore it.
     """
     if not mask.any():
         return None
@@ -162,6 +165,8 @@ def group_loss(
         return sa_cross_entropy(logits, labels, group.num_classes, sa_active=sa_active)
     if group.kind is TaskKind.BINARY:
         pos_weight = None if group.pos_weight is None else group.pos_weight.to(out.device)
+        if smoothing:
+            targets = targets * (1.0 - smoothing) + 0.5 * smoothing
         loss = F.binary_cross_entropy_with_logits(out, targets, reduction="none", pos_weight=pos_weight)
         return loss[mask].mean()
     if group.kind is TaskKind.REGRESSION:
@@ -170,10 +175,10 @@ def group_loss(
         if group.bins:
             low = group.value_range[0]
             bins = (y - low).round().long().clamp(0, group.bins - 1)
-            return F.cross_entropy(out[valid], bins)
+            return F.cross_entropy(out[valid], bins, label_smoothing=smoothing)
         return (out[valid, 0] - y).abs().mean() / 10.0  # in decades: keeps it on the scale of a cross-entropy
     valid = mask[:, 0]
-    return F.cross_entropy(out[valid], targets[valid, 0].round().long())
+    return F.cross_entropy(out[valid], targets[valid, 0].round().long(), label_smoothing=smoothing)
 
 
 @torch.no_grad()

@@ -208,9 +208,12 @@ class AttributeStep:
                 key = f"{name}/{group.name}"
                 sa_state = self.sa_states.get(key)
                 sa_targets = sa_state.current_labels(index.cpu()).to(out.device) if sa_state is not None and active else None
-                loss = group_loss(group, out, targets[:, group.columns], mask[:, group.columns], sa_targets, active)
+                smoothing = self.loss_config.label_smoothing
+                loss = group_loss(group, out, targets[:, group.columns], mask[:, group.columns], sa_targets, active,
+                                  smoothing=smoothing)
                 if mix is not None:
-                    loss = _mixed_loss(group, out, targets[:, group.columns], mask[:, group.columns], loss, mix[0], mix[1][name])
+                    loss = _mixed_loss(group, out, targets[:, group.columns], mask[:, group.columns], loss, mix[0],
+                                       mix[1][name], smoothing)
                 if loss is not None:
                     metrics[f"loss/{key}"] = float(loss.detach())
                     if self.loss_config.sparse_labels == "by_coverage":
@@ -360,13 +363,13 @@ class AttributeStep:
 
 
 def _mixed_loss(group: TaskGroup, out: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                own: torch.Tensor | None, lam: float, partners: torch.Tensor) -> torch.Tensor | None:
+                own: torch.Tensor | None, lam: float, partners: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor | None:
     """Mixup's loss: lam times the loss on each face's own labels plus (1 - lam) times the loss
     on its partner's (`partners`: each face's partner within this dataset's batch; for BCE this
     equals BCE on the blended targets). A side with no labels in the batch drops out and the
     other keeps its full weight."""
     partners = partners.to(targets.device)
-    other = group_loss(group, out, targets[partners], mask[partners])
+    other = group_loss(group, out, targets[partners], mask[partners], smoothing=smoothing)
     if own is None or other is None:
         return own if other is None else other
     return lam * own + (1.0 - lam) * other

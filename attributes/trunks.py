@@ -11,6 +11,12 @@ Which kernel the first conv uses at each size is in `_ALEXNET_STEMS`; `width` sc
 channel count (1.0 = 96-256-384-384-256), because the full widths cost 1.3 GFLOP per 64 px
 face, too much for a CPU budget of minutes.
 
+VGG-BN: nine 3x3 ConvUnits of 32-32-64-64-128-128-256-256-256 channels (scaled by `width`) with
+2x2 max pooling after the second, fourth and sixth, the plain network most people would write for
+64 px faces (Simonyan & Zisserman 2015, with BatchNorm). It keeps the 64 px face at full resolution
+for two convolutions, where AlexNet-BN pools after one, so small local attributes (lips, nose,
+eyebrows) survive longer; `benchmarks/attributes_vs_plain.py` measures whether that pays.
+
 ResNet: torchvision's ResNet layouts (10 = one block per stage, 18, 34, 50) built from its own
 blocks with random weights (nothing is downloaded). For inputs below 128 px the 7x7/2 stem and its
 max pool are replaced by a 3x3 conv, as is usual for small images: stride 1 keeps a 64 px face
@@ -31,7 +37,7 @@ from engine.checkpoint import CheckpointError, load_checkpoint, module_weights
 from engine.errors import FaceganError
 from engine.modes import eval_mode
 
-__all__ = ["TrunkConfig", "ConvUnit", "AlexNetBN", "ResNetTrunk", "build_trunk", "TrunkError"]
+__all__ = ["TrunkConfig", "ConvUnit", "AlexNetBN", "VGGBN", "ResNetTrunk", "build_trunk", "TrunkError"]
 
 
 class TrunkError(FaceganError, ValueError):
@@ -40,9 +46,11 @@ class TrunkError(FaceganError, ValueError):
 
 @dataclass
 class TrunkConfig:
-    name: str = "alexnet_bn"  # alexnet_bn | resnet10 | resnet18 | resnet34 | resnet50
+    name: str = "alexnet_bn"  # alexnet_bn | vgg_bn | resnet10 | resnet18 | resnet34 | resnet50
     input_size: int = 64  # 64, 128 or 224 (any size >= 32 works)
-    width: float = 0.5  # AlexNet-BN channel multiplier (1.0 = the thesis's 96-256-384-384-256)
+    # channel multiplier of AlexNet-BN (1.0 = the thesis's 96-256-384-384-256) and of VGG-BN
+    # (1.0 = 32-32-64-64-128-128-256-256-256)
+    width: float = 0.5
     checkpoint: str = ""  # local weights to start from (torchvision ResNet file, a trunk state_dict, or a facegan checkpoint)
     channels: list[int] = field(default_factory=list)  # AlexNet-BN: explicit channels of its 5 convs (a pruned model); overrides width
     resnet_width: float = 1.0  # ResNet stage-width multiplier (1.0 = torchvision's 64-128-256-512)
@@ -99,6 +107,39 @@ class AlexNetBN(nn.Module):
         self.out_channels = c5
         self.input_size = input_size
         self.cam_layer = "features.6"  # the last conv unit, before the final pooling: where Grad-CAM looks
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+_VGG_CHANNELS = (32, 32, 64, 64, 128, 128, 256, 256, 256)
+_VGG_POOL_AFTER = (2, 4, 6)  # 1-based conv indices followed by a 2x2 max pool
+
+
+class VGGBN(nn.Module):
+    """Nine 3x3 conv-BN-ReLU units with 2x2 max pools after the 2nd, 4th and 6th; see the module docstring."""
+
+    def __init__(self, input_size: int = 64, width: float = 1.0, in_channels: int = 3):
+        super().__init__()
+        if input_size < 32:
+            raise TrunkError(f"VGG-BN needs inputs of at least 32 px, got {input_size}")
+        if width <= 0:
+            raise TrunkError(f"width must be positive, got {width}")
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for index, base in enumerate(_VGG_CHANNELS, start=1):
+            channels = max(8, int(round(base * width)))
+            layers.append(ConvUnit(previous, channels, 3))
+            if index in _VGG_POOL_AFTER:
+                layers.append(nn.MaxPool2d(2))
+            previous = channels
+        self.features = nn.Sequential(*layers)
+        self.out_channels = previous
+        self.input_size = input_size
+        self.cam_layer = f"features.{len(layers) - 1}"
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -217,12 +258,16 @@ def build_trunk(config: TrunkConfig) -> nn.Module:
     name = config.name.lower()
     if name in ("alexnet_bn", "alexnet"):
         trunk: nn.Module = AlexNetBN(config.input_size, config.width, channels=config.channels)
+    elif name == "vgg_bn":
+        if config.channels:
+            raise TrunkError("explicit channels (a pruned trunk) are only supported for alexnet_bn")
+        trunk = VGGBN(config.input_size, config.width)
     elif name.startswith("resnet") and name[6:].isdigit():
         if config.channels:
             raise TrunkError("explicit channels (a pruned trunk) are only supported for alexnet_bn")
         trunk = ResNetTrunk(int(name[6:]), config.input_size, config.resnet_width, config.resnet_stem_stride)
     else:
-        raise TrunkError(f"unknown trunk {config.name!r}; choose alexnet_bn, resnet10, resnet18, resnet34 or resnet50")
+        raise TrunkError(f"unknown trunk {config.name!r}; choose alexnet_bn, vgg_bn, resnet10, resnet18, resnet34 or resnet50")
     if config.checkpoint:
         _load_checkpoint(trunk, config.checkpoint)
     return trunk

@@ -11,7 +11,7 @@ from attributes.heads import HeadConfig, decode_group, group_loss, plan_groups
 from attributes.model import ModelConfig, build_attribute_model
 from attributes.multidataset import ParallelDatasets, augment_batch, combine_losses
 from attributes.step import AugmentConfig
-from attributes.trunks import AlexNetBN, ResNetTrunk, TrunkConfig, TrunkError, build_trunk, feature_shape
+from attributes.trunks import AlexNetBN, ResNetTrunk, VGGBN, TrunkConfig, TrunkError, build_trunk, feature_shape
 from data_prep.datasets.schema import LabelSchema, Task, TaskKind
 from engine.config import ConfigError
 
@@ -33,6 +33,21 @@ def test_alexnet_bn_keeps_a_spatial_map_at_every_input_size(size, expected):
     pools = [m for m in trunk.modules() if isinstance(m, torch.nn.MaxPool2d)]
     assert len(convs) == 5 and len(pools) == 3 and all(p.kernel_size == 3 and p.stride == 2 for p in pools)
     assert convs[0].stride == ((1, 1) if size == 64 else convs[0].stride)
+
+
+@pytest.mark.parametrize("size,width,channels", [(64, 1.0, 256), (80, 0.5, 128), (64, 0.25, 64)])
+def test_vgg_bn_is_nine_3x3_units_with_three_2x2_pools(size, width, channels):
+    trunk = build_trunk(TrunkConfig("vgg_bn", size, width))
+    assert isinstance(trunk, VGGBN)
+    convs = [m for m in trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(3, 3)] * 9
+    assert [c.out_channels for c in convs] == [max(8, round(c * width)) for c in (32, 32, 64, 64, 128, 128, 256, 256, 256)]
+    pools = [i for i, m in enumerate(trunk.features) if isinstance(m, torch.nn.MaxPool2d)]
+    assert pools == [2, 5, 8]  # after the second, fourth and sixth unit
+    assert feature_shape(trunk, size) == (channels, size // 8, size // 8)
+    assert trunk.get_submodule(trunk.cam_layer) is trunk.features[-1]
+    with pytest.raises(TrunkError, match="pruned"):
+        build_trunk(TrunkConfig("vgg_bn", 64, 0.5, channels=[8] * 5))
 
 
 def test_resnet_trunk_small_stem_and_local_torchvision_weights(tmp_path):
@@ -107,6 +122,20 @@ def test_groups_follow_the_schema():
     assert by_name["Hair"].num_outputs == 5 and by_name["Age"].num_outputs == 21
     with pytest.raises(ValueError, match="not in its schema"):
         plan_groups("d", MIXED, HeadConfig(), tasks=["Nope"])
+
+
+def test_label_smoothing_pulls_binary_targets_towards_one_half_and_smooths_class_heads():
+    groups = {g.name: g for g in plan_groups("d", MIXED, HeadConfig())}
+    torch.manual_seed(0)
+    out, targets = torch.randn(4, 3), torch.tensor([[1.0, 0.0, 1.0]] * 4)
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    smoothed = group_loss(groups["binary"], out, targets, mask, smoothing=0.2)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out, targets * 0.8 + 0.1)
+    assert torch.allclose(smoothed, expected)
+    assert not torch.allclose(smoothed, group_loss(groups["binary"], out, targets, mask))
+    logits, classes = torch.randn(4, 4), torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    hair = group_loss(groups["Hair"], logits, classes, torch.ones(4, 1, dtype=torch.bool), smoothing=0.1)
+    assert torch.allclose(hair, torch.nn.functional.cross_entropy(logits, classes[:, 0].long(), label_smoothing=0.1))
 
 
 def test_masked_labels_do_not_change_the_loss():
@@ -302,7 +331,8 @@ def test_augment_config_refuses_out_of_range_values():
 def test_loss_and_optim_configs_refuse_bad_values_when_built():
     from attributes.step import LossConfig, OptimConfig
 
-    for bad in ({"weighting": "learned"}, {"sparse_labels": "sometimes"}, {"f_measure_variant": "f2"}, {"center": -1.0}):
+    for bad in ({"weighting": "learned"}, {"sparse_labels": "sometimes"}, {"f_measure_variant": "f2"}, {"center": -1.0},
+                {"label_smoothing": 1.0}, {"label_smoothing": -0.1}):
         with pytest.raises(ConfigError, match="loss"):
             LossConfig(**bad)
     for bad in ({"optimizer": "adam"}, {"schedule": "step"}, {"lr": 0.0}, {"min_lr_ratio": 2.0}, {"warmup_steps": -1}):
