@@ -5,6 +5,8 @@ the people of ../shared/data/celeba.
     python benchmarks/attributes_vs_plain.py --only 0,1             # some folds (each ~30 min)
     python benchmarks/attributes_vs_plain.py --preset my.yaml --set model.trunk.width=0.5
     python benchmarks/attributes_vs_plain.py --quick                # a pipeline check (~3 min)
+    python benchmarks/attributes_vs_plain.py --only 0 --set model.trunk.name=vgg_bn \
+        --out runs/bench/candidate --reference-from runs/bench/attributes_vs_plain   # a recipe search
 
 For each fold k of --folds (the people shuffled with --split-seed and dealt round-robin, so every
 person is tested exactly once over the folds):
@@ -24,6 +26,11 @@ balanced accuracy of each, with 95% intervals from a bootstrap over the test peo
 paired difference facegan - plain with its interval. Results go to OUT/results.json and
 OUT/results.md; every fold's models stay in OUT/fold<k>/, and a rerun reuses what is done.
 Run it alone on the machine: the budget is wall-clock time.
+
+--reference-from DIR takes each fold's reference (its budget T and its predictions) from an
+earlier run's DIR/fold<k>/fold.json instead of training it again, so a candidate recipe costs only
+its own training. That is for searching recipes on one machine in one session: the judged
+comparison trains both in one run.
 """
 from __future__ import annotations
 
@@ -121,6 +128,15 @@ def facegan_predictions(config, checkpoint: Path, work_dir: Path) -> tuple[list[
     return [str(Path(r.path).resolve()) for r in test.records], decisions.numpy(), names
 
 
+def reused_plain_correct(reused: dict, people: list[str], truth: np.ndarray, known: np.ndarray, source: str) -> list:
+    """The reference's right/wrong table from an earlier run's fold record, if that run scored the
+    same faces, in the same order, with the same labels; else it refuses."""
+    if reused["people"] != people or reused["truth"] != truth.tolist() or reused["known"] != known.tolist():
+        raise SystemExit(f"the test faces differ from those of {source}: run with the same --folds, --split-seed and "
+                         "--root, or train the reference again")
+    return reused["plain_correct"]
+
+
 def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: float | None) -> dict:
     from attributes.train import train
     from data_prep.datasets.splits import kfold_split
@@ -141,13 +157,20 @@ def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: floa
         y = np.array([[r.labels.get(n, -1) for n in names] for r in rows], dtype=np.float32)
         return x, (y > 0).astype(np.float32), y >= 0
 
-    x_train, y_train, m_train = arrays(train_records)
     print(f"fold {fold}: {len(train_records)} training faces, {len(test_records)} test faces of "
           f"{len({r.identity for r in test_records})} people", flush=True)
-    model, plain_seconds, plain_steps = train_plain(x_train, y_train, m_train, epochs=args.epochs, seed=args.seed)
-    x_test, _, _ = arrays(test_records)
-    plain_prob = predict_plain(model, x_test)
-    print(f"  plain CNN: {args.epochs} epochs, {plain_steps} steps in {plain_seconds:.0f} s", flush=True)
+    reused = None
+    if args.reference_from:
+        reused = json.loads((args.reference_from / f"fold{fold}" / "fold.json").read_text())
+        plain_seconds, plain_steps = reused["plain_seconds"], reused["plain_steps"]
+        print(f"  plain CNN from {args.reference_from}: {plain_steps} steps in {plain_seconds:.0f} s (not retrained)",
+              flush=True)
+    else:
+        x_train, y_train, m_train = arrays(train_records)
+        model, plain_seconds, plain_steps = train_plain(x_train, y_train, m_train, epochs=args.epochs, seed=args.seed)
+        x_test, _, _ = arrays(test_records)
+        plain_prob = predict_plain(model, x_test)
+        print(f"  plain CNN: {args.epochs} epochs, {plain_steps} steps in {plain_seconds:.0f} s", flush=True)
 
     config = facegan_config(args, fold, out / "facegan", 1, plain_seconds)
     members = max(1, config.members)
@@ -171,14 +194,18 @@ def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: floa
     known = truth >= 0
     truth = (truth > 0).astype(int)
     ours = np.stack([ours_by_path[str(Path(test_records[i].path).resolve())] for i in kept]).astype(int)
-    plain = (plain_prob[kept] >= 0.5).astype(int)
+    people = [test_records[i].identity for i in kept]
+    if reused is None:
+        plain_correct = ((plain_prob[kept] >= 0.5).astype(int) == truth).tolist()
+    else:
+        plain_correct = reused_plain_correct(reused, people, truth, known, f"fold {fold} of {args.reference_from}")
     result = {
         "fold": fold, "test_faces": len(test_records), "scored_faces": len(kept),
         "left_out_by_the_aligner": len(test_records) - len(kept),
         "plain_seconds": plain_seconds, "plain_steps": plain_steps, "facegan_seconds": facegan_seconds,
         "facegan_steps": summary["global_step"], "facegan_members": members,
-        "people": [test_records[i].identity for i in kept],
-        "facegan_correct": (ours == truth).tolist(), "plain_correct": (plain == truth).tolist(),
+        "reference_from": str(args.reference_from or ""), "people": people,
+        "facegan_correct": (ours == truth).tolist(), "plain_correct": plain_correct,
         "truth": truth.tolist(), "known": known.tolist(),
     }
     from engine.checkpoint import atomic_write_text
@@ -234,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a pipeline check, not a measurement: 2 folds, fold 0, 1 epoch, 10 pilot steps, 200 resamples")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "attributes_vs_plain")
+    parser.add_argument("--reference-from", type=Path, default=None, metavar="DIR",
+                        help="reuse each fold's reference (budget and predictions) from an earlier run's --out DIR instead "
+                             "of training it again: for recipe searches, not for the judged comparison")
     args = parser.parse_args(argv)
     if args.quick:
         args.folds, args.only, args.epochs = 2, args.only or "0", 1
@@ -256,11 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"CPU: {cpu}; torch threads {args.threads}; {len(dataset.records)} faces of "
           f"{len({r.identity for r in dataset.records})} people; folds {folds} of {args.folds}", flush=True)
-    start = time.perf_counter()
-    paths = [str(Path(r.path).resolve()) for r in dataset.records]
-    images = dict(zip(paths, load_center_crops(paths)))
-    print(f"decoded {len(paths)} centre crops for the reference in {time.perf_counter() - start:.0f} s (not in the budget)",
-          flush=True)
+    images: dict[str, np.ndarray] = {}
+    if not args.reference_from:
+        start = time.perf_counter()
+        paths = [str(Path(r.path).resolve()) for r in dataset.records]
+        images = dict(zip(paths, load_center_crops(paths)))
+        print(f"decoded {len(paths)} centre crops for the reference in {time.perf_counter() - start:.0f} s (not in the "
+              "budget)", flush=True)
     rate = pilot_rate(args, dataset)
     print(f"facegan pilot: {rate:.2f} steps/s (sets each member's steps to fill its share of the budget)", flush=True)
     results = []
@@ -276,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         return bootstrap(cat["people"], cat["facegan_correct"], cat["plain_correct"], cat["truth"], cat["known"].astype(bool),
                          args.n_boot, args.split_seed)
 
+    reference = (f"; the reference's budget and predictions are reused from {args.reference_from}, an earlier run "
+                 f"on this machine") if args.reference_from else ""
     lines = [f"# facegan ({args.preset}) against a plain CNN at the same wall-clock budget", "",
+             f"Overrides: {', '.join(args.overrides) or 'none'}{reference}.", "",
              f"CPU: {cpu}, {args.threads} torch threads; CelebA at {args.root}; folds {folds} of {args.folds} "
              f"over people (split seed {args.split_seed}); budget = the reference's {args.epochs} epochs.", "",
              "| fold | faces scored (left out by the aligner) | reference s (steps) | facegan s (steps per member x members) "

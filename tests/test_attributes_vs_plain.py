@@ -55,3 +55,15 @@ def test_scores_are_the_mean_and_balanced_accuracy_over_attributes():
     assert result["difference_accuracy"]["value"] == pytest.approx(0.75)
     assert result["plain_accuracy"]["value"] == 0.0
     assert result["difference_accuracy"]["low"] <= 0.75 <= result["difference_accuracy"]["high"]
+
+
+def test_a_reused_reference_must_have_scored_the_same_faces():
+    bench = _load("attributes_vs_plain")
+    truth = np.array([[1, 0], [0, 1]])
+    known = np.ones_like(truth, dtype=bool)
+    record = {"people": ["a", "b"], "truth": truth.tolist(), "known": known.tolist(), "plain_correct": [[1, 1], [0, 1]]}
+    assert bench.reused_plain_correct(record, ["a", "b"], truth, known, "run") == [[1, 1], [0, 1]]
+    for people, other_truth, other_known in ((["b", "a"], truth, known), (["a", "b"], 1 - truth, known),
+                                             (["a", "b"], truth, ~known)):
+        with pytest.raises(SystemExit, match="differ"):
+            bench.reused_plain_correct(record, people, other_truth, other_known, "run")
