@@ -1,8 +1,8 @@
 """facegan's CelebA attribute preset against a plain CNN at the same wall-clock budget, k-fold over
 the people of ../shared/data/celeba.
 
-    python benchmarks/attributes_vs_plain.py                        # 5 folds (~2.5-3 h on 2 cores)
-    python benchmarks/attributes_vs_plain.py --only 0,1             # some folds (each ~30 min)
+    python benchmarks/attributes_vs_plain.py                        # 5 folds (~1 h 40 min on 2 cores)
+    python benchmarks/attributes_vs_plain.py --only 0,1             # some folds (each ~20 min)
     python benchmarks/attributes_vs_plain.py --preset my.yaml --set model.trunk.width=0.5
     python benchmarks/attributes_vs_plain.py --quick                # a pipeline check (~3 min)
     python benchmarks/attributes_vs_plain.py --only 0 --set model.trunk.name=vgg_bn \
@@ -137,14 +137,26 @@ def reused_plain_correct(reused: dict, people: list[str], truth: np.ndarray, kno
     return reused["plain_correct"]
 
 
+def fold_recipe(args) -> dict:
+    """What a fold's result depends on besides the data: a rerun reuses a fold only if these match."""
+    return {"preset": str(args.preset), "overrides": list(args.overrides), "folds": args.folds, "epochs": args.epochs,
+            "split_seed": args.split_seed, "seed": args.seed, "val_fraction": args.val_fraction,
+            "reference_from": str(args.reference_from or "")}
+
+
 def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: float | None) -> dict:
     from attributes.train import train
     from data_prep.datasets.splits import kfold_split
 
     out = args.out / f"fold{fold}"
     done = out / "fold.json"
+    recipe = fold_recipe(args)
     if done.is_file():
-        return json.loads(done.read_text())
+        made = json.loads(done.read_text())
+        if made.get("recipe") != recipe:
+            raise SystemExit(f"{done} was made with another recipe ({made.get('recipe', 'not recorded')}), not {recipe}: "
+                             "give another --out, or delete that fold to train it again")
+        return made
     out.mkdir(parents=True, exist_ok=True)
     records = kfold_split(dataset.records, args.folds, fold, val_fraction=args.val_fraction, seed=args.split_seed)
     dataset_identity = {str(Path(r.path).resolve()): r.identity for r in records}
@@ -200,7 +212,7 @@ def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: floa
     else:
         plain_correct = reused_plain_correct(reused, people, truth, known, f"fold {fold} of {args.reference_from}")
     result = {
-        "fold": fold, "test_faces": len(test_records), "scored_faces": len(kept),
+        "fold": fold, "recipe": recipe, "test_faces": len(test_records), "scored_faces": len(kept),
         "left_out_by_the_aligner": len(test_records) - len(kept),
         "plain_seconds": plain_seconds, "plain_steps": plain_steps, "facegan_seconds": facegan_seconds,
         "facegan_steps": summary["global_step"], "facegan_members": members,
@@ -244,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=default_root(), help="the CelebA folder (default: $FACEGAN_DATA/celeba, "
                         "else ../shared/data/celeba beside the repository)")
-    parser.add_argument("--preset", default="celeba64-closeup-all", help="the facegan attribute preset (a name or a YAML file)")
+    parser.add_argument("--preset", default="celeba80-vgg-closeup-all", help="the facegan attribute preset (a name or a YAML file)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the preset (repeatable), e.g. model.trunk.width=0.5")
     parser.add_argument("--folds", type=int, default=5, help="folds over the people (default 5)")

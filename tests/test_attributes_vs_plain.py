@@ -67,3 +67,24 @@ def test_a_reused_reference_must_have_scored_the_same_faces():
                                              (["a", "b"], truth, ~known)):
         with pytest.raises(SystemExit, match="differ"):
             bench.reused_plain_correct(record, people, other_truth, other_known, "run")
+
+
+def test_a_rerun_reuses_a_fold_only_if_it_was_made_with_the_same_recipe(tmp_path):
+    import argparse
+    import json
+
+    bench = _load("attributes_vs_plain")
+    args = argparse.Namespace(out=tmp_path, preset="celeba80-vgg-closeup-all", overrides=[], folds=5, epochs=15,
+                              split_seed=0, seed=0, val_fraction=0.0, reference_from=None)
+    (tmp_path / "fold0").mkdir()
+    made = {"fold": 0, "recipe": bench.fold_recipe(args), "plain_seconds": 1.0}
+    (tmp_path / "fold0" / "fold.json").write_text(json.dumps(made))
+    assert bench.run_fold(args, 0, None, None, None) == made  # nothing else is needed to reuse it
+    args.overrides = ["loss.label_smoothing=0.2"]
+    with pytest.raises(SystemExit, match="another recipe"):
+        bench.run_fold(args, 0, None, None, None)
+    del made["recipe"]  # a record from before recipes were recorded is not trusted either
+    (tmp_path / "fold0" / "fold.json").write_text(json.dumps(made))
+    args.overrides = []
+    with pytest.raises(SystemExit, match="not recorded"):
+        bench.run_fold(args, 0, None, None, None)

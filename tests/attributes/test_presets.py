@@ -54,3 +54,15 @@ def test_train_split_is_checked_when_the_config_is_built():
 
     with pytest.raises(ConfigError, match="train_split"):
         DatasetEntry(train_split="everything")
+
+
+def test_the_vgg_preset_is_the_closeup_ensemble_with_another_trunk_size_and_label_smoothing():
+    closeup = load_config(AttributeRunConfig, PRESET_DIR / "celeba64-closeup-all.yaml")
+    vgg = load_config(AttributeRunConfig, PRESET_DIR / "celeba80-vgg-closeup-all.yaml")
+    assert (vgg.model.trunk.name, vgg.model.trunk.input_size, vgg.model.trunk.width) == ("vgg_bn", 80, 0.5)
+    assert vgg.loss.label_smoothing == 0.1 and closeup.loss.label_smoothing == 0.0
+    assert vgg.trainer.out_dir != closeup.trainer.out_dir
+    assert vgg.datasets == closeup.datasets and vgg.model.head == closeup.model.head
+    for section in ("optim", "augment", "eval"):
+        assert getattr(vgg, section) == getattr(closeup, section)
+    assert (vgg.members, vgg.trainer.max_steps, vgg.trainer.amp) == (closeup.members, closeup.trainer.max_steps, True)
