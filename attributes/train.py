@@ -49,7 +49,7 @@ StepFactory = Callable[[AttributeModel, dict[str, Any], dict[str, Any], dict[str
 def run_record(config: AttributeRunConfig, schemas: dict[str, LabelSchema]) -> dict:
     """What a checkpoint records of the run: the config without its trainer section, and the
     label schemas the heads were built for."""
-    data = without_later_defaults(to_dict(config), {"age_groups": [], **LATER_SOURCE_DEFAULTS})
+    data = without_later_defaults(to_dict(config), {"age_groups": [], "label_smoothing": 0.0, **LATER_SOURCE_DEFAULTS})
     data.pop("trainer")
     data["schemas"] = {name: schema.to_dict() for name, schema in schemas.items()}
     return data
