@@ -173,7 +173,11 @@ def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: floa
           f"{len({r.identity for r in test_records})} people", flush=True)
     reused = None
     if args.reference_from:
-        reused = json.loads((args.reference_from / f"fold{fold}" / "fold.json").read_text())
+        source = args.reference_from / f"fold{fold}" / "fold.json"
+        if not source.is_file():
+            raise SystemExit(f"--reference-from {args.reference_from}: fold {fold} has no {source.name} there; run that "
+                             "fold with its reference first")
+        reused = json.loads(source.read_text())
         plain_seconds, plain_steps = reused["plain_seconds"], reused["plain_steps"]
         print(f"  plain CNN from {args.reference_from}: {plain_steps} steps in {plain_seconds:.0f} s (not retrained)",
               flush=True)
@@ -232,14 +236,21 @@ def pilot_rate(args, dataset) -> float:
 
     out = args.out / "pilot"
     record = out / "rate.json"
+    recipe = fold_recipe(args)
     if record.is_file():
-        return json.loads(record.read_text())["steps_per_second"]
+        measured = json.loads(record.read_text())
+        if measured.get("recipe") == recipe:
+            return measured["steps_per_second"]
+    import shutil
+
+    shutil.rmtree(out / "run", ignore_errors=True)  # a pilot of another recipe: measure afresh, not resume it
     config = facegan_config(args, 0, out / "run", args.pilot_steps, 0.0)
     config.members = 1
     summary = train(config, progress=False)
     rate = summary["global_step"] / summary["seconds"]
     out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"steps_per_second": rate, "steps": summary["global_step"], "seconds": summary["seconds"]}))
+    record.write_text(json.dumps({"steps_per_second": rate, "steps": summary["global_step"], "seconds": summary["seconds"],
+                                  "recipe": recipe}))
     return rate
 
 
