@@ -18,12 +18,12 @@ SCHEMAS = {"faces": LabelSchema((Task("Smiling", TaskKind.BINARY), Task("Male", 
                                  Task("Age", TaskKind.REGRESSION, value_range=(0.0, 100.0))))}
 
 
-def _trained_looking(seed: int, sa: bool = False):
+def _trained_looking(seed: int, sa: bool = False, schemas=SCHEMAS):
     """A small model whose BatchNorms hold non-trivial statistics, as after training."""
     torch.manual_seed(seed)
     config = ModelConfig(TrunkConfig("alexnet_bn", 64, 0.125),
                          HeadConfig(conv_channels=16, reduce_channels=8, feature_dim=32, sa_softmax=sa))
-    model = build_attribute_model(config, SCHEMAS).eval()
+    model = build_attribute_model(config, schemas).eval()
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -67,3 +67,27 @@ def test_bf16_is_used_only_where_the_cpu_has_it(tmp_path):
     fast = loaded.fast(bf16=True)
     assert fast.dtype == (torch.bfloat16 if cpu_has_native_bfloat16() else None)
     assert loaded.fast(bf16=True) is fast and loaded.fast() is not fast  # one per precision, made once
+
+
+def test_micro_batches_give_the_outputs_of_one_batch():
+    """The CPU fast path runs a batch in pieces of `micro_batch` faces that never mix datasets;
+    faces past the layout (unlabelled) are skipped; every face's outputs are those of the
+    whole batch at once, in the same order."""
+    schemas = {"faces": SCHEMAS["faces"], "other": LabelSchema((Task("Smiling", TaskKind.BINARY),))}
+    model = _trained_looking(4, schemas=schemas)
+    images = torch.randn(13, 3, 64, 64)
+    layout = [("faces", 7), ("other", 4)]
+    want, _ = model(images, layout, unlabelled=2)
+    pieces = FastAttributeModel(model, micro_batch=3)
+    assert list(pieces._pieces(layout, images.device)) == [("faces", 0, 3), ("faces", 3, 6), ("faces", 6, 7),
+                                                           ("other", 7, 10), ("other", 10, 11)]
+    got, _ = pieces(images, layout, unlabelled=2)
+    whole, _ = FastAttributeModel(model, micro_batch=None)(images, layout, unlabelled=2)
+    assert got.keys() == want.keys() == {"faces", "other"}
+    for dataset in want:
+        for name in want[dataset]:
+            assert got[dataset][name].shape == want[dataset][name].shape
+            torch.testing.assert_close(got[dataset][name], want[dataset][name], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got[dataset][name], whole[dataset][name], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="layout covers 11 images"):
+        pieces(images, layout)
