@@ -12,9 +12,13 @@ for `--rounds` rounds, each in a fresh process with torch on `--threads` threads
 - `facegan align SRC DST` as a user runs it: the command's start-up, decoding, detection,
   alignment, writing every face and the manifest, timed from launch to exit.
 
+- with `--cache`, also `facegan data cache --dataset NAME` (the aligned-face cache training
+  reads) end to end the same way, at the same face fraction, 64 px.
+
 It prints the median images/s of each, the ratio (facegan / bare), and the share of images each
 found a face in with score >= 0.9 (for facegan: manifest rows with status "aligned" at its default
-min_score 0.9). The CPU is named (lscpu) beside the numbers.
+min_score 0.9; for the cache: faces cached of the dataset's images). The CPU is named (lscpu)
+beside the numbers.
 """
 from __future__ import annotations
 
@@ -98,6 +102,25 @@ def run_facegan(src: Path, dst: Path, threads: int, extra: list[str]) -> dict:
     return {"seconds": seconds, "found": int(summary["aligned"]), "images": int(summary["inputs"])}
 
 
+def run_cache(name: str, root: Path, dst: Path, threads: int, face_fraction: float) -> dict:
+    """`facegan data cache --dataset NAME` timed from launch to exit; faces cached and skipped."""
+    import re
+
+    facegan = Path(sys.executable).with_name("facegan")
+    command = [str(facegan)] if facegan.exists() else [sys.executable, "-m", "transfer.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FACEGAN_THREADS": str(threads)}
+    start = time.perf_counter()
+    out = subprocess.run([*command, "data", "cache", str(dst), "--dataset", name, "--root", str(root / name),
+                          "--size", "64", "--face-fraction", str(face_fraction), "--no-progress"],
+                         check=True, env=env, cwd=REPO, capture_output=True, text=True).stdout
+    seconds = time.perf_counter() - start
+    summary = re.search(r": (\d+) faces at .* skipped (\d+)", out)
+    if summary is None:
+        raise SystemExit(f"facegan data cache printed no summary:\n{out}")
+    cached, skipped = int(summary[1]), int(summary[2])
+    return {"seconds": seconds, "found": cached, "images": cached + skipped}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=None, help="folder holding celeba/ and utkface/")
@@ -106,14 +129,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both (default 2)")
     parser.add_argument("--batch", type=int, default=32, help="bare MTCNN's batch (default 32)")
+    parser.add_argument("--cache", action="store_true",
+                        help="also time `facegan data cache --dataset NAME` (every image of the dataset; not with --images)")
     parser.add_argument("--facegan-args", default="",
                         help="options for `facegan align` (default: --face-fraction of the dataset, as --dataset would use)")
     args = parser.parse_args()
+    if args.cache and args.images:
+        parser.error("--cache caches the whole dataset: leave --images out")
     root = args.data_root or default_data_root()
     print(f"CPU: {cpu_model_name()}; {args.threads} thread(s); {args.images or 'all'} images per dataset; {args.rounds} rounds")
     print()
-    print("| dataset | bare MTCNN images/s | facegan align images/s | ratio | bare found (>= 0.9) | facegan aligned |")
-    print("|---|---|---|---|---|---|")
+    cache_head = (" data cache images/s | ratio | cached |", "---|---|---|") if args.cache else ("", "")
+    print("| dataset | bare MTCNN images/s | facegan align images/s | ratio | bare found (>= 0.9) | facegan aligned |"
+          + cache_head[0])
+    print("|---|---|---|---|---|---|" + cache_head[1])
     results = {}
     for name in args.datasets:
         folder = root / DATASETS[name]
@@ -126,18 +155,26 @@ def main() -> None:
             src.mkdir()
             for f in files:
                 (src / f.name).symlink_to(f)
-            bare, ours = [], []
+            bare, ours, caches = [], [], []
             for r in range(args.rounds):
                 bare.append(run_bare(files, args.threads, args.batch))
                 extra = args.facegan_args.split() or ["--face-fraction", str(FACE_SIZES[name])]
                 ours.append(run_facegan(src, Path(tmp) / f"dst{r}", args.threads, extra))
+                if args.cache:
+                    caches.append(run_cache(name, root, Path(tmp) / f"cache{r}", args.threads, FACE_SIZES[name]))
         bare_rate = statistics.median(b["images"] / b["seconds"] for b in bare)
         our_rate = statistics.median(o["images"] / o["seconds"] for o in ours)
         n = len(files)
-        results[name] = {"bare": bare, "facegan": ours}
+        results[name] = {"bare": bare, "facegan": ours, **({"cache": caches} if caches else {})}
+        cache_cells = ""
+        if caches:
+            cache_rate = statistics.median(c["images"] / c["seconds"] for c in caches)
+            c = caches[0]
+            cache_cells = (f" {cache_rate:.1f} | {cache_rate / bare_rate:.2f}x | "
+                           f"{c['found']}/{c['images']} ({100 * c['found'] / c['images']:.1f}%) |")
         print(f"| {name} | {bare_rate:.1f} | {our_rate:.1f} | {our_rate / bare_rate:.2f}x | "
               f"{bare[0]['found']}/{n} ({100 * bare[0]['found'] / n:.1f}%) | "
-              f"{ours[0]['found']}/{n} ({100 * ours[0]['found'] / n:.1f}%) |", flush=True)
+              f"{ours[0]['found']}/{n} ({100 * ours[0]['found'] / n:.1f}%) |" + cache_cells, flush=True)
     print()
     print("rounds:", json.dumps({k: {e: [round(x["images"] / x["seconds"], 1) for x in v[e]] for e in v}
                                  for k, v in results.items()}))
