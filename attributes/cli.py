@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        with --identity, say; EMA weights when present), a trunk state_dict or torchvision ResNet
                        weights (model.trunk.checkpoint); the heads start fresh""")
     p.add_argument("--input-size", type=int, choices=(64, 128, 224), help="face size in pixels (model.trunk.input_size)")
-    p.add_argument("--sa-softmax", action="store_true", help="SA-softmax heads with dynamic tags (model.head.sa_softmax)")
+    p.add_argument("--sa-softmax", action="store_true", help="SA-softmax heads: an 'unrecognizable' output per task (model.head.sa_softmax), "
+                   "learned from the thesis's dynamic tags, or with --set sa.method=gamblers from the gamblers' loss "
+                   "(Liu et al. 2019)")
     p.add_argument("--identity", action="store_true",
                    help="""also learn each dataset's face identity: a categorical task 'Identity' with one class per
                        person of its training split (datasets.NAME.identity); evaluate it with `attributes verify`""")

@@ -117,6 +117,16 @@ class SAConfig:
     plain_epochs: int = 10  # epochs of plain softmax before the N+1 "unrecognizable" class is used
     window_epochs: int = 10  # epochs per counting window of the dynamic tags
     threshold: float = 0.5  # accuracy below which a tag is flipped (to N+1, or back)
+    # how the N+1-th output learns once active: "tags" (the thesis's dynamic relabelling) or
+    # "gamblers" (Liu et al. 2019: true labels kept, abstaining pays 1/o; see sa_softmax.gamblers_loss)
+    method: str = "tags"
+    gamblers_reward: float = 0.6  # o = 1 + reward (N - 1): 1.6 for a binary task, 3.4 for 5 classes
+
+    def __post_init__(self) -> None:
+        if self.method not in ("tags", "gamblers"):
+            raise ConfigError(f"sa.method must be 'tags' or 'gamblers', got {self.method!r}")
+        if not 0.0 < self.gamblers_reward <= 1.0:
+            raise ConfigError(f"sa.gamblers_reward must be in (0, 1], got {self.gamblers_reward}")
 
 
 @dataclass

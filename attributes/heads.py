@@ -141,6 +141,7 @@ def group_loss(
     sa_targets: torch.Tensor | None = None,
     sa_active: bool = False,
     smoothing: float = 0.0,
+    gamblers_reward: float = 0.0,
 ) -> torch.Tensor | None:
     """Mean loss of one group over the labelled entries of the batch (None when none are).
 
@@ -148,20 +149,23 @@ def group_loss(
     labels (B, T) (-1 = no label), used once SA is active; before that an SA head trains as a
     plain softmax over its N real classes. `smoothing` is label smoothing for the plain binary
     and class heads (targets 1 - s/2 and s/2 for a binary attribute; cross-entropy's own for
-    classes and DEX bins); SA heads and L1 regression ignore it.
+    classes and DEX bins); SA heads and L1 regression ignore it. `gamblers_reward` > 0 trains an
+    active SA head with the gamblers' loss on the true labels instead of `sa_targets`.
     """
     if not mask.any():
         return None
     if group.sa:
-        from attributes.sa_softmax import sa_cross_entropy
+        from attributes.sa_softmax import gamblers_loss, sa_cross_entropy
 
         logits = _binary_logits(group, out) if group.kind is TaskKind.BINARY else out.unsqueeze(1)
-        if sa_active and sa_targets is not None:
+        labels = torch.where(mask, targets.round().long(), torch.full_like(targets, -1, dtype=torch.long))
+        gamblers = sa_active and gamblers_reward > 0
+        if sa_active and sa_targets is not None and not gamblers:
             labels = sa_targets
-        else:
-            labels = torch.where(mask, targets.round().long(), torch.full_like(targets, -1, dtype=torch.long))
         if not (labels >= 0).any():
             return None
+        if gamblers:
+            return gamblers_loss(logits, labels, group.num_classes, gamblers_reward)
         return sa_cross_entropy(logits, labels, group.num_classes, sa_active=sa_active)
     if group.kind is TaskKind.BINARY:
         pos_weight = None if group.pos_weight is None else group.pos_weight.to(out.device)

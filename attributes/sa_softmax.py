@@ -380,3 +380,37 @@ def grade(confidence: torch.Tensor | float) -> list[str]:
     """Grade letters of the flattened confidences (see `grade_index`)."""
     return [GRADES[i] for i in grade_index(confidence).flatten().tolist()]
 
+
+def gamblers_loss(logits: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor,
+                  num_classes: int | Sequence[int] | torch.Tensor, reward: float) -> torch.Tensor:
+    """The gamblers' loss (Liu et al., "Deep Gamblers: Learning to Abstain with Portfolio
+    Theory", NeurIPS 2019) on SA-softmax heads, mean over the entries whose target is not -1:
+    -log(p_y + p_N / o) with p the softmax over all N+1 outputs.
+
+    Instead of the thesis's hard relabelling, every face keeps its true label and the model may
+    bet part of its mass on "unrecognizable", which pays 1/o of a correct answer. The payoff
+    o lies in (1, N]; `reward` in (0, 1] places it there per task, o = 1 + reward (N - 1), so
+    one setting serves binary and 5-way tasks alike (smaller reward: more abstention).
+    """
+    if not 0.0 < reward <= 1.0:
+        raise ValueError(f"reward must be in (0, 1], got {reward}")
+    x = _as_task_tensor(logits)
+    batch, tasks, width = x.shape
+    if targets.dim() == 1 and tasks == 1:
+        targets = targets.unsqueeze(1)
+    n = _classes_tensor(num_classes, tasks)
+    targets = targets.long()
+    if ((targets < -1) | (targets >= n.to(targets.device).unsqueeze(0))).any():
+        raise ValueError(f"a target is outside the real classes 0..N-1; num_classes = {n.tolist()}")
+    labelled = targets >= 0
+    if not labelled.any():
+        return x.float().sum() * 0.0
+    allowed = _class_mask(n, width, True, x.device)
+    log_p = torch.log_softmax(x.float().masked_fill(~allowed.unsqueeze(0), float("-inf")), dim=-1)
+    payoff = 1.0 + reward * (n.to(x.device).float() - 1.0)                        # [T]
+    abstain = log_p.gather(-1, n.to(x.device).view(1, tasks, 1).expand(batch, tasks, 1)).squeeze(-1)
+    correct = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    # log(p_y + p_N / o), computed in log space so that tiny probabilities stay finite
+    log_bet = torch.logaddexp(correct, abstain - torch.log(payoff).unsqueeze(0))
+    return -log_bet[labelled].mean()
+

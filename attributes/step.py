@@ -5,7 +5,8 @@ the trunk ONCE; each dataset's slice goes to its heads; each (dataset, task grou
 is computed on the labelled entries only; the terms are combined (fixed or uncertainty
 weights); one optimizer step. With SA-softmax, the step also keeps each dataset's per-image
 tag state (Yu 2017, sec. 3.6.2) and closes a counting window whenever that dataset has been seen for
-`window_epochs` more epochs; the state is part of the checkpoint.
+`window_epochs` more epochs; the state is part of the checkpoint. With `sa.method: gamblers` there
+are no tags: the SA heads learn from the true labels with the gamblers' loss.
 """
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ class AttributeStep:
         if self.centers is not None and self.centers.contrastive is not None:
             self.optimizer.add_param_group({"params": list(self.centers.parameters()), "weight_decay": 0.0})
         self.sa_states: dict[str, Any] = self._build_sa_states()
+        self.gamblers_reward = sa.gamblers_reward if sa.method == "gamblers" else 0.0
         from attributes.sa_softmax import SASchedule
 
         self.sa_schedule = SASchedule(sa.plain_epochs, sa.window_epochs)
@@ -132,7 +134,11 @@ class AttributeStep:
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
     def _build_sa_states(self) -> dict[str, Any]:
+        """The thesis's dynamic tags of every SA group (none with the gamblers' loss, which keeps
+        the true labels)."""
         states = {}
+        if self.sa_config.method == "gamblers":
+            return states
         for dataset in self.names:
             cache = self.train_sets[dataset]
             for group in self.model.groups[dataset]:
@@ -210,7 +216,7 @@ class AttributeStep:
                 sa_targets = sa_state.current_labels(index.cpu()).to(out.device) if sa_state is not None and active else None
                 smoothing = self.loss_config.label_smoothing
                 loss = group_loss(group, out, targets[:, group.columns], mask[:, group.columns], sa_targets, active,
-                                  smoothing=smoothing)
+                                  smoothing=smoothing, gamblers_reward=self.gamblers_reward)
                 if mix is not None:
                     loss = _mixed_loss(group, out, targets[:, group.columns], mask[:, group.columns], loss, mix[0],
                                        mix[1][name], smoothing)

@@ -46,10 +46,16 @@ __getattr__ = moved_names(__name__, {
 StepFactory = Callable[[AttributeModel, dict[str, Any], dict[str, Any], dict[str, Any]], Any]
 
 
+# Options added after runs were recorded, at their defaults: left out of run records, so that those
+# runs keep their fingerprints and resume (tests/attributes/test_legacy.py).
+LATER_RUN_DEFAULTS = {"age_groups": [], "label_smoothing": 0.0, "method": "tags", "gamblers_reward": 0.6,
+                      **LATER_SOURCE_DEFAULTS}
+
+
 def run_record(config: AttributeRunConfig, schemas: dict[str, LabelSchema]) -> dict:
     """What a checkpoint records of the run: the config without its trainer section, and the
     label schemas the heads were built for."""
-    data = without_later_defaults(to_dict(config), {"age_groups": [], "label_smoothing": 0.0, **LATER_SOURCE_DEFAULTS})
+    data = without_later_defaults(to_dict(config), LATER_RUN_DEFAULTS)
     data.pop("trainer")
     data["schemas"] = {name: schema.to_dict() for name, schema in schemas.items()}
     return data

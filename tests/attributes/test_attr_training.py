@@ -97,6 +97,34 @@ def test_sa_softmax_run_keeps_tags_and_eval_compares_confidences(trained, tmp_pa
     assert "Against the plain-softmax model" in report and "not called unrecognizable" in report
 
 
+def test_gamblers_run_trains_on_the_gamblers_loss_after_the_plain_epochs(tmp_path, train_attributes, monkeypatch):
+    """sa.method=gamblers: after sa.plain_epochs the SA heads learn from the gamblers' loss with
+    the configured reward (and never before); no tags are kept or logged; the run loads back."""
+    from attributes import sa_softmax
+    from attributes.inference import load_attribute_model
+
+    calls = []
+    real = sa_softmax.gamblers_loss
+
+    def recording(logits, targets, num_classes, reward):
+        calls.append(reward)
+        return real(logits, targets, num_classes, reward)
+
+    monkeypatch.setattr(sa_softmax, "gamblers_loss", recording)
+    run = train_attributes(tmp_path, "gamblers", 12, "--sa-softmax", "--set", "sa.method=gamblers",
+                           "--set", "sa.plain_epochs=1", "--set", "sa.gamblers_reward=0.4")
+    # 128 training faces in steps of 16: plain softmax for steps 0-7, the gamblers' loss for 8-11
+    assert set(calls) == {0.4}
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert not state["step_state"].get("sa")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any(k.startswith("sa/") for r in rows for k in r)
+    loaded = load_attribute_model(run / "checkpoints" / "latest.pt")
+    assert loaded.config.sa.method == "gamblers"
+    sa_groups = sum(group.sa for group in loaded.model.groups["synthetic"])
+    assert sa_groups >= 2 and len(calls) == 4 * sa_groups
+
+
 def open_test_split(run):
     from attributes.data import open_split
     from attributes.inference import load_attribute_model

@@ -282,3 +282,69 @@ def test_toy_noisy_labels_are_relabelled_and_grade_s_is_more_accurate():
     s_grade = grade_index(pred.confidence) == 0
     assert 0.2 < float(s_grade.float().mean()) < 1.0
     assert float(correct[s_grade].float().mean()) > float(correct.float().mean()) + 0.02
+
+
+def test_gamblers_loss_is_the_log_of_the_bet_that_pays():
+    """-log(p_y + p_N / o) over the N+1 softmax, o = 1 + reward (N - 1), padding masked out,
+    unlabelled entries ignored."""
+    from attributes.sa_softmax import gamblers_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 2, 6)                 # task 0: 2 classes (+1), task 1: 5 classes (+1)
+    logits[:, 0, 3:] = 100.0                      # padding of the binary task: must not matter
+    targets = torch.tensor([[1, 4], [0, -1], [-1, 2], [1, 0]])
+    got = gamblers_loss(logits, targets, [2, 5], reward=0.5)
+    want = []
+    for b in range(4):
+        for t, (n, payoff) in enumerate(((2, 1.5), (5, 3.0))):
+            if targets[b, t] < 0:
+                continue
+            p = torch.softmax(logits[b, t, :n + 1], dim=0)
+            want.append(-torch.log(p[targets[b, t]] + p[n] / payoff))
+    torch.testing.assert_close(got, torch.stack(want).mean())
+    with pytest.raises(ValueError, match="reward"):
+        gamblers_loss(logits, targets, [2, 5], reward=0.0)
+    with pytest.raises(ValueError, match="outside the real classes"):
+        gamblers_loss(logits, torch.tensor([[2, 0]] * 4), [2, 5], reward=0.5)
+
+
+def test_gamblers_loss_rewards_abstaining_only_where_the_answer_is_wrong():
+    from attributes.sa_softmax import gamblers_loss
+
+    confident_yes = torch.tensor([[-4.0, 4.0, 0.0]])
+    more_abstention = confident_yes + torch.tensor([[0.0, 0.0, 3.0]])
+    right, wrong = torch.tensor([1]), torch.tensor([0])
+    assert gamblers_loss(more_abstention, right, 2, 0.6) > gamblers_loss(confident_yes, right, 2, 0.6)
+    assert gamblers_loss(more_abstention, wrong, 2, 0.6) < gamblers_loss(confident_yes, wrong, 2, 0.6)
+
+
+def test_group_loss_uses_the_gamblers_loss_on_true_labels_once_active():
+    """With a gamblers' reward an active SA head learns from the true labels (tags, if any were
+    given, are ignored); before it is active it is plain softmax over the real classes."""
+    from attributes.heads import HeadConfig, group_loss, plan_groups
+    from attributes.sa_softmax import gamblers_loss
+    from data_prep.datasets.schema import LabelSchema, Task, TaskKind
+
+    schema = LabelSchema((Task("Smiling", TaskKind.BINARY), Task("Male", TaskKind.BINARY)))
+    group = plan_groups("faces", schema, HeadConfig(sa_softmax=True))[0]
+    torch.manual_seed(1)
+    out = torch.randn(5, 6)
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    mask = torch.ones_like(targets, dtype=torch.bool)
+    mask[2, 1] = False
+    tags = torch.full((5, 2), 2)                   # every tag "unrecognizable": must not be used
+    labels = torch.where(mask, targets.long(), torch.full_like(targets, -1, dtype=torch.long))
+    got = group_loss(group, out, targets, mask, tags, sa_active=True, gamblers_reward=0.6)
+    torch.testing.assert_close(got, gamblers_loss(out.view(5, 2, 3), labels, 2, 0.6))
+    plain = group_loss(group, out, targets, mask, None, sa_active=False, gamblers_reward=0.6)
+    torch.testing.assert_close(plain, sa_cross_entropy(out.view(5, 2, 3), labels, 2, sa_active=False))
+
+
+def test_sa_method_is_checked():
+    from attributes.config import SAConfig
+    from engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="sa.method"):
+        SAConfig(method="soft")
+    with pytest.raises(ConfigError, match="gamblers_reward"):
+        SAConfig(method="gamblers", gamblers_reward=1.5)
