@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from attributes.heads import decode_group
-from attributes.model import AttributeEnsemble, AttributeModel, build_attribute_model
+from attributes.model import AttributeEnsemble, AttributeModel, build_attribute_model, check_layout
 from data_prep.datasets.schema import LabelSchema, TaskKind
 from engine.checkpoint import load_checkpoint, module_weights
 from engine.config import from_dict
@@ -171,10 +171,7 @@ class FastAttributeModel(nn.Module):
         self.dtype, self.micro_batch = dtype, micro_batch
 
     def forward(self, images: torch.Tensor, layout: list[tuple[str, int]], unlabelled: int = 0):
-        labelled = sum(count for _, count in layout)
-        if labelled + unlabelled != images.shape[0]:
-            raise ValueError(f"layout covers {labelled} images and {unlabelled} unlabelled ones, but the batch has "
-                             f"{images.shape[0]}")
+        check_layout(images, layout, unlabelled)
         images = images.contiguous(memory_format=torch.channels_last)
         autocast = (torch.autocast(images.device.type, dtype=self.dtype) if self.dtype is not None
                     else contextlib.nullcontext())

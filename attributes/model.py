@@ -20,7 +20,7 @@ from attributes.heads import HeadConfig, HeadSubnet, TaskGroup, plan_groups
 from attributes.trunks import TrunkConfig, build_trunk, feature_shape
 from data_prep.datasets.schema import LabelSchema
 
-__all__ = ["ModelConfig", "AttributeModel", "AttributeEnsemble", "build_attribute_model"]
+__all__ = ["ModelConfig", "AttributeModel", "AttributeEnsemble", "build_attribute_model", "check_layout"]
 
 
 @dataclass
@@ -63,6 +63,7 @@ class AttributeModel(nn.Module):
         features). Returns (outputs, log_vars), then the trunk's feature map if
         `return_features`, then if `return_embeddings` each dataset's fc_feature vectors per
         sub-network, {dataset: {subnet: (count, feature_dim)}}, for the feature-space losses."""
+        check_layout(images, layout, unlabelled)
         features = self.trunk(images)
         outputs: dict[str, dict[str, torch.Tensor]] = {}
         embeddings: dict[str, dict[str, torch.Tensor]] = {}
@@ -75,9 +76,6 @@ class AttributeModel(nn.Module):
             for subnet in needed:
                 computed[subnet], embeddings[dataset][subnet] = self.heads[_module_key(subnet)](part, return_embedding=True)
             outputs[dataset] = {g.name: computed[g.subnet][g.name] for g in self.groups[dataset]}
-        if start + unlabelled != images.shape[0]:
-            raise ValueError(f"layout covers {start} images and {unlabelled} unlabelled ones, but the batch has "
-                             f"{images.shape[0]}")
         result = (outputs, self.log_vars * 1.0)
         if return_features:
             result += (features,)
@@ -141,6 +139,14 @@ class AttributeEnsemble(nn.Module):
         outputs = {dataset: {name: torch.stack([r[0][dataset][name] for r in results]).mean(0) for name in groups}
                    for dataset, groups in results[0][0].items()}
         return outputs, torch.stack([r[1] for r in results]).mean(0)
+
+
+def check_layout(images: torch.Tensor, layout: list[tuple[str, int]], unlabelled: int) -> None:
+    """A batch must hold exactly the images its `layout` lists plus `unlabelled` more."""
+    labelled = sum(count for _, count in layout)
+    if labelled + unlabelled != images.shape[0]:
+        raise ValueError(f"layout covers {labelled} images and {unlabelled} unlabelled ones, but the batch has "
+                         f"{images.shape[0]}")
 
 
 def _layout(model: AttributeModel) -> dict[str, list[tuple[str, int]]]:

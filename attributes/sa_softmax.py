@@ -280,15 +280,11 @@ def _class_mask(num_classes: torch.Tensor, width: int, include_unrecognizable: b
     return positions < limit
 
 
-def sa_cross_entropy(logits: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor,
-                     num_classes: int | Sequence[int] | torch.Tensor, sa_active: bool = True) -> torch.Tensor:
-    """Cross-entropy of SA-softmax heads, mean over the entries whose target is not -1.
-
-    With `sa_active` the softmax runs over N+1 outputs and targets may be N (unrecognizable);
-    without it the N+1-th logit is masked to -inf, which makes the loss exactly the plain
-    cross-entropy over the N real classes, and a target N is an error. A batch with no
-    labelled entry gives a zero that still carries a graph.
-    """
+def _task_logits_and_targets(logits, targets: torch.Tensor, num_classes, unrecognizable_target: bool,
+                             allowed_targets: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The checked inputs of an SA loss: logits as [B, T, C], targets as long [B, T] (-1 where
+    unlabelled; N allowed only with `unrecognizable_target`, else an error naming
+    `allowed_targets`), and the real classes N per task."""
     x = _as_task_tensor(logits)
     batch, tasks, width = x.shape
     if targets.dim() == 1 and tasks == 1:
@@ -299,12 +295,26 @@ def sa_cross_entropy(logits: torch.Tensor | Sequence[torch.Tensor], targets: tor
     if int(n.max()) + 1 > width:
         raise ValueError(f"logits have {width} outputs per task; num_classes {n.tolist()} needs N+1 = {int(n.max()) + 1}")
     targets = targets.long()
-    limit = n.to(targets.device).unsqueeze(0) + (1 if sa_active else 0)
+    limit = n.to(targets.device).unsqueeze(0) + (1 if unrecognizable_target else 0)
     out_of_range = (targets < -1) | (targets >= limit)
     if out_of_range.any():
-        phase = "SA phase (0..N)" if sa_active else "plain phase (0..N-1)"
-        raise ValueError(f"target {int(targets[out_of_range][0])} is outside the classes of the {phase}; "
+        raise ValueError(f"target {int(targets[out_of_range][0])} is outside the {allowed_targets}; "
                          f"num_classes = {n.tolist()}")
+    return x, targets, n
+
+
+def sa_cross_entropy(logits: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor,
+                     num_classes: int | Sequence[int] | torch.Tensor, sa_active: bool = True) -> torch.Tensor:
+    """Cross-entropy of SA-softmax heads, mean over the entries whose target is not -1.
+
+    With `sa_active` the softmax runs over N+1 outputs and targets may be N (unrecognizable);
+    without it the N+1-th logit is masked to -inf, which makes the loss exactly the plain
+    cross-entropy over the N real classes, and a target N is an error. A batch with no
+    labelled entry gives a zero that still carries a graph.
+    """
+    phase = "classes of the SA phase (0..N)" if sa_active else "classes of the plain phase (0..N-1)"
+    x, targets, n = _task_logits_and_targets(logits, targets, num_classes, sa_active, phase)
+    width = x.shape[-1]
     allowed = _class_mask(n, width, sa_active, x.device)
     masked = x.float().masked_fill(~allowed.unsqueeze(0), float("-inf"))
     labelled = targets >= 0
@@ -394,14 +404,8 @@ def gamblers_loss(logits: torch.Tensor | Sequence[torch.Tensor], targets: torch.
     """
     if not 0.0 < reward <= 1.0:
         raise ValueError(f"reward must be in (0, 1], got {reward}")
-    x = _as_task_tensor(logits)
+    x, targets, n = _task_logits_and_targets(logits, targets, num_classes, False, "real classes 0..N-1")
     batch, tasks, width = x.shape
-    if targets.dim() == 1 and tasks == 1:
-        targets = targets.unsqueeze(1)
-    n = _classes_tensor(num_classes, tasks)
-    targets = targets.long()
-    if ((targets < -1) | (targets >= n.to(targets.device).unsqueeze(0))).any():
-        raise ValueError(f"a target is outside the real classes 0..N-1; num_classes = {n.tolist()}")
     labelled = targets >= 0
     if not labelled.any():
         return x.float().sum() * 0.0

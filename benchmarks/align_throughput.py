@@ -90,10 +90,15 @@ def run_bare(files: list[Path], threads: int, batch: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_facegan(src: Path, dst: Path, threads: int, extra: list[str]) -> dict:
+def facegan_command(threads: int) -> tuple[list[str], dict]:
+    """The `facegan` command of this interpreter and the environment that gives it `threads`."""
     facegan = Path(sys.executable).with_name("facegan")
     command = [str(facegan)] if facegan.exists() else [sys.executable, "-m", "transfer.cli"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FACEGAN_THREADS": str(threads)}
+    return command, {**os.environ, "OMP_NUM_THREADS": str(threads), "FACEGAN_THREADS": str(threads)}
+
+
+def run_facegan(src: Path, dst: Path, threads: int, extra: list[str]) -> dict:
+    command, env = facegan_command(threads)
     start = time.perf_counter()
     subprocess.run([*command, "align", str(src), str(dst), "--quiet", *extra], check=True, env=env, cwd=REPO,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -106,9 +111,7 @@ def run_cache(name: str, root: Path, dst: Path, threads: int, face_fraction: flo
     """`facegan data cache --dataset NAME` timed from launch to exit; faces cached and skipped."""
     import re
 
-    facegan = Path(sys.executable).with_name("facegan")
-    command = [str(facegan)] if facegan.exists() else [sys.executable, "-m", "transfer.cli"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FACEGAN_THREADS": str(threads)}
+    command, env = facegan_command(threads)
     start = time.perf_counter()
     out = subprocess.run([*command, "data", "cache", str(dst), "--dataset", name, "--root", str(root / name),
                           "--size", "64", "--face-fraction", str(face_fraction), "--no-progress"],
