@@ -54,11 +54,13 @@ _MIN_DETECT_FACE = 20.0
 
 # With an expected face size (dataset crops: one large face per image), R-Net sees each image's
 # best P-Net boxes and O-Net its best R-Net boxes only; the rest are near-copies of the face.
-# 6 and 2 rather than 12 and 4: detection 4.3 -> 3.3 ms per UTKFace chip with the same 511 of
-# 512 found, and the same alignment quality on 1,000 faces (benchmarks/align_consistency.py
-# --limit 1000 --face-fraction 0.3: landmark disagreement mean 1.14 -> 1.10 px, p95 2.30 ->
-# 2.27 px, the same 3 failures).
-_CROP_CANDIDATES = (6, 2)
+# 12 and 4 -> 6 and 2: detection 4.3 -> 3.3 ms per UTKFace chip with the same 511 of 512 found.
+# 6 -> 3: detection 3.08 -> 2.74 ms per UTKFace chip and 2.15 -> 1.87 ms per CelebA crop (best
+# of 4 alternating rounds on 1,536 each), the same faces found, and the same alignment quality
+# (benchmarks/align_consistency.py --limit 1000 --face-fraction 0.3: landmark disagreement mean
+# 1.10 px, p95 2.27 -> 2.24 px, max 5.93 px, the same 3 failures). O-Net needs its 2: with 1,
+# one CelebA face moved by 11 px.
+_CROP_CANDIDATES = (3, 2)
 
 
 @dataclass
