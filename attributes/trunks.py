@@ -81,15 +81,26 @@ def _stem_for(input_size: int) -> tuple[int, int, int]:
     return _ALEXNET_STEMS[64]
 
 
+def _check_plain_trunk(name: str, input_size: int, width: float) -> None:
+    if input_size < 32:
+        raise TrunkError(f"{name} needs inputs of at least 32 px, got {input_size}")
+    if width <= 0:
+        raise TrunkError(f"width must be positive, got {width}")
+
+
+def _init_convs(module: nn.Module) -> None:
+    """He initialisation (fan out, as torchvision's ResNet) of every convolution."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 class AlexNetBN(nn.Module):
     """The thesis's AlexNet with BatchNorm after every conv; see the module docstring."""
 
     def __init__(self, input_size: int = 64, width: float = 0.5, in_channels: int = 3, channels: Sequence[int] = ()):
         super().__init__()
-        if input_size < 32:
-            raise TrunkError(f"AlexNet-BN needs inputs of at least 32 px, got {input_size}")
-        if width <= 0:
-            raise TrunkError(f"width must be positive, got {width}")
+        _check_plain_trunk("AlexNet-BN", input_size, width)
         if channels and (len(channels) != 5 or min(channels) < 1):
             raise TrunkError(f"AlexNet-BN channels must be 5 positive counts, got {list(channels)}")
         c1, c2, c3, c4, c5 = channels or (max(8, int(round(c * width))) for c in (96, 256, 384, 384, 256))
@@ -107,9 +118,7 @@ class AlexNetBN(nn.Module):
         self.out_channels = c5
         self.input_size = input_size
         self.cam_layer = "features.6"  # the last conv unit, before the final pooling: where Grad-CAM looks
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        _init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -124,10 +133,7 @@ class VGGBN(nn.Module):
 
     def __init__(self, input_size: int = 64, width: float = 1.0, in_channels: int = 3):
         super().__init__()
-        if input_size < 32:
-            raise TrunkError(f"VGG-BN needs inputs of at least 32 px, got {input_size}")
-        if width <= 0:
-            raise TrunkError(f"width must be positive, got {width}")
+        _check_plain_trunk("VGG-BN", input_size, width)
         layers: list[nn.Module] = []
         previous = in_channels
         for index, base in enumerate(_VGG_CHANNELS, start=1):
@@ -140,9 +146,7 @@ class VGGBN(nn.Module):
         self.out_channels = previous
         self.input_size = input_size
         self.cam_layer = f"features.{len(layers) - 1}"
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        _init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -199,9 +203,7 @@ class ResNetTrunk(nn.Module):
         self.out_channels = in_channels
         self.input_size = input_size
         self.cam_layer = "body.7"  # layer4, the last convolutional stage
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        _init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
