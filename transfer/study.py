@@ -534,7 +534,9 @@ def _pseudo_label_records(assignment: dict[tuple[str, str, str], list[str]], cel
         per_seed = []
         for fingerprint in fingerprints:
             cell = cells[fingerprint]
-            while cell is not None and cell.recipe.adapt != "self_train":
+            # The self-training stage itself: an arm ending in AdaBN keeps `adapt` on its last
+            # cell, which only re-estimates statistics and labels nothing.
+            while cell is not None and (cell.recipe.adapt != "self_train" or cell.recipe.adabn):
                 cell = cell.previous
             path = cell.folder / "pseudo_labels.json" if cell is not None else None
             if path is not None and path.is_file():

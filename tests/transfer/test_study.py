@@ -196,6 +196,19 @@ def test_study_writes_matrix_verdicts_and_report(study):
     assert saved["tasks"]["Male"]["studio->wild"]["verdicts"].keys() == direction["verdicts"].keys()
 
 
+def test_every_self_training_arm_reports_its_pseudo_labels(study):
+    # Arms that end in AdaBN (colour_self_train, combined) report the rounds of their
+    # self-training stage, not nothing.
+    _, results = study
+    records = results["pseudo_labels"]["studio->wild"]
+    assert set(records) == {"self_train", "self_train_sa", "colour_self_train", "combined"}
+    for arm, seeds in records.items():
+        assert [s["seed"] for s in seeds] == [0], arm
+        rounds = seeds[0]["rounds"]
+        assert [r["step"] for r in rounds] == sorted(r["step"] for r in rounds) and rounds, arm
+        assert all(0 <= r["tasks"]["Male"]["kept"] <= r["tasks"]["Male"]["of"] for r in rounds), arm
+
+
 def test_sr_and_bicubic_sets_are_degraded_copies_of_the_source_faces(study):
     out, _ = study
     from transfer.facesets import FaceSets
