@@ -14,9 +14,8 @@ person is tested exactly once over the folds):
    decay, flips; the central 178x178 of each image at 64 px) trains --epochs epochs on the
    faces of the other folds; the seconds its training loop takes are the budget T;
 2. facegan trains --preset on the same people (`datasets.celeba.folds`/`fold`), its ensemble
-   members sharing T: two pilot runs (half and all of --pilot-steps) measure its steps per second
-   and the start-up each run pays, `trainer.max_steps` is set to fill T (so its learning-rate
-   schedule ends) and `trainer.max_seconds` caps it at T;
+   members sharing T: a pilot run measures its steps per second once, `trainer.max_steps` is
+   set to fill T (so its learning-rate schedule ends) and `trainer.max_seconds` caps it at T;
 3. both predict the faces of fold k, each as it is meant to be used (facegan: its aligned faces,
    the preset's flip averaging and thresholds; the reference: its crops at threshold 0.5).
 Decoding, aligning and caching are excluded from T and printed separately. Faces the aligner
@@ -40,7 +39,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -146,38 +144,7 @@ def fold_recipe(args) -> dict:
             "reference_from": str(args.reference_from or "")}
 
 
-@dataclass(frozen=True)
-class TrainingSpeed:
-    """How long a facegan training run of n steps takes: `startup_seconds` + n / `steps_per_second`.
-
-    The start-up (first batches, oneDNN primitives, the data loader) is paid once per run, by every
-    ensemble member: a rate taken over a short pilot alone counts it as slow steps, and a run
-    planned from it stopped at 85% of its budget (fold 4: 4.50 steps/s measured over 200 steps,
-    5.3 over the run)."""
-
-    steps_per_second: float
-    startup_seconds: float = 0.0
-
-    def steps_within(self, seconds: float) -> int:
-        return max(1, int(self.steps_per_second * (seconds - self.startup_seconds)))
-
-    @classmethod
-    def from_runs(cls, short: tuple[int, float], long: tuple[int, float]) -> "TrainingSpeed":
-        """From two runs of (steps, seconds): the rate of the extra steps, and what is left over."""
-        (n1, t1), (n2, t2) = short, long
-        if n2 <= n1 or t2 <= t1:  # noise swallowed the difference: one rate over the long run
-            return cls(n2 / t2)
-        rate = (n2 - n1) / (t2 - t1)
-        return cls(rate, max(0.0, t1 - n1 / rate))
-
-    def after(self, steps: int, members: int, seconds: float) -> "TrainingSpeed":
-        """The rate of a whole fold's training (`members` runs of `steps` steps in `seconds`),
-        start-ups taken out: a better guess for the next fold than the pilot's."""
-        stepping = seconds - members * self.startup_seconds
-        return TrainingSpeed(steps * members / stepping, self.startup_seconds) if stepping > 0 else self
-
-
-def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], speed: TrainingSpeed | None) -> dict:
+def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: float | None) -> dict:
     from attributes.train import train
     from data_prep.datasets.splits import kfold_split
 
@@ -224,7 +191,7 @@ def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], speed: Tra
     config = facegan_config(args, fold, out / "facegan", 1, plain_seconds)
     members = max(1, config.members)
     per_member = plain_seconds / members
-    steps = speed.steps_within(per_member) if speed else config.trainer.max_steps
+    steps = max(1, int(rate * per_member)) if rate else config.trainer.max_steps
     config = facegan_config(args, fold, out / "facegan", steps, per_member)
     start = time.perf_counter()
     summary = train(config, progress=False)
@@ -263,32 +230,28 @@ def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], speed: Tra
     return result
 
 
-def pilot_speed(args, dataset) -> TrainingSpeed:
-    """facegan's training speed on fold 0's people (the Trainer's loop time), from two pilot runs
-    of half and all of --pilot-steps."""
+def pilot_rate(args, dataset) -> float:
+    """facegan's training steps per second on fold 0's people (the Trainer's loop time)."""
     from attributes.train import train
 
     out = args.out / "pilot"
-    record = out / "speed.json"
+    record = out / "rate.json"
     recipe = fold_recipe(args)
     if record.is_file():
         measured = json.loads(record.read_text())
         if measured.get("recipe") == recipe:
-            return TrainingSpeed(measured["steps_per_second"], measured["startup_seconds"])
+            return measured["steps_per_second"]
     import shutil
 
-    runs = []
-    for steps in (max(1, args.pilot_steps // 2), args.pilot_steps):
-        shutil.rmtree(out / "run", ignore_errors=True)  # measure afresh, never resume an earlier pilot
-        config = facegan_config(args, 0, out / "run", steps, 0.0)
-        config.members = 1
-        summary = train(config, progress=False)
-        runs.append((summary["global_step"], summary["seconds"]))
-    speed = TrainingSpeed.from_runs(*runs)
+    shutil.rmtree(out / "run", ignore_errors=True)  # a pilot of another recipe: measure afresh, not resume it
+    config = facegan_config(args, 0, out / "run", args.pilot_steps, 0.0)
+    config.members = 1
+    summary = train(config, progress=False)
+    rate = summary["global_step"] / summary["seconds"]
     out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"steps_per_second": speed.steps_per_second, "startup_seconds": speed.startup_seconds,
-                                  "runs": runs, "recipe": recipe}))
-    return speed
+    record.write_text(json.dumps({"steps_per_second": rate, "steps": summary["global_step"], "seconds": summary["seconds"],
+                                  "recipe": recipe}))
+    return rate
 
 
 def table(title: str, result: dict) -> list[str]:
@@ -315,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                              "when its preset asks); the reference trains on all of them either way (default 0)")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="the reference's training seed")
-    parser.add_argument("--pilot-steps", type=int, default=60, help="steps of the longer of the two pilot runs that measure facegan's step rate and start-up (default 60; 200 gives steadier plans)")
+    parser.add_argument("--pilot-steps", type=int, default=60, help="steps of the run that measures facegan's step rate")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both")
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--quick", action="store_true",
@@ -353,15 +316,14 @@ def main(argv: list[str] | None = None) -> int:
         images = dict(zip(paths, load_center_crops(paths)))
         print(f"decoded {len(paths)} centre crops for the reference in {time.perf_counter() - start:.0f} s (not in the "
               "budget)", flush=True)
-    speed = pilot_speed(args, dataset)
-    print(f"facegan pilot: {speed.steps_per_second:.2f} steps/s after {speed.startup_seconds:.1f} s of start-up per run "
-          "(sets each member's steps to fill its share of the budget)", flush=True)
+    rate = pilot_rate(args, dataset)
+    print(f"facegan pilot: {rate:.2f} steps/s (sets each member's steps to fill its share of the budget)", flush=True)
     results = []
     for fold in folds:
-        results.append(run_fold(args, fold, dataset, images, speed))
+        results.append(run_fold(args, fold, dataset, images, rate))
         made = results[-1]
-        if made["facegan_seconds"] > 0:
-            speed = speed.after(made["facegan_steps"], made["facegan_members"], made["facegan_seconds"])
+        if made["facegan_seconds"] > 0:  # the rate of a whole run is a better guess for the next fold than the pilot's
+            rate = made["facegan_steps"] * made["facegan_members"] / made["facegan_seconds"]
 
     def pooled(parts: list[dict]) -> dict:
         cat = {key: np.concatenate([np.asarray(p[key]) for p in parts]) for key in

@@ -88,16 +88,3 @@ def test_a_rerun_reuses_a_fold_only_if_it_was_made_with_the_same_recipe(tmp_path
     args.overrides = []
     with pytest.raises(SystemExit, match="not recorded"):
         bench.run_fold(args, 0, None, None, None)
-
-
-def test_steps_are_planned_from_the_rate_after_start_up():
-    bench = _load("attributes_vs_plain")
-    # 100 steps in 25 s and 200 in 45 s: 5 steps/s after 5 s of start-up.
-    speed = bench.TrainingSpeed.from_runs((100, 25.0), (200, 45.0))
-    assert speed.steps_per_second == pytest.approx(5.0) and speed.startup_seconds == pytest.approx(5.0)
-    assert speed.steps_within(530.0) == 2625  # not 530 * 200 / 45 = 2355, the pilot's average rate
-    assert speed.steps_within(1.0) == 1
-    # A whole fold of 2 members x 1,000 steps in 410 s: start-ups out, 5 steps/s.
-    assert speed.after(1000, 2, 410.0).steps_per_second == pytest.approx(5.0)
-    # Noise that makes the longer pilot no slower falls back to its plain average.
-    assert bench.TrainingSpeed.from_runs((100, 30.0), (200, 30.0)) == bench.TrainingSpeed(200 / 30.0, 0.0)
