@@ -49,8 +49,6 @@ def default_data_root() -> Path:
     return Path(os.environ.get("FACEGAN_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
-
-
 def pick(folder: Path, n: int) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     if n <= 0 or n >= len(files):
