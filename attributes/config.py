@@ -61,6 +61,9 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine (to min_lr_ratio * lr at max_steps) | constant
     min_lr_ratio: float = 0.02
     schedule_steps: int = 0  # length of the cosine schedule (0: trainer.max_steps); fix it to stop early and resume later
+    # With trainer.max_seconds: the cosine ends when the time budget does (or at its steps, if first),
+    # so a time-bounded run neither stops part-way down its schedule nor leaves time unused.
+    schedule_follows_clock: bool = False
 
     def __post_init__(self) -> None:
         # Checked here, not when the optimizer is built, so a bad value fails before any data is aligned.

@@ -10,7 +10,6 @@ are no tags: the SA heads learn from the true labels with the gamblers' loss.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -26,6 +25,7 @@ from attributes.slimming import AdaptiveL1, SlimConfig, l1_of_scales, slimmable_
 from attributes.verification import embed_faces, pairwise_auc
 from data_prep.cache import IDENTITY_TASK
 from data_prep.datasets.schema import TaskKind
+from engine import schedules
 from engine.config import ConfigError
 from engine.errors import FaceganError
 
@@ -165,13 +165,10 @@ class AttributeStep:
 
     def learning_rate(self, step: int) -> float:
         cfg = self.optim_config
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return cfg.lr
-        total = cfg.schedule_steps or self.max_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        clock = self.ctx.budget_spent() if cfg.schedule_follows_clock and self.ctx is not None else 0.0
+        return schedules.learning_rate(step, cfg.lr, cfg.schedule, warmup_steps=cfg.warmup_steps,
+                                       total_steps=cfg.schedule_steps or self.max_steps, min_lr_ratio=cfg.min_lr_ratio,
+                                       budget_spent=clock)
 
     # -- SA-softmax bookkeeping -------------------------------------------------------------
     def sa_active(self, dataset: str, step: int) -> bool:

@@ -49,6 +49,7 @@ StepFactory = Callable[[AttributeModel, dict[str, Any], dict[str, Any], dict[str
 # Options added after runs were recorded, at their defaults: left out of run records, so that those
 # runs keep their fingerprints and resume (tests/attributes/test_legacy.py).
 LATER_RUN_DEFAULTS = {"age_groups": [], "label_smoothing": 0.0, "method": "tags", "gamblers_reward": 0.6,
+                      "schedule_follows_clock": False,
                       **LATER_SOURCE_DEFAULTS}
 
 

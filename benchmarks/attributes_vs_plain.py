@@ -14,8 +14,12 @@ person is tested exactly once over the folds):
    decay, flips; the central 178x178 of each image at 64 px) trains --epochs epochs on the
    faces of the other folds; the seconds its training loop takes are the budget T;
 2. facegan trains --preset on the same people (`datasets.celeba.folds`/`fold`), its ensemble
-   members sharing T: a pilot run measures its steps per second once, `trainer.max_steps` is
-   set to fill T (so its learning-rate schedule ends) and `trainer.max_seconds` caps it at T;
+   members sharing T (`trainer.max_seconds` stops each at its share). With `--schedule clock`
+   (the default) each member's learning-rate schedule follows its clock
+   (`optim.schedule_follows_clock`): the cosine ends as the member's share of T runs out, however
+   fast the machine runs that day; a pilot run's steps per second only sets a step cap of twice
+   what it predicts. With `--schedule steps` `trainer.max_steps` is set from the pilot to fill T,
+   and a slower or faster run than the pilot's stops part-way down its schedule or early;
 3. both predict the faces of fold k, each as it is meant to be used (facegan: its aligned faces,
    the preset's flip averaging and thresholds; the reference: its crops at threshold 0.5).
 Decoding, aligning and caching are excluded from T and printed separately. Faces the aligner
@@ -102,7 +106,8 @@ def facegan_config(args, fold: int, out: Path, steps: int, seconds: float):
                  f"datasets.{DATASET}.train_split=train", f"datasets.{DATASET}.cache_dir={args.out / 'cache'}",
                  f"trainer.out_dir={out}", f"trainer.threads={args.threads}", "trainer.progress=false",
                  f"trainer.max_steps={steps}", f"trainer.max_seconds={seconds}", "trainer.resume=auto",
-                 f"trainer.eval_every={max(1, steps)}", f"trainer.checkpoint_every={max(1, steps // 2)}", *args.overrides]
+                 f"trainer.eval_every={max(1, steps)}", f"trainer.checkpoint_every={max(1, steps // 2)}",
+                 f"optim.schedule_follows_clock={'true' if args.schedule == 'clock' else 'false'}", *args.overrides]
     config = load_config(AttributeRunConfig, resolve_preset(args.preset, "attributes"), overrides)
     if set(config.datasets) != {DATASET}:
         raise SystemExit(f"--preset must train on {DATASET} alone; it has {sorted(config.datasets)}")
@@ -141,7 +146,7 @@ def fold_recipe(args) -> dict:
     """What a fold's result depends on besides the data: a rerun reuses a fold only if these match."""
     return {"preset": str(args.preset), "overrides": list(args.overrides), "folds": args.folds, "epochs": args.epochs,
             "split_seed": args.split_seed, "seed": args.seed, "val_fraction": args.val_fraction,
-            "reference_from": str(args.reference_from or "")}
+            "reference_from": str(args.reference_from or ""), **({"schedule": "clock"} if args.schedule == "clock" else {})}
 
 
 def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: float | None) -> dict:
@@ -192,11 +197,14 @@ def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: floa
     members = max(1, config.members)
     per_member = plain_seconds / members
     steps = max(1, int(rate * per_member)) if rate else config.trainer.max_steps
+    if args.schedule == "clock":
+        steps *= 2  # only a cap: the clock ends the schedule and the run
     config = facegan_config(args, fold, out / "facegan", steps, per_member)
     start = time.perf_counter()
     summary = train(config, progress=False)
     facegan_seconds = sum(m["seconds"] for m in summary.get("members", [summary]))
-    print(f"  facegan {args.preset}: {members} member(s) x {steps} steps planned, {summary['global_step']} made per "
+    plan = f"{steps} steps planned" if args.schedule == "steps" else f"schedules on the clock (cap {steps} steps)"
+    print(f"  facegan {args.preset}: {members} member(s), {plan}, {summary['global_step']} made per "
           f"member, {facegan_seconds:.0f} s of training ({time.perf_counter() - start:.0f} s with caching)", flush=True)
     paths, decisions, facegan_names = facegan_predictions(config, Path(summary["checkpoint"]), out / "facegan")
     ours_people = {dataset_identity[p] for p in paths}
@@ -279,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="the reference's training seed")
     parser.add_argument("--pilot-steps", type=int, default=60, help="steps of the run that measures facegan's step rate")
+    parser.add_argument("--schedule", choices=("clock", "steps"), default="clock",
+                        help="facegan's learning-rate schedule: 'clock' ends its cosine when a member's share of the budget "
+                             "is spent; 'steps' plans its length from the pilot's step rate (default clock)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both")
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--quick", action="store_true",

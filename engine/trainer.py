@@ -146,6 +146,20 @@ class StepContext:
         self.ema: dict[str, nn.Module] = {}
         self.optimizers: dict[str, Optimizer] = {}
         self.scalers: dict[str, torch.amp.GradScaler] = {}
+        self.time_budget = 0.0  # trainer.max_seconds of the fit in progress (0: none)
+        self._clock_start: float | None = None
+
+    def start_clock(self, seconds: float) -> None:
+        """Called by the Trainer as its loop starts: the budget `budget_spent` measures against."""
+        self.time_budget = seconds
+        self._clock_start = time.perf_counter()
+
+    def budget_spent(self) -> float:
+        """The share of this fit's wall-clock budget spent so far, in [0, 1]; 0 without a budget.
+        A resumed run gets a fresh budget, as the Trainer's time limit does."""
+        if not self.time_budget or self._clock_start is None:
+            return 0.0
+        return min(1.0, (time.perf_counter() - self._clock_start) / self.time_budget)
 
     def autocast(self):
         if not self.amp:
@@ -401,6 +415,7 @@ class Trainer:
         batches = self._batches()
         stopped = "finished"
         started = time.perf_counter()
+        self.ctx.start_clock(cfg.max_seconds)
         try:
             while self.global_step < cfg.max_steps:
                 batch = self._to_device(next(batches))

@@ -75,7 +75,7 @@ def test_a_rerun_reuses_a_fold_only_if_it_was_made_with_the_same_recipe(tmp_path
 
     bench = _load("attributes_vs_plain")
     args = argparse.Namespace(out=tmp_path, preset="celeba80-vgg-closeup-all", overrides=[], folds=5, epochs=15,
-                              split_seed=0, seed=0, val_fraction=0.0, reference_from=None)
+                              split_seed=0, seed=0, val_fraction=0.0, reference_from=None, schedule="clock")
     (tmp_path / "fold0").mkdir()
     made = {"fold": 0, "recipe": bench.fold_recipe(args), "plain_seconds": 1.0}
     (tmp_path / "fold0" / "fold.json").write_text(json.dumps(made))
@@ -83,6 +83,10 @@ def test_a_rerun_reuses_a_fold_only_if_it_was_made_with_the_same_recipe(tmp_path
     args.overrides = ["loss.label_smoothing=0.2"]
     with pytest.raises(SystemExit, match="another recipe"):
         bench.run_fold(args, 0, None, None, None)
+    args.overrides, args.schedule = [], "steps"  # a schedule planned in steps trains another model
+    with pytest.raises(SystemExit, match="another recipe"):
+        bench.run_fold(args, 0, None, None, None)
+    args.schedule = "clock"
     del made["recipe"]  # a record from before recipes were recorded is not trusted either
     (tmp_path / "fold0" / "fold.json").write_text(json.dumps(made))
     args.overrides = []

@@ -203,7 +203,8 @@ def prepare_sr_stage(domain: str, config: StudyConfig, out_dir: Path, progress: 
 # ------------------------------------------------------------------------------------------
 # Fields that shared configs gained after studies had cached cells, with their defaults. Left
 # out of a cell's fingerprint while at the default, so that those cells stay valid.
-_LATER_DEFAULTS = {"channels": [], "identity": False, "age_groups": [], **LATER_SOURCE_DEFAULTS}
+_LATER_DEFAULTS = {"channels": [], "identity": False, "age_groups": [], "schedule_follows_clock": False,
+                   **LATER_SOURCE_DEFAULTS}
 
 
 def _without_later_defaults(data):
@@ -221,7 +222,7 @@ def _cell_fingerprint(recipe: Recipe, seed: int, config: StudyConfig, sr_checkpo
         sr[domain] = [str(path), stat.st_size, int(stat.st_mtime)]
     return config_fingerprint({
         "recipe": recipe.key(), "seed": seed, "model": _without_later_defaults(to_dict(config.model)),
-        "optim": to_dict(config.optim),
+        "optim": _without_later_defaults(to_dict(config.optim)),
         "budget": {k: v for k, v in to_dict(config.budget).items() if k not in ("threads", "device")},
         "tasks": config.tasks, "domains": {d: _without_later_defaults(to_dict(e)) for d, e in config.domains.items()},
         "options": (without_later_defaults(to_dict(config.options), {"adapt": to_dict(AdaptationConfig())}) if legacy

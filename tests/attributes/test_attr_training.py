@@ -168,3 +168,21 @@ def test_training_on_every_face_holds_nothing_out_and_eval_says_so(trained, tmp_
     assert "validation: none" in capsys.readouterr().out
     assert main(["attributes", "eval", str(run / "checkpoints" / "latest.pt"), "--out", str(tmp_path / "eval")]) == 2
     assert "trained on every face" in capsys.readouterr().err
+
+
+def test_a_time_bounded_run_ends_its_cosine_with_the_budget_when_asked(tmp_path, train_attributes):
+    """With optim.schedule_follows_clock the learning rate reaches its floor as the time budget
+    runs out, far short of trainer.max_steps; without it the run stops high up its schedule."""
+    def final_lr(name, *extra):
+        out = train_attributes(tmp_path, name, 100000, "--minutes", "0.05", "--set", "optim.warmup_steps=2",
+                               "--set", "trainer.log_every=1", *extra)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        lrs = [r["lr"] for r in rows if r["split"] == "train"]
+        assert 5 < len(lrs) < 100000
+        return lrs
+
+    clock = final_lr("clock", "--set", "optim.schedule_follows_clock=true")
+    steps = final_lr("steps")
+    lr = 0.002  # optim.lr's default; the floor is min_lr_ratio (0.02) of it
+    assert clock[-1] < 0.1 * lr and clock[2:] == sorted(clock[2:], reverse=True)
+    assert steps[-1] > 0.99 * lr

@@ -190,6 +190,36 @@ def test_time_budget_stops_and_saves(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["global_step"] == result["global_step"]
 
 
+def test_budget_spent_follows_the_clock_and_ends_the_cosine_with_the_budget(tmp_path):
+    from engine.schedules import learning_rate
+
+    class ClockStep(ToyStep):
+        def __init__(self):
+            super().__init__()
+            self.spent: list[float] = []
+
+        def train_step(self, batch, step):
+            import time
+
+            time.sleep(0.03)
+            self.spent.append(self.ctx.budget_spent())
+            return super().train_step(batch, step)
+
+    step = ClockStep()
+    Trainer(step, _data(), _config(tmp_path / "timed", max_steps=1000, max_seconds=0.6), {}).fit()
+    assert step.spent[0] < 0.2 and step.spent[-1] > 0.8
+    assert all(0.0 <= b <= 1.0 for b in step.spent) and step.spent == sorted(step.spent)
+    untimed = ClockStep()
+    Trainer(untimed, _data(), _config(tmp_path / "untimed", max_steps=5), {}).fit()
+    assert untimed.spent == [0.0] * 5
+    # The cosine's progress is the larger of the step's and the clock's.
+    cosine = dict(base_lr=1.0, schedule="cosine", warmup_steps=10, total_steps=1010, min_lr_ratio=0.1)
+    assert learning_rate(510, **cosine) == pytest.approx(0.55)
+    assert learning_rate(510, **cosine, budget_spent=1.0) == pytest.approx(0.1)
+    assert learning_rate(510, **cosine, budget_spent=0.25) == pytest.approx(0.55)
+    assert learning_rate(260, **cosine, budget_spent=0.5) == pytest.approx(0.55)
+
+
 class DtypeStep(ToyStep):
     """Records the dtype the model computes in under ctx.autocast()."""
 
