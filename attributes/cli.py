@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_training_flags(p, PRESETS, default_out="runs/attributes", help={
         "batch_size": "faces per dataset per step (trainer.batch_size)",
         "seed": "seed of weights, data order and augmentation (trainer.seed)",
-        "minutes": "wall-clock budget; stops, evaluates and saves when spent (trainer.max_seconds)"})
+        "minutes": "wall-clock budget; stops, evaluates and saves when spent (trainer.max_seconds); with --set "
+                   "optim.schedule_follows_clock=true the learning rate's cosine ends with it rather than at --steps"})
     p.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="NAME[=ROOT]",
                    help="""add a training dataset (repeatable): a data_prep name and its folder, e.g.
                        celeba=/data/celeba; 'synthetic' needs no folder""")
