@@ -55,7 +55,9 @@ def _bar_chart(direction: dict[str, Any], task: str, path: Path) -> Path:
     for arm in arms:
         verdict = direction["verdicts"].get(arm, {}).get("verdict")
         colours.append({"better": "#2a9d4b", "worse": "#c0392b"}.get(verdict, "#7f8c8d" if arm != "source_only" else "#34495e"))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(arms) + 1.5), 3.6))
+    titles = [arm_title(a) for a in arms]
+    # Room below the axes for the slanted arm names, so that long names do not squash the bars.
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(arms) + 1.5), 2.6 + 0.045 * max(len(t) for t in titles)))
     x = np.arange(len(arms))
     ax.bar(x, means, color=colours, yerr=[np.subtract(means, lows), np.subtract(highs, means)], capsize=4)
     majority = 100 * direction["majority"][target]["balanced_accuracy"]
@@ -65,8 +67,8 @@ def _bar_chart(direction: dict[str, Any], task: str, path: Path) -> Path:
     where = ", below the axis" if majority < bottom else ""
     ax.axhline(majority, color="k", linestyle=":", linewidth=1, label=f"majority class ({majority:.0f}{where})")
     ax.set_xticks(x)
-    ax.set_xticklabels([arm_title(a) for a in arms], rotation=30, ha="right")
-    ax.set_ylabel(f"balanced accuracy on {target} (%)")
+    ax.set_xticklabels(titles, rotation=30, ha="right")
+    ax.set_ylabel("balanced accuracy (%)")
     ax.set_ylim(bottom, min(100.0, max(highs) + 5))
     ax.set_title(f"{task}: {direction['source']} -> {target} (green: beats source-only after Holm)")
     ax.legend(loc="lower right", fontsize=8)
