@@ -111,12 +111,16 @@ def open_source(config: SourceConfig, out_dir: str | Path, min_image_size: int =
 
 
 def source_root(config: SourceConfig) -> Path:
-    """The folder of a dataset source: `root`, else $FACEGAN_DATA/<source> when that exists."""
+    """The folder of a dataset source: `root`, else $FACEGAN_DATA/<source> when that exists.
+
+    Made absolute (symbolic links kept), so that the records' paths, and with them the aligned
+    cache's fingerprint, are the same however the folder is spelled: `../data/celeba` from one
+    command and `/home/me/data/celeba` from another share one cache instead of each rebuilding it."""
     if config.root:
-        return Path(config.root).expanduser()
+        return Path(os.path.abspath(Path(config.root).expanduser()))
     shared = os.environ.get(DATA_ENV)
     if shared and config.source.lower() != "folder" and (Path(shared).expanduser() / config.source).is_dir():
-        return Path(shared).expanduser() / config.source
+        return Path(os.path.abspath(Path(shared).expanduser() / config.source))
     hint = "" if config.source.lower() == "folder" else f", or set ${DATA_ENV} to a folder that holds {config.source}/"
     raise SourceError(f"data source {config.source!r} needs its folder: give --root DIR (or --dataset "
                       f"{config.source}=DIR, or set ...root=DIR){hint}")

@@ -343,3 +343,23 @@ print("faces", len(cache))
     assert len(built) == 1 and len(reused) == 1, outputs
     counts = [out.split("faces ")[-1].strip() for out in outputs]
     assert counts[0] == counts[1] and int(counts[0]) > 0
+
+
+def test_one_folder_spelled_relative_or_absolute_shares_one_cache(tmp_path, synth, monkeypatch, caplog):
+    """The same data folder given as a relative and as an absolute path is the same source: the
+    second command reuses the first one's cache instead of rebuilding it."""
+    import logging
+    import os
+
+    from data_prep.sources import SourceConfig, aligned_cache, open_source
+
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(synth.root, tmp_path)
+    assert not Path(relative).is_absolute()
+    for root in (relative, str(synth.root)):
+        config = SourceConfig(source="folder", root=root, align=False, cache_dir=str(tmp_path / "cache"))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="data_prep.cache"):
+            cache = aligned_cache(open_source(config, tmp_path, min_image_size=16), config, SIZE, tmp_path, progress=False)
+        assert len(cache) > 0
+    assert "up to date" in caplog.text and "rebuilding" not in caplog.text
