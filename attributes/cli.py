@@ -208,6 +208,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_runtime_options(p, device=None, raw=False, progress=True)
     p.set_defaults(func=_run_distill)
 
+    p = add_command(
+        sub, "trunk-weights", "save a trained model's trunk as a small file that another run starts from",
+        """Writes the trunk of CHECKPOINT (its EMA weights when the run kept them) to OUT, with the trunk's
+        settings and a line saying where it came from. A run starts from it with --init-from OUT (or --set
+        model.trunk.checkpoint=OUT); the files in attributes/weights/ that ship with facegan were made this way and
+        are named without a path (model.trunk.checkpoint: NAME).""")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint of one model of `attributes train` (of an ensemble: "
+                                                 "OUT/members/K/checkpoints/latest.pt)")
+    p.add_argument("--out", type=Path, required=True, help="the weights file to write (.pt)")
+    p.add_argument("--about", default="", help="how the model was trained, kept in the file (default: its checkpoint and step)")
+    p.set_defaults(func=_run_trunk_weights)
+
 
 def _run_train(args: argparse.Namespace) -> int:
     from attributes.config import AttributeRunConfig, add_datasets
@@ -354,4 +366,13 @@ def _run_distill(args: argparse.Namespace) -> int:
         print(f"{name}: " + ", ".join(f"{d} {100 * a:.2f}%" for d, a in m["accuracy"].items()) +
               f" ({m['parameters']:,} parameters)")
     print(f"report: {args.out / 'distill.md'}")
+    return 0
+
+
+def _run_trunk_weights(args: argparse.Namespace) -> int:
+    from attributes.trunks import write_trunk_weights
+
+    record = write_trunk_weights(args.checkpoint, args.out, args.about)
+    count = sum(v.numel() for v in record["state_dict"].values())
+    print(f"{args.out}: {record['trunk']['name']} trunk, {count:,} numbers; {record['about']}")
     return 0

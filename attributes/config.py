@@ -193,10 +193,17 @@ class AttributeRunConfig:
     # member k trains with seed trainer.seed + k into OUT/members/k, on trainer.max_steps steps
     # (and trainer.max_seconds) of its own; OUT/checkpoints/{latest,best}.pt hold them all.
     members: int = 1
+    # With members: member k's trunk starts from entry k (a weights file or the name of shipped
+    # weights; "" for random weights) instead of every member from model.trunk.checkpoint. Members
+    # that start apart make more different mistakes, which is what averaging them removes.
+    member_trunk_checkpoints: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.members < 1:
             raise ConfigError(f"members must be at least 1, not {self.members}")
+        if self.member_trunk_checkpoints and len(self.member_trunk_checkpoints) != self.members:
+            raise ConfigError(f"member_trunk_checkpoints names {len(self.member_trunk_checkpoints)} starting points for "
+                              f"{self.members} members: give one per member ('' for random weights)")
 
 
 def add_datasets(config: AttributeRunConfig, specs: list[str], identity: bool = False) -> AttributeRunConfig:

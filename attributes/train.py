@@ -49,7 +49,7 @@ StepFactory = Callable[[AttributeModel, dict[str, Any], dict[str, Any], dict[str
 # Options added after runs were recorded, at their defaults: left out of run records, so that those
 # runs keep their fingerprints and resume (tests/attributes/test_legacy.py).
 LATER_RUN_DEFAULTS = {"age_groups": [], "label_smoothing": 0.0, "method": "tags", "gamblers_reward": 0.6,
-                      "schedule_follows_clock": False,
+                      "schedule_follows_clock": False, "member_trunk_checkpoints": [],
                       **LATER_SOURCE_DEFAULTS}
 
 
@@ -144,6 +144,9 @@ def _train_ensemble(config: AttributeRunConfig, progress: bool) -> dict:
     for k in range(config.members):
         member = copy.deepcopy(config)
         member.members = 1
+        if config.member_trunk_checkpoints:
+            member.model.trunk.checkpoint = config.member_trunk_checkpoints[k]
+            member.member_trunk_checkpoints = []
         member.trainer.seed = config.trainer.seed + k
         member.trainer.out_dir = str(member_dir(out_dir, k))
         started = any(path.exists() for path in checkpoint_files(member_dir(out_dir, k)))

@@ -22,22 +22,28 @@ blocks with random weights (nothing is downloaded). For inputs below 128 px the 
 max pool are replaced by a 3x3 conv, as is usual for small images: stride 1 keeps a 64 px face
 on an 8x8 final map, stride 2 (`resnet_stem_stride`) on 4x4 at a quarter of the cost.
 `resnet_width` scales the stage widths, for CPU budgets. `checkpoint` loads local weights: a
-torchvision ImageNet file (at width 1.0), or a trunk saved by this package.
+torchvision ImageNet file (at width 1.0), a trunk saved by this package, or the name of trunk
+weights that ship inside it (`attributes/weights/*.pt`, listed by `shipped_trunk_weights()`; each
+has a README line saying how it was trained, and `facegan attributes trunk-weights` makes one).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from engine.checkpoint import CheckpointError, load_checkpoint, module_weights
+from engine.checkpoint import CheckpointError, atomic_save, load_checkpoint, module_weights
 from engine.errors import FaceganError
 from engine.modes import eval_mode
 
-__all__ = ["TrunkConfig", "ConvUnit", "AlexNetBN", "VGGBN", "ResNetTrunk", "build_trunk", "TrunkError"]
+__all__ = ["TrunkConfig", "ConvUnit", "AlexNetBN", "VGGBN", "ResNetTrunk", "build_trunk", "TrunkError",
+           "shipped_trunk_weights", "trunk_weights_file", "write_trunk_weights"]
+
+WEIGHTS_FOLDER = "weights"  # inside the attributes package: trunk weights found by name
 
 
 class TrunkError(FaceganError, ValueError):
@@ -51,7 +57,7 @@ class TrunkConfig:
     # channel multiplier of AlexNet-BN (1.0 = the thesis's 96-256-384-384-256) and of VGG-BN
     # (1.0 = 32-32-64-64-128-128-256-256-256)
     width: float = 0.5
-    checkpoint: str = ""  # local weights to start from (torchvision ResNet file, a trunk state_dict, or a facegan checkpoint)
+    checkpoint: str = ""  # weights to start from: a file (torchvision ResNet, trunk state_dict, facegan checkpoint) or shipped weights by name
     channels: list[int] = field(default_factory=list)  # AlexNet-BN: explicit channels of its 5 convs (a pruned model); overrides width
     resnet_width: float = 1.0  # ResNet stage-width multiplier (1.0 = torchvision's 64-128-256-512)
     resnet_stem_stride: int = 1  # ResNet below 128 px: stride of the 3x3 stem (2 halves every map after it)
@@ -223,10 +229,56 @@ class ResNetTrunk(nn.Module):
         return sorted(set(own) - set(usable))
 
 
+def _weights_folder() -> Path:
+    return Path(str(resources.files("attributes") / WEIGHTS_FOLDER))
+
+
+def shipped_trunk_weights() -> list[str]:
+    """The names of the trunk weights that ship with facegan (`model.trunk.checkpoint: NAME`)."""
+    folder = _weights_folder()
+    return sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
+
+
+def trunk_weights_file(value: str) -> Path:
+    """The file `value` names: an existing file, else shipped trunk weights of that name."""
+    given = Path(value).expanduser()
+    if given.is_file():
+        return given
+    name = given.name.removesuffix(".pt")
+    names = shipped_trunk_weights()
+    if given.parent == Path(".") and name in names:
+        return _weights_folder() / f"{name}.pt"
+    raise TrunkError(f"trunk checkpoint not found: {given} is not a file, and facegan ships no trunk weights of that "
+                     f"name (it ships: {', '.join(names) or 'none'}); put the weights file at that path or name "
+                     "shipped weights")
+
+
+def write_trunk_weights(checkpoint: str | Path, out: str | Path, about: str = "") -> dict:
+    """Save the trunk of an attribute checkpoint (its EMA weights when it has them) as a small file
+    that `model.trunk.checkpoint` loads: {"state_dict": ..., "trunk": its TrunkConfig, "about": ...}."""
+    checkpoint = Path(checkpoint)
+    try:
+        state = load_checkpoint(checkpoint)
+    except CheckpointError as exc:
+        raise TrunkError(str(exc)) from None
+    try:
+        trunk_config = state["run_config"]["model"]["trunk"]
+        weights, is_ema = module_weights(state, "model", where=checkpoint)
+    except (CheckpointError, KeyError, TypeError):
+        raise TrunkError(f"{checkpoint} is not the checkpoint of one attribute model (of an ensemble, give one "
+                         "member's checkpoint: OUT/members/K/checkpoints/latest.pt)") from None
+    trunk = {k.removeprefix("trunk."): v.detach().clone() for k, v in weights.items() if k.startswith("trunk.")}
+    if not trunk:
+        raise TrunkError(f"{checkpoint} holds no trunk weights")
+    step = state.get("global_step", "?")
+    record = {"state_dict": trunk, "trunk": {**trunk_config, "checkpoint": ""},
+              "about": about or f"the {'EMA' if is_ema else 'trained'} weights of {checkpoint} at step {step}"}
+    atomic_save(record, Path(out))
+    return record
+
+
 def _load_checkpoint(trunk: nn.Module, path: str) -> None:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise TrunkError(f"trunk checkpoint not found: {file}")
+    file = trunk_weights_file(path)
     try:
         state = load_checkpoint(file)  # weights only: a file with pickled code is refused
     except CheckpointError as exc:

@@ -111,6 +111,24 @@ def test_trunk_checkpoint_round_trip(tmp_path):
         build_trunk(TrunkConfig("alexnet_bn", 64, 0.5, checkpoint=str(path)))
 
 
+def test_shipped_trunk_weights_load_by_name_and_a_missing_name_says_what_ships():
+    from attributes.trunks import shipped_trunk_weights, trunk_weights_file
+
+    assert "vgg_bn-0.5-utkface-lfw" in shipped_trunk_weights()
+    file = trunk_weights_file("vgg_bn-0.5-utkface-lfw")
+    assert file.is_file() and file.parent.name == "weights"
+    record = torch.load(file, weights_only=True)
+    assert record["trunk"]["name"] == "vgg_bn" and "UTKFace" in record["about"]
+    torch.manual_seed(0)
+    trunk = build_trunk(TrunkConfig("vgg_bn", 80, 0.5, checkpoint="vgg_bn-0.5-utkface-lfw"))
+    for key, value in trunk.state_dict().items():
+        assert torch.equal(value, record["state_dict"][key]), key
+    with pytest.raises(TrunkError, match="ships: vgg_bn-0.5-utkface-lfw"):
+        build_trunk(TrunkConfig("vgg_bn", 80, 0.5, checkpoint="no-such-weights"))
+    with pytest.raises(TrunkError, match="does not fit"):  # the same trunk at another width
+        build_trunk(TrunkConfig("vgg_bn", 80, 0.25, checkpoint="vgg_bn-0.5-utkface-lfw"))
+
+
 def test_groups_follow_the_schema():
     groups = plan_groups("d", MIXED, HeadConfig())
     assert [(g.name, g.num_outputs) for g in groups] == [("binary", 3), ("Hair", 4), ("Age", 1)]
@@ -399,3 +417,12 @@ def test_channels_last_model_computes_what_the_nchw_model_computes():
     # Loading an NCHW checkpoint keeps the NHWC layout (load_state_dict copies into the existing tensors).
     fast.load_state_dict(plain.state_dict())
     assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_member_trunk_checkpoints_need_one_entry_per_member():
+    from attributes.config import AttributeRunConfig
+    from engine.config import ConfigError, from_dict
+
+    assert from_dict(AttributeRunConfig, {"members": 2, "member_trunk_checkpoints": ["vgg_bn-0.5-utkface-lfw", ""]})
+    with pytest.raises(ConfigError, match="2 starting points for 3 members"):
+        from_dict(AttributeRunConfig, {"members": 3, "member_trunk_checkpoints": ["a.pt", ""]})

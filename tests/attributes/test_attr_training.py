@@ -186,3 +186,29 @@ def test_a_time_bounded_run_ends_its_cosine_with_the_budget_when_asked(tmp_path,
     lr = 0.002  # optim.lr's default; the floor is min_lr_ratio (0.02) of it
     assert clock[-1] < 0.1 * lr and clock[2:] == sorted(clock[2:], reverse=True)
     assert steps[-1] > 0.99 * lr
+
+
+def test_trunk_weights_start_the_members_named_for_them(trained, tmp_path, train_attributes, capsys):
+    """`attributes trunk-weights` saves a run's (EMA) trunk; member_trunk_checkpoints starts each
+    ensemble member from its own entry, "" meaning random weights."""
+    weights = tmp_path / "trunk.pt"
+    assert main(["attributes", "trunk-weights", str(trained / "checkpoints" / "latest.pt"), "--out", str(weights)]) == 0
+    record = torch.load(weights, weights_only=True)
+    ema = torch.load(trained / "checkpoints" / "latest.pt", weights_only=True)["ema"]["model"]
+    assert record["state_dict"].keys() == {k.removeprefix("trunk.") for k in ema if k.startswith("trunk.")}
+    assert all(torch.equal(v, ema[f"trunk.{k}"]) for k, v in record["state_dict"].items())
+    assert record["trunk"]["name"] == "alexnet_bn" and "step 20" in record["about"]
+
+    # one step at a negligible rate: each member's convolutions stay where they started
+    ensemble = train_attributes(tmp_path, "ensemble", 1, "--members", "2", "--set", "optim.lr=1e-9",
+                                "--set", f"member_trunk_checkpoints=[{weights},'']")
+    convs = [k for k, v in record["state_dict"].items() if k.endswith("weight") and v.dim() == 4]
+    starts = []
+    for k in range(2):
+        member = torch.load(ensemble / "members" / str(k) / "checkpoints" / "latest.pt", weights_only=True)
+        assert member["run_config"]["model"]["trunk"]["checkpoint"] == (str(weights) if k == 0 else "")
+        starts.append([torch.allclose(member["modules"]["model"][f"trunk.{c}"], record["state_dict"][c], atol=1e-6)
+                       for c in convs])
+    assert all(starts[0]) and not any(starts[1])
+    assert main(["attributes", "trunk-weights", str(ensemble / "checkpoints" / "latest.pt"), "--out", str(tmp_path / "x.pt")]) != 0
+    assert "give one member's checkpoint" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
