@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         synthetic faces); `eval` reports accuracy, balanced accuracy, age MAE/CS(5), confusion matrices and
         SA-softmax grades with risk-coverage curves; `predict` aligns raw photos and writes each task's
         prediction and grade as JSON; `verify`, `explain`, `prune` and `distill` test identity models, draw
-        Grad-CAM maps, slim and distil.""")
+        Grad-CAM maps, slim and distil; `trunk-weights` saves a trunk for other runs to start from.""")
     sub = group.add_subparsers(dest="attributes_command", metavar="ATTRIBUTES_COMMAND", required=True)
 
     p = add_command(sub, "train", "train an attribute model on one or more datasets",
@@ -42,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trunk", help="alexnet_bn, vgg_bn, resnet10, resnet18, resnet34 or resnet50 (model.trunk.name; width: model.trunk.width; ResNet widths and stem: model.trunk.resnet_width, model.trunk.resnet_stem_stride)")
     p.add_argument("--init-from", metavar="CKPT",
                    help="""start the trunk from this checkpoint's trunk: a facegan run (an identity model trained
-                       with --identity, say; EMA weights when present), a trunk state_dict or torchvision ResNet
-                       weights (model.trunk.checkpoint); the heads start fresh""")
+                       with --identity, say; EMA weights when present), a trunk state_dict, torchvision ResNet
+                       weights, or the name of trunk weights that ship with facegan (vgg_bn-0.5-utkface-lfw: VGG-BN
+                       0.5 trained on UTKFace and LFW-a) (model.trunk.checkpoint); the heads start fresh""")
     p.add_argument("--input-size", type=int, choices=(64, 128, 224), help="face size in pixels (model.trunk.input_size)")
     p.add_argument("--sa-softmax", action="store_true", help="SA-softmax heads: an 'unrecognizable' output per task (model.head.sa_softmax), "
                    "learned from the thesis's dynamic tags, or with --set sa.method=gamblers from the gamblers' loss "
