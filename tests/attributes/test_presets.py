@@ -66,3 +66,7 @@ def test_the_vgg_preset_is_the_closeup_ensemble_with_another_trunk_size_and_labe
     for section in ("optim", "augment", "eval"):
         assert getattr(vgg, section) == getattr(closeup, section)
     assert (vgg.members, vgg.trainer.max_steps, vgg.trainer.amp) == (closeup.members, closeup.trainer.max_steps, True)
+    from attributes.trunks import shipped_trunk_weights
+
+    # member 0 from the face-pretrained trunk that ships with facegan, member 1 from random weights
+    assert vgg.member_trunk_checkpoints[1] == "" and vgg.member_trunk_checkpoints[0] in shipped_trunk_weights()
