@@ -146,20 +146,18 @@ class StepContext:
         self.ema: dict[str, nn.Module] = {}
         self.optimizers: dict[str, Optimizer] = {}
         self.scalers: dict[str, torch.amp.GradScaler] = {}
-        self.time_budget = 0.0  # trainer.max_seconds of the fit in progress (0: none)
-        self._clock_start: float | None = None
-
-    def start_clock(self, seconds: float) -> None:
-        """Called by the Trainer as its loop starts: the budget `budget_spent` measures against."""
-        self.time_budget = seconds
-        self._clock_start = time.perf_counter()
+        self._budget_spent = 0.0
 
     def budget_spent(self) -> float:
-        """The share of this fit's wall-clock budget spent so far, in [0, 1]; 0 without a budget.
-        A resumed run gets a fresh budget, as the Trainer's time limit does."""
-        if not self.time_budget or self._clock_start is None:
-            return 0.0
-        return min(1.0, (time.perf_counter() - self._clock_start) / self.time_budget)
+        """The share of this fit's wall-clock budget (trainer.max_seconds) spent before the current
+        step, in [0, 1]; 0 without a budget. The Trainer sets it before every step from the slowest
+        rank's clock, so every rank sees the same value. A resumed run gets a fresh budget, as the
+        Trainer's time limit does."""
+        return self._budget_spent
+
+    def set_budget_spent(self, share: float) -> None:
+        """For the Trainer: the share of the budget spent, as the next step will see it."""
+        self._budget_spent = min(1.0, max(0.0, share))
 
     def autocast(self):
         if not self.amp:
@@ -415,7 +413,7 @@ class Trainer:
         batches = self._batches()
         stopped = "finished"
         started = time.perf_counter()
-        self.ctx.start_clock(cfg.max_seconds)
+        self.ctx.set_budget_spent(0.0)
         try:
             while self.global_step < cfg.max_steps:
                 batch = self._to_device(next(batches))
@@ -440,10 +438,13 @@ class Trainer:
                 if self._stop_requested:
                     stopped = "interrupted"
                     break
-                if cfg.max_seconds and time.perf_counter() - started >= cfg.max_seconds:
-                    stopped = "time_budget"
-                    log.info("time budget of %.0f s spent at step %d; saving and stopping", cfg.max_seconds, step)
-                    break
+                if cfg.max_seconds:
+                    elapsed = self._elapsed(started)
+                    self.ctx.set_budget_spent(elapsed / cfg.max_seconds)
+                    if elapsed >= cfg.max_seconds:
+                        stopped = "time_budget"
+                        log.info("time budget of %.0f s spent at step %d; saving and stopping", cfg.max_seconds, step)
+                        break
             if self.dist.is_main and cfg.eval_every and self.global_step % cfg.eval_every and stopped != "interrupted":
                 self._evaluate(self.global_step)  # the final weights are always evaluated
             self.save("latest")
@@ -461,6 +462,17 @@ class Trainer:
             "seconds": time.perf_counter() - started,
             "checkpoint": str(self.checkpoint_dir / "latest.pt"),
         }
+
+    def _elapsed(self, started: float) -> float:
+        """Seconds since `started` on the slowest rank: every rank stops at the same step (one
+        that stopped alone would leave the others waiting in their next all-reduce) and sees the
+        same `budget_spent`."""
+        seconds = time.perf_counter() - started
+        if self.dist.enabled:
+            value = torch.tensor([seconds], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+            seconds = float(value)
+        return seconds
 
     def _visualize(self, step: int) -> None:
         visualize = getattr(self.step_impl, "visualize", None)

@@ -14,9 +14,9 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(args, out, timeout=240):
+def _run(args, out, timeout=240, *mode):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    result = subprocess.run(args + [str(WORKER), str(out)], env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(args + [str(WORKER), str(out), *mode], env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
@@ -34,6 +34,21 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         assert torch.allclose(rank0[key], single[key], atol=1e-5), f"DDP differs from one process at {key}"
     moved = max(float((single[k] - v).abs().max()) for k, v in initial.state_dict().items())
     assert moved > 1e-3, "training must have changed the weights for the comparison to mean anything"
+
+
+@pytest.mark.slow
+def test_ranks_of_unequal_speed_stop_a_timed_run_together_with_one_schedule(tmp_path):
+    """A time budget is judged on the slowest rank's clock: both ranks stop after the same step
+    (one stopping alone would hang the other) and a schedule that follows the clock gives them
+    the same rates, so the replicas stay identical."""
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], tmp_path, 240, "timed")
+    results = [(tmp_path / f"result_rank{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert results[0] == results[1] and results[0][0] == "time_budget" and int(results[0][1]) > 5
+    assert float(results[0][2]) < 0.01  # the cosine ended with the budget
+    rank0 = torch.load(tmp_path / "weights_rank0.pt")
+    rank1 = torch.load(tmp_path / "weights_rank1.pt")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), f"replicas diverged at {key}"
 
 
 def test_sampler_shards_cover_each_global_batch_once():
