@@ -29,7 +29,6 @@ has a README line saying how it was trained, and `facegan attributes trunk-weigh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -39,6 +38,7 @@ from torch import nn
 from engine.checkpoint import CheckpointError, atomic_save, load_checkpoint, module_weights
 from engine.errors import FaceganError
 from engine.modes import eval_mode
+from engine.presets import shipped_folder, shipped_names
 
 __all__ = ["TrunkConfig", "ConvUnit", "AlexNetBN", "VGGBN", "ResNetTrunk", "build_trunk", "TrunkError",
            "shipped_trunk_weights", "trunk_weights_file", "write_trunk_weights"]
@@ -229,14 +229,9 @@ class ResNetTrunk(nn.Module):
         return sorted(set(own) - set(usable))
 
 
-def _weights_folder() -> Path:
-    return Path(str(resources.files("attributes") / WEIGHTS_FOLDER))
-
-
 def shipped_trunk_weights() -> list[str]:
     """The names of the trunk weights that ship with facegan (`model.trunk.checkpoint: NAME`)."""
-    folder = _weights_folder()
-    return sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
+    return shipped_names("attributes", WEIGHTS_FOLDER, ".pt")
 
 
 def trunk_weights_file(value: str) -> Path:
@@ -247,7 +242,7 @@ def trunk_weights_file(value: str) -> Path:
     name = given.name.removesuffix(".pt")
     names = shipped_trunk_weights()
     if given.parent == Path(".") and name in names:
-        return _weights_folder() / f"{name}.pt"
+        return shipped_folder("attributes", WEIGHTS_FOLDER) / f"{name}.pt"
     raise TrunkError(f"trunk checkpoint not found: {given} is not a file, and facegan ships no trunk weights of that "
                      f"name (it ships: {', '.join(names) or 'none'}); put the weights file at that path or name "
                      "shipped weights")

@@ -17,21 +17,27 @@ from pathlib import Path
 
 from engine.config import ConfigError
 
-__all__ = ["PRESETS_FOLDER", "preset_names", "resolve_preset", "presets_help"]
+__all__ = ["PRESETS_FOLDER", "shipped_folder", "shipped_names", "preset_names", "resolve_preset", "presets_help"]
 
 log = logging.getLogger(__name__)
 
 PRESETS_FOLDER = "presets"
 
 
-def _folder(package: str) -> Path:
-    return Path(str(resources.files(package) / PRESETS_FOLDER))
+def shipped_folder(package: str, folder: str = PRESETS_FOLDER) -> Path:
+    """A folder of files that ship inside `package` (its presets, say, or trunk weights)."""
+    return Path(str(resources.files(package) / folder))
+
+
+def shipped_names(package: str, folder: str, suffix: str) -> list[str]:
+    """The names (without `suffix`) of the `suffix` files that ship in `package`'s `folder`."""
+    path = shipped_folder(package, folder)
+    return sorted(p.stem for p in path.glob(f"*{suffix}")) if path.is_dir() else []
 
 
 def preset_names(package: str) -> list[str]:
     """The presets `package` ships, by name."""
-    folder = _folder(package)
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return shipped_names(package, PRESETS_FOLDER, ".yaml")
 
 
 def resolve_preset(value: str | os.PathLike, package: str) -> Path:
@@ -40,7 +46,7 @@ def resolve_preset(value: str | os.PathLike, package: str) -> Path:
     if given.is_file():
         return given
     name = given.name[:-len(".yaml")] if given.name.endswith(".yaml") else given.name
-    shipped = _folder(package) / f"{name}.yaml"
+    shipped = shipped_folder(package) / f"{name}.yaml"
     names = preset_names(package)
     if name in names:
         if given.parent != Path("."):

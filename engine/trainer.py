@@ -413,7 +413,6 @@ class Trainer:
         batches = self._batches()
         stopped = "finished"
         started = time.perf_counter()
-        self.ctx.set_budget_spent(0.0)
         try:
             while self.global_step < cfg.max_steps:
                 batch = self._to_device(next(batches))
