@@ -434,16 +434,10 @@ class Trainer:
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     self.save("latest")
                 fault_point("trainer-step")
-                if self._stop_requested:
-                    stopped = "interrupted"
+                reason = self._stop_reason(started)
+                if reason:
+                    stopped = reason
                     break
-                if cfg.max_seconds:
-                    elapsed = self._elapsed(started)
-                    self.ctx.set_budget_spent(elapsed / cfg.max_seconds)
-                    if elapsed >= cfg.max_seconds:
-                        stopped = "time_budget"
-                        log.info("time budget of %.0f s spent at step %d; saving and stopping", cfg.max_seconds, step)
-                        break
             if self.dist.is_main and cfg.eval_every and self.global_step % cfg.eval_every and stopped != "interrupted":
                 self._evaluate(self.global_step)  # the final weights are always evaluated
             self.save("latest")
@@ -462,16 +456,26 @@ class Trainer:
             "checkpoint": str(self.checkpoint_dir / "latest.pt"),
         }
 
-    def _elapsed(self, started: float) -> float:
-        """Seconds since `started` on the slowest rank: every rank stops at the same step (one
-        that stopped alone would leave the others waiting in their next all-reduce) and sees the
-        same `budget_spent`."""
-        seconds = time.perf_counter() - started
+    def _stop_reason(self, started: float) -> str | None:
+        """Why to stop after this step, if at all: Ctrl-C (or `request_stop`) on any rank, or the
+        time budget spent on the slowest rank's clock. Under DDP the ranks decide together, with
+        one all-reduce per step, so they stop after the same step (one that stopped alone would
+        leave the others waiting in their next all-reduce) and see the same `budget_spent`."""
+        cfg = self.config
+        seconds, stop = time.perf_counter() - started, float(self._stop_requested)
         if self.dist.enabled:
-            value = torch.tensor([seconds], dtype=torch.float64, device=self.device)
+            value = torch.tensor([seconds, stop], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-            seconds = float(value)
-        return seconds
+            seconds, stop = float(value[0]), float(value[1])
+        if stop:
+            self._stop_requested = True
+            return "interrupted"
+        if cfg.max_seconds:
+            self.ctx.set_budget_spent(seconds / cfg.max_seconds)
+            if seconds >= cfg.max_seconds:
+                log.info("time budget of %.0f s spent at step %d; saving and stopping", cfg.max_seconds, self.global_step)
+                return "time_budget"
+        return None
 
     def _visualize(self, step: int) -> None:
         visualize = getattr(self.step_impl, "visualize", None)

@@ -1,6 +1,9 @@
 """Launched by test_distributed.py under torchrun; trains a deterministic toy model and
 writes each rank's final weights. With a second argument "timed" the run is bounded by time,
-its rate follows the clock, and rank 1 is slower per step than rank 0."""
+its rate follows the clock, and rank 1 is slower per step than rank 0; with "interrupt" rank 0
+alone gets a Ctrl-C (SIGINT) during its fourth step."""
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -13,8 +16,8 @@ from engine.trainer import Trainer, TrainerConfig
 
 
 class LinearStep:
-    def __init__(self, timed: bool = False):
-        self.timed = timed
+    def __init__(self, timed: bool = False, interrupt: bool = False):
+        self.timed, self.interrupt = timed, interrupt
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
         self.opt = torch.optim.SGD(self.net.parameters(), lr=0.1)
@@ -30,6 +33,8 @@ class LinearStep:
 
     def train_step(self, batch, step):
         x, y = batch
+        if self.interrupt and step == 3 and self.ctx.dist.rank == 0:
+            os.kill(os.getpid(), signal.SIGINT)
         if self.timed:
             import time
 
@@ -53,7 +58,7 @@ def main(out: str, mode: str = "") -> None:
     x = torch.randn(64, 4, generator=g)
     data = TensorDataset(x, torch.sin(x.sum(1, keepdim=True)))
     timed = mode == "timed"
-    step = LinearStep(timed)
+    step = LinearStep(timed, interrupt=mode == "interrupt")
     config = TrainerConfig(out_dir=out, max_steps=100000 if timed else 20, max_seconds=1.5 if timed else 0.0,
                            batch_size=8, seed=5, progress=False, tensorboard=False, checkpoint_every=0, log_every=0,
                            threads=1)

@@ -51,6 +51,20 @@ def test_ranks_of_unequal_speed_stop_a_timed_run_together_with_one_schedule(tmp_
         assert torch.equal(rank0[key], rank1[key]), f"replicas diverged at {key}"
 
 
+@pytest.mark.slow
+def test_a_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """Ctrl-C reaches the ranks at different moments (here only rank 0 gets it): they decide
+    together, so none trains a step alone and waits for a peer that has stopped."""
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], tmp_path, 120, "interrupt")
+    results = [(tmp_path / f"result_rank{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert results[0][:2] == results[1][:2] == ["interrupted", "4"]
+    rank0 = torch.load(tmp_path / "weights_rank0.pt")
+    rank1 = torch.load(tmp_path / "weights_rank1.pt")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), f"replicas diverged at {key}"
+    assert (tmp_path / "checkpoints" / "latest.pt").exists()
+
+
 def test_sampler_shards_cover_each_global_batch_once():
     single = list(ResumableSampler(10, seed=3))
     shards = [list(ResumableSampler(10, seed=3, rank=r, world_size=2)) for r in range(2)]
