@@ -1,8 +1,8 @@
 """facegan's CelebA attribute preset against a plain CNN at the same wall-clock budget, k-fold over
 the people of ../shared/data/celeba.
 
-    python benchmarks/attributes_vs_plain.py                        # 5 folds (~1 h 40 min on 2 cores)
-    python benchmarks/attributes_vs_plain.py --only 0,1             # some folds (each ~20 min)
+    python benchmarks/attributes_vs_plain.py                        # 5 folds (65 min to 1 h 50 min on 2 EPYC cores)
+    python benchmarks/attributes_vs_plain.py --only 0,1             # some folds (each 13-22 min)
     python benchmarks/attributes_vs_plain.py --preset my.yaml --set model.trunk.width=0.5
     python benchmarks/attributes_vs_plain.py --quick                # a pipeline check (~3 min)
     python benchmarks/attributes_vs_plain.py --only 0 --set model.trunk.name=vgg_bn \
