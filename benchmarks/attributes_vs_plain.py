@@ -18,8 +18,9 @@ person is tested exactly once over the folds):
    (the default) each member's learning-rate schedule follows its clock
    (`optim.schedule_follows_clock`): the cosine ends as the member's share of T runs out, however
    fast the machine runs that day; a pilot run's steps per second only sets a step cap of twice
-   what it predicts. With `--schedule steps` `trainer.max_steps` is set from the pilot to fill T,
-   and a slower or faster run than the pilot's stops part-way down its schedule or early;
+   what it predicts (a fold that reaches it with budget left warns). With `--schedule steps`
+   `trainer.max_steps` is set from the pilot to fill T, and a slower or faster run than the
+   pilot's stops part-way down its schedule or early;
 3. both predict the faces of fold k, each as it is meant to be used (facegan: its aligned faces,
    the preset's flip averaging and thresholds; the reference: its crops at threshold 0.5).
 Decoding, aligning and caching are excluded from T and printed separately. Faces the aligner
@@ -133,6 +134,15 @@ def facegan_predictions(config, checkpoint: Path, work_dir: Path) -> tuple[list[
     return [str(Path(r.path).resolve()) for r in test.records], decisions.numpy(), names
 
 
+def cap_shortfall(schedule: str, steps_made: int, cap: int, seconds: float, budget: float) -> str:
+    """Why facegan used less of the budget than it was given, or "" if it used it: on the clock,
+    a member that reaches the step cap (twice what the measured rate predicts) stops early, so a
+    rate measured too low (a busy machine during the pilot) quietly costs facegan training time."""
+    if schedule == "clock" and steps_made >= cap and seconds < 0.95 * budget:
+        return f"facegan stopped at its cap of {cap} steps per member after {seconds:.0f} s of its {budget:.0f} s"
+    return ""
+
+
 def reused_plain_correct(reused: dict, people: list[str], truth: np.ndarray, known: np.ndarray, source: str) -> list:
     """The reference's right/wrong table from an earlier run's fold record, if that run scored the
     same faces, in the same order, with the same labels; else it refuses."""
@@ -206,6 +216,10 @@ def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: floa
     plan = f"{steps} steps planned" if args.schedule == "steps" else f"schedules on the clock (cap {steps} steps)"
     print(f"  facegan {args.preset}: {members} member(s), {plan}, {summary['global_step']} made per "
           f"member, {facegan_seconds:.0f} s of training ({time.perf_counter() - start:.0f} s with caching)", flush=True)
+    shortfall = cap_shortfall(args.schedule, summary["global_step"], steps, facegan_seconds, plain_seconds)
+    if shortfall:
+        print(f"  WARNING: {shortfall}; the rate that set it ({rate:.2f} steps/s) was too low (was something else running "
+              f"during the pilot?): delete {args.out / 'pilot'} and {out}, and run this fold again alone", flush=True)
     paths, decisions, facegan_names = facegan_predictions(config, Path(summary["checkpoint"]), out / "facegan")
     ours_people = {dataset_identity[p] for p in paths}
     if ours_people != {r.identity for r in test_records}:

@@ -69,6 +69,15 @@ def test_a_reused_reference_must_have_scored_the_same_faces():
             bench.reused_plain_correct(record, people, other_truth, other_known, "run")
 
 
+def test_a_run_cut_short_by_its_step_cap_is_reported():
+    bench = _load("attributes_vs_plain")
+    # the case met on 2026-12-06: a pilot slowed by another process set a cap of 620 steps, reached in 239 of 344 s
+    assert "620 steps per member after 239 s of its 344 s" in bench.cap_shortfall("clock", 620, 620, 239.0, 344.0)
+    assert bench.cap_shortfall("clock", 1563, 3200, 343.0, 344.0) == ""  # the clock ended it: the budget was used
+    assert bench.cap_shortfall("clock", 620, 620, 340.0, 344.0) == ""  # the cap and the clock met
+    assert bench.cap_shortfall("steps", 620, 620, 239.0, 344.0) == ""  # a planned schedule ends at its steps
+
+
 def test_a_rerun_reuses_a_fold_only_if_it_was_made_with_the_same_recipe(tmp_path):
     import argparse
     import json
