@@ -219,7 +219,8 @@ def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: floa
     shortfall = cap_shortfall(args.schedule, summary["global_step"], steps, facegan_seconds, plain_seconds)
     if shortfall:
         print(f"  WARNING: {shortfall}; the rate that set it ({rate:.2f} steps/s) was too low (was something else running "
-              f"during the pilot?): delete {args.out / 'pilot'} and {out}, and run this fold again alone", flush=True)
+              f"while the pilot or the previous fold measured it?): delete {args.out / 'pilot'} and {out}, and run this "
+              "fold again alone", flush=True)
     paths, decisions, facegan_names = facegan_predictions(config, Path(summary["checkpoint"]), out / "facegan")
     ours_people = {dataset_identity[p] for p in paths}
     if ours_people != {r.identity for r in test_records}:
