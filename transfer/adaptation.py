@@ -192,14 +192,31 @@ def _task_predictions(model: AttributeModel, faces: FaceArray, head: str, device
     return result
 
 
+def class_balanced_keep(label: torch.Tensor, confidence: torch.Tensor, share: float) -> torch.Tensor:
+    """The faces to keep when every predicted class gives up the same `share` of its faces, its
+    most confident ones (class-balanced self-training, Zou et al., ECCV 2018): a class the model
+    is sure of cannot crowd out the others, which is how self-training collapses to one class."""
+    keep = torch.zeros(len(label), dtype=torch.bool)
+    for value in label.unique():
+        rows = torch.nonzero(label == value).flatten()
+        count = int(round(share * len(rows)))
+        if count:
+            keep[rows[confidence[rows].argsort(descending=True, stable=True)[:count]]] = True
+    return keep
+
+
 def pseudo_labels(model: AttributeModel, head: str, target: FaceArray, source_val: FaceArray, precision: float,
-                  device: torch.device | str = "cpu", selection: str = "max_softmax"
+                  device: torch.device | str = "cpu", selection: str = "max_softmax", balance_classes: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """(targets, mask, thresholds): the model's labels of the `target` faces, kept (mask) where its
     max-softmax reaches the threshold chosen on the labelled `source_val` faces for `precision`,
-    or with `selection="sa_grade"` where its SA head grades them S or A."""
+    or with `selection="sa_grade"` where its SA head grades them S or A. `balance_classes`: the
+    threshold only sets how many faces a column keeps; each predicted class then gives that share
+    of its own faces (`class_balanced_keep`)."""
     if selection not in ("max_softmax", "sa_grade"):
         raise AdaptationError(f"pseudo-labels are selected by max_softmax or sa_grade, not {selection!r}")
+    if balance_classes and selection != "max_softmax":
+        raise AdaptationError("class-balanced selection ranks max-softmax confidences; SA grades are not balanced")
     if selection == "sa_grade":
         on_target = _task_predictions(model, target, head, device, selection)
         if not on_target:
@@ -216,7 +233,11 @@ def pseudo_labels(model: AttributeModel, head: str, target: FaceArray, source_va
         val_label, val_conf = val[column]
         correct = val_label[known] == source_val.targets[known, column].round()
         thresholds[column] = confidence_threshold(val_conf[known], correct, precision)
-    return _kept(target, on_target, thresholds)
+    targets, mask, named = _kept(target, on_target, thresholds)
+    if balance_classes:
+        for column, (label, conf) in on_target.items():
+            mask[:, column] = class_balanced_keep(label, conf, float(mask[:, column].float().mean()))
+    return targets, mask, named
 
 
 def _kept(target: FaceArray, on_target: dict[int, tuple[torch.Tensor, torch.Tensor]], thresholds: dict[int, float]
@@ -242,7 +263,7 @@ class SelfTrainStep(AttributeStep):
 
     def __init__(self, *args, head: str, target_faces: FaceArray, source_val: FaceArray, relabel_every: int,
                  precision: float, strong_color: float = 0.4, strong_erase: float = 0.5, selection: str = "max_softmax",
-                 **kwargs):
+                 balance_classes: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.target = _single_target(self, head)
         self.unlabelled = []  # the target batch joins the source head's slice once it has labels
@@ -257,6 +278,7 @@ class SelfTrainStep(AttributeStep):
         self.relabel_every = relabel_every
         self.precision = precision
         self.selection = selection
+        self.balance_classes = balance_classes
         # An SA head keeps dynamic tags per training face: the target faces get rows after the
         # source's (their `index` in the merged batch), labelled by each round's pseudo-labels.
         self.n_source = len(self.train_sets[head])
@@ -276,7 +298,7 @@ class SelfTrainStep(AttributeStep):
     def relabel(self, step: int) -> None:
         model = self.ctx.ema.get("model", self.model)
         targets, mask, thresholds = pseudo_labels(model, self.head, self.target_faces, self.source_val, self.precision,
-                                                  self.ctx.device, self.selection)
+                                                  self.ctx.device, self.selection, self.balance_classes)
         self._use(targets, mask)
         self.rounds.append({"step": step, "thresholds": thresholds, "targets": targets.clone(), "mask": mask.clone()})
 

@@ -86,6 +86,9 @@ class AdaptationConfig:
     sa_window_epochs: int = 1  # self_train_sa: epochs per counting window of the dynamic tags
     strong_color: float = 0.4  # the strong view of a pseudo-labelled face (FixMatch): colour jitter of 1 +- this
     strong_erase: float = 0.5  # and the probability of erasing one rectangle of it
+    # self_train (max-softmax): the threshold sets how many faces are kept; every predicted class
+    # then gives the same share of its own most confident faces (Zou et al. 2018, class-balanced)
+    balance_classes: bool = False
 
     def __post_init__(self) -> None:
         if self.sa_plain_epochs < 0 or self.sa_window_epochs < 1:
@@ -107,6 +110,8 @@ class AdaptationConfig:
             used.update({key: getattr(self, key) for key in ("relabel_every", "strong_color", "strong_erase")})
             if not sa_softmax:
                 used["precision"] = self.precision
+                if self.balance_classes:  # absent at its default: cells cached before it keep their fingerprints
+                    used["balance_classes"] = True
         if sa_softmax:
             used.update(sa_plain_epochs=self.sa_plain_epochs, sa_window_epochs=self.sa_window_epochs)
         return used

@@ -309,6 +309,7 @@ def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool)
                                      source_val=sets.get(_validation_faces(recipe)), relabel_every=options.relabel_every,
                                      precision=options.precision, strong_color=options.strong_color,
                                      selection="sa_grade" if recipe.sa_softmax else "max_softmax",
+                                     balance_classes=options.balance_classes and not recipe.sa_softmax,
                                      strong_erase=options.strong_erase, **settings)
             steps.append(step)
             return step

@@ -271,7 +271,10 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
             f"Every {config.options.adapt.relabel_every} steps of its second phase a self-training arm labels the target's "
             f"train faces with its EMA model (the face and its mirror image) and keeps the labels whose max-softmax "
             f"confidence reaches the threshold at which {100 * config.options.adapt.precision:.0f}% of the source's "
-            "validation faces are right. Their accuracy is measured against the withheld target labels for this table "
+            "validation faces are right"
+            + (" (class-balanced: the threshold sets how many faces are kept, and every predicted class gives the same "
+               "share of its most confident faces)" if config.options.adapt.balance_classes else "")
+            + ". Their accuracy is measured against the withheld target labels for this table "
             "only; training never reads them.")
         rows = []
         for name, arms in pseudo.items():

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from transfer.adaptation import (AdaptationError, SelfTrainStep, TentStep, adapt_batch_norm, batch_norms,
-                                 confidence_threshold, entropy, pseudo_labels, unlabelled_view)
+                                 class_balanced_keep, confidence_threshold, entropy, pseudo_labels,
+                                 unlabelled_view)
 from transfer.arms import recipe_for, target_train_faces
 from transfer.config import StudyConfig, faceset_transform
 
@@ -153,6 +154,47 @@ def test_pseudo_labels_come_from_the_model_and_the_source_threshold_not_the_targ
     flipped.targets[:] = 1 - flipped.targets
     again = pseudo_labels(model, "src", unlabelled_view(flipped), source, precision=0.5)
     assert torch.equal(again[0], targets) and torch.equal(again[1], mask)
+
+
+def test_class_balanced_selection_gives_every_predicted_class_the_same_share():
+    label = torch.tensor([0.0] * 8 + [1.0] * 2)
+    conf = torch.tensor([0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.6, 0.55])
+    keep = class_balanced_keep(label, conf, 0.5)
+    assert keep.tolist() == [True] * 4 + [False] * 4 + [True, False]  # a threshold keeping 5 would take class 0 only
+    assert not class_balanced_keep(label, conf, 0.0).any() and class_balanced_keep(label, conf, 1.0).all()
+
+
+def test_balanced_pseudo_labels_keep_as_many_faces_as_the_threshold_spread_over_the_predicted_classes(monkeypatch):
+    import transfer.adaptation as adaptation
+
+    source, target = _faces(48, 0), _faces(16, 1)
+    label = torch.tensor([0.0] * 12 + [1.0] * 4)  # the model's labels of the target faces, and its confidences:
+    conf = torch.tensor([0.99 - 0.01 * i for i in range(12)] + [0.7, 0.65, 0.6, 0.55])  # class 1 is never sure
+
+    def predictions(model, faces, head, device, selection="max_softmax"):
+        if faces is source:  # right on every validation face at 0.9: the threshold is 0.9
+            return {0: (faces.targets[:, 0].clone(), torch.full((len(faces),), 0.9))}
+        return {0: (label, conf)}
+
+    monkeypatch.setattr(adaptation, "_task_predictions", predictions)
+    targets, plain, thresholds = pseudo_labels(None, "src", unlabelled_view(target), source, precision=0.9)
+    assert thresholds["Male"] == pytest.approx(0.9) and torch.equal(targets[:, 0], label)
+    assert plain[:, 0].tolist() == [True] * 10 + [False] * 6  # ten faces, all of class 0
+    _, balanced, _ = pseudo_labels(None, "src", unlabelled_view(target), source, precision=0.9, balance_classes=True)
+    # The same ten faces' worth (62.5%), now from each class: 8 of the 12 and 2 of the 4, the most confident.
+    assert balanced[:, 0].tolist() == [True] * 8 + [False] * 4 + [True, True, False, False]
+    with pytest.raises(AdaptationError, match="SA grades"):
+        pseudo_labels(None, "src", unlabelled_view(target), source, precision=0.9, selection="sa_grade",
+                      balance_classes=True)
+
+
+def test_class_balancing_enters_a_self_training_cell_only_when_on():
+    config = StudyConfig()
+    assert "balance_classes" not in config.options.adapt.used_by("self_train")  # earlier cells keep their fingerprints
+    config.options.adapt.balance_classes = True
+    assert config.options.adapt.used_by("self_train")["balance_classes"] is True
+    assert "balance_classes" not in config.options.adapt.used_by("self_train", sa_softmax=True)
+    assert "balance_classes" not in config.options.adapt.used_by("tent")
 
 
 def test_self_training_refuses_labelled_target_faces_and_trains_on_kept_pseudo_labels():
