@@ -272,8 +272,9 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
             f"train faces with its EMA model (the face and its mirror image) and keeps the labels whose max-softmax "
             f"confidence reaches the threshold at which {100 * config.options.adapt.precision:.0f}% of the source's "
             "validation faces are right"
-            + (" (class-balanced: the threshold sets how many faces are kept, and every predicted class gives the same "
-               "share of its most confident faces)" if config.options.adapt.balance_classes else "")
+            + (" (class-balanced in the max-softmax arms: the threshold sets how many faces are kept, and every "
+               "predicted class gives the same share of its most confident faces; SA grades are not balanced)"
+               if config.options.adapt.balance_classes else "")
             + ". Their accuracy is measured against the withheld target labels for this table "
             "only; training never reads them.")
         rows = []
