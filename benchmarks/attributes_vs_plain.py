@@ -143,6 +143,17 @@ def cap_shortfall(schedule: str, steps_made: int, cap: int, seconds: float, budg
     return ""
 
 
+def member_steps_of(record: dict) -> list[int]:
+    """The steps each member of a fold made (a fold recorded before members were counted apart
+    holds the ensemble's step count, the least of its members', for each)."""
+    return record.get("facegan_member_steps") or [record["facegan_steps"]] * record["facegan_members"]
+
+
+def steps_text(member_steps: list[int]) -> str:
+    """"1146 + 789": members of one run can differ in speed (a member with frozen units, say)."""
+    return " + ".join(str(s) for s in member_steps)
+
+
 def reused_plain_correct(reused: dict, people: list[str], truth: np.ndarray, known: np.ndarray, source: str) -> list:
     """The reference's right/wrong table from an earlier run's fold record, if that run scored the
     same faces, in the same order, with the same labels; else it refuses."""
@@ -213,10 +224,11 @@ def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: floa
     start = time.perf_counter()
     summary = train(config, progress=False)
     facegan_seconds = sum(m["seconds"] for m in summary.get("members", [summary]))
+    member_steps = [m["global_step"] for m in summary.get("members", [summary])]
     plan = f"{steps} steps planned" if args.schedule == "steps" else f"schedules on the clock (cap {steps} steps)"
-    print(f"  facegan {args.preset}: {members} member(s), {plan}, {summary['global_step']} made per "
-          f"member, {facegan_seconds:.0f} s of training ({time.perf_counter() - start:.0f} s with caching)", flush=True)
-    shortfall = cap_shortfall(args.schedule, summary["global_step"], steps, facegan_seconds, plain_seconds)
+    print(f"  facegan {args.preset}: {members} member(s), {plan}, {steps_text(member_steps)} steps made, "
+          f"{facegan_seconds:.0f} s of training ({time.perf_counter() - start:.0f} s with caching)", flush=True)
+    shortfall = cap_shortfall(args.schedule, max(member_steps), steps, facegan_seconds, plain_seconds)
     if shortfall:
         print(f"  WARNING: {shortfall}; the rate that set it ({rate:.2f} steps/s) was too low (was something else running "
               f"while the pilot or the previous fold measured it?): delete {args.out / 'pilot'} and {out}, and run this "
@@ -242,7 +254,7 @@ def run_fold(args, fold: int, dataset, images: dict[str, np.ndarray], rate: floa
         "fold": fold, "recipe": recipe, "test_faces": len(test_records), "scored_faces": len(kept),
         "left_out_by_the_aligner": len(test_records) - len(kept),
         "plain_seconds": plain_seconds, "plain_steps": plain_steps, "facegan_seconds": facegan_seconds,
-        "facegan_steps": summary["global_step"], "facegan_members": members,
+        "facegan_steps": summary["global_step"], "facegan_members": members, "facegan_member_steps": member_steps,
         "reference_from": str(args.reference_from or ""), "people": people,
         "facegan_correct": (ours == truth).tolist(), "plain_correct": plain_correct,
         "truth": truth.tolist(), "known": known.tolist(),
@@ -349,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_fold(args, fold, dataset, images, rate))
         made = results[-1]
         if made["facegan_seconds"] > 0:  # the rate of a whole run is a better guess for the next fold than the pilot's
-            rate = made["facegan_steps"] * made["facegan_members"] / made["facegan_seconds"]
+            rate = sum(member_steps_of(made)) / made["facegan_seconds"]
 
     def pooled(parts: list[dict]) -> dict:
         cat = {key: np.concatenate([np.asarray(p[key]) for p in parts]) for key in
@@ -363,12 +375,12 @@ def main(argv: list[str] | None = None) -> int:
              f"Overrides: {', '.join(args.overrides) or 'none'}{reference}.", "",
              f"CPU: {cpu}, {args.threads} torch threads; CelebA at {args.root}; folds {folds} of {args.folds} "
              f"over people (split seed {args.split_seed}); budget = the reference's {args.epochs} epochs.", "",
-             "| fold | faces scored (left out by the aligner) | reference s (steps) | facegan s (steps per member x members) "
+             "| fold | faces scored (left out by the aligner) | reference s (steps) | facegan s (steps of each member) "
              "| facegan's share of the budget |",
              "|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['fold']} | {r['scored_faces']} ({r['left_out_by_the_aligner']}) | {r['plain_seconds']:.0f} "
-                     f"({r['plain_steps']}) | {r['facegan_seconds']:.0f} ({r['facegan_steps']} x {r['facegan_members']}) | "
+                     f"({r['plain_steps']}) | {r['facegan_seconds']:.0f} ({steps_text(member_steps_of(r))}) | "
                      f"{100 * r['facegan_seconds'] / r['plain_seconds']:.0f}% |")
     lines += ["", "Mean accuracy and mean balanced accuracy over the 40 attributes (%), [95% bootstrap interval over test "
               "people]:", "",

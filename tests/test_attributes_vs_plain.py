@@ -101,3 +101,10 @@ def test_a_rerun_reuses_a_fold_only_if_it_was_made_with_the_same_recipe(tmp_path
     args.overrides = []
     with pytest.raises(SystemExit, match="not recorded"):
         bench.run_fold(args, 0, None, None, None)
+
+
+def test_each_member_s_steps_are_reported_since_members_can_differ_in_speed():
+    bench = _load("attributes_vs_plain")
+    assert bench.member_steps_of({"facegan_member_steps": [1146, 789], "facegan_steps": 789, "facegan_members": 2}) == [1146, 789]
+    assert bench.member_steps_of({"facegan_steps": 954, "facegan_members": 2}) == [954, 954]  # a fold recorded before
+    assert bench.steps_text([1146, 789]) == "1146 + 789"
