@@ -308,3 +308,34 @@ def test_no_adapting_arm_reads_a_target_label_or_a_target_test_face(tmp_path, mo
         assert not changed, (arm, changed[:3])
     # The weights do depend on the target's train faces: AdaBN moved the statistics of source-only.
     assert any(not torch.equal(v, clean["source_only"][k]) for k, v in clean["adabn"].items())
+
+
+def test_the_study_hands_class_balancing_to_max_softmax_self_training_only(tmp_path, monkeypatch):
+    """`options.adapt.balance_classes` reaches the step of a self-training cell, and not the step
+    of an SA-grade one (whose selection cannot be balanced)."""
+    import transfer.adaptation as adaptation
+    from tests.transfer.test_study import _tiny_config
+    from transfer.facesets import FaceSets
+    from transfer.study import _ensure_trained, _settle_locations, plan_cells
+
+    handed = {}
+
+    class Recording(adaptation.SelfTrainStep):
+        def __init__(self, *args, selection="max_softmax", balance_classes=False, **kwargs):
+            handed[selection] = balance_classes
+            super().__init__(*args, selection=selection, balance_classes=balance_classes, **kwargs)
+
+    monkeypatch.setattr(adaptation, "SelfTrainStep", Recording)
+    config = _tiny_config(tmp_path)
+    config.arms = ["self_train", "self_train_sa"]
+    config.budget.steps = 6
+    config.options.adapt.relabel_every = 2
+    config.options.adapt.precision = 0.5
+    config.options.adapt.balance_classes = True
+    _settle_locations(config, tmp_path)
+    sets = FaceSets(config, tmp_path, progress=False)
+    recipes = {("studio", "wild", arm): recipe_for(arm, "studio", "wild", config) for arm in config.arms}
+    cells, assignment = plan_cells(config, recipes, {}, tmp_path)
+    for (_, _, arm), (fingerprint,) in assignment.items():
+        _ensure_trained(cells[fingerprint], config, sets, torch.device("cpu"), progress=False)
+    assert handed == {"max_softmax": True, "sa_grade": False}
