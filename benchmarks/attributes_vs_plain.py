@@ -150,7 +150,8 @@ def member_steps_of(record: dict) -> list[int]:
 
 
 def steps_text(member_steps: list[int]) -> str:
-    """"1146 + 789": members of one run can differ in speed (a member with frozen units, say)."""
+    """"1146 + 789": members of one run can differ in steps (the machine's speed drifts while they
+    train one after another, or their recipes differ)."""
     return " + ".join(str(s) for s in member_steps)
 
 
