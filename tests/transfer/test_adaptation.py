@@ -258,20 +258,42 @@ def test_sa_grades_select_the_pseudo_labels_and_tag_the_target_faces_as_training
 
 
 # -- no target label, no target test face -------------------------------------------------------
-def _train_adapting_cells(out, poison: bool, monkeypatch):
-    """Train the adapting arms' cells of the tiny study; with `poison`, every target train label
-    is flipped and every target test face is noise. Returns each arm's final weights."""
-    import transfer.facesets as facesets
+def _adapting_config(out, arms: list[str]):
+    """The tiny study with `arms`, at a budget small enough for tests."""
     from tests.transfer.test_study import _tiny_config
-    from transfer.facesets import FaceSets
-    from transfer.study import _ensure_trained, _settle_locations, plan_cells
 
     config = _tiny_config(out)
-    config.arms = ["source_only", "adabn", "tent", "self_train", "self_train_sa", "colour_self_train", "colour_match+adabn"]
+    config.arms = arms
     config.budget.steps = 8
     config.options.adapt.tent_steps = 3
     config.options.adapt.relabel_every = 2
     config.options.adapt.precision = 0.5
+    return config
+
+
+def _train_arms(config, out) -> dict:
+    """Train every arm's cells of `config` (from studio to wild) in `out`; returns each arm's cell."""
+    from transfer.facesets import FaceSets
+    from transfer.study import _ensure_trained, _settle_locations, plan_cells
+
+    _settle_locations(config, out)
+    sets = FaceSets(config, out, progress=False)
+    recipes = {("studio", "wild", arm): recipe_for(arm, "studio", "wild", config) for arm in config.arms}
+    cells, assignment = plan_cells(config, recipes, {}, out)
+    trained = {}
+    for (_, _, arm), (fingerprint,) in assignment.items():
+        _ensure_trained(cells[fingerprint], config, sets, torch.device("cpu"), progress=False)
+        trained[arm] = cells[fingerprint]
+    return trained
+
+
+def _train_adapting_cells(out, poison: bool, monkeypatch):
+    """Train the adapting arms' cells of the tiny study; with `poison`, every target train label
+    is flipped and every target test face is noise. Returns each arm's final weights."""
+    import transfer.facesets as facesets
+
+    config = _adapting_config(out, ["source_only", "adabn", "tent", "self_train", "self_train_sa", "colour_self_train",
+                                    "colour_match+adabn"])
     original = facesets.FaceSets._base
 
     def base(self, domain, split):
@@ -284,14 +306,8 @@ def _train_adapting_cells(out, poison: bool, monkeypatch):
         return faces
 
     monkeypatch.setattr(facesets.FaceSets, "_base", base)
-    _settle_locations(config, out)
-    sets = FaceSets(config, out, progress=False)
-    recipes = {("studio", "wild", arm): recipe_for(arm, "studio", "wild", config) for arm in config.arms}
-    cells, assignment = plan_cells(config, recipes, {}, out)
     weights = {}
-    for (_, _, arm), (fingerprint,) in assignment.items():
-        cell = cells[fingerprint]
-        _ensure_trained(cell, config, sets, torch.device("cpu"), progress=False)
+    for arm, cell in _train_arms(config, out).items():
         state = torch.load(cell.folder / "checkpoints" / "latest.pt", map_location="cpu", weights_only=False)
         weights[arm] = {**state["modules"]["model"], **{f"ema.{k}": v for k, v in state["ema"]["model"].items()}}
     return weights
@@ -314,9 +330,6 @@ def test_the_study_hands_class_balancing_to_max_softmax_self_training_only(tmp_p
     """`options.adapt.balance_classes` reaches the step of a self-training cell, and not the step
     of an SA-grade one (whose selection cannot be balanced)."""
     import transfer.adaptation as adaptation
-    from tests.transfer.test_study import _tiny_config
-    from transfer.facesets import FaceSets
-    from transfer.study import _ensure_trained, _settle_locations, plan_cells
 
     handed = {}
 
@@ -326,16 +339,7 @@ def test_the_study_hands_class_balancing_to_max_softmax_self_training_only(tmp_p
             super().__init__(*args, selection=selection, balance_classes=balance_classes, **kwargs)
 
     monkeypatch.setattr(adaptation, "SelfTrainStep", Recording)
-    config = _tiny_config(tmp_path)
-    config.arms = ["self_train", "self_train_sa"]
-    config.budget.steps = 6
-    config.options.adapt.relabel_every = 2
-    config.options.adapt.precision = 0.5
+    config = _adapting_config(tmp_path, ["self_train", "self_train_sa"])
     config.options.adapt.balance_classes = True
-    _settle_locations(config, tmp_path)
-    sets = FaceSets(config, tmp_path, progress=False)
-    recipes = {("studio", "wild", arm): recipe_for(arm, "studio", "wild", config) for arm in config.arms}
-    cells, assignment = plan_cells(config, recipes, {}, tmp_path)
-    for (_, _, arm), (fingerprint,) in assignment.items():
-        _ensure_trained(cells[fingerprint], config, sets, torch.device("cpu"), progress=False)
+    _train_arms(config, tmp_path)
     assert handed == {"max_softmax": True, "sa_grade": False}
