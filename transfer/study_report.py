@@ -22,6 +22,7 @@ ARM_TITLES = {
     "augment_mix": "augment-mix", "colour_match": "colour-match", "dann": "DANN", "joint": "joint (both labels)",
     "adabn": "AdaBN", "tent": "TENT", "self_train": "self-training",
     "self_train_sa": "self-training on SA grades", "colour_self_train": "colour-match + self-training + AdaBN",
+    "colour_self_train_no_adabn": "colour-match + self-training",
     "combined": "colour-match + SR-mix + self-training + AdaBN",
 }
 

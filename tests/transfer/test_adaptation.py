@@ -51,11 +51,16 @@ def test_adapting_recipes_keep_the_budget_and_see_only_the_target_train_faces():
     assert recipe_for("colour_match+adabn", "a", "b", config).previous().key() == recipe_for("colour_match", "a", "b", config).key()
     # In matched colours the target faces are seen as they are tested.
     assert recipe_for("colour_self_train", "a", "b", config).target_faces == "b/train|gray"
+    # Without its AdaBN pass it is the very training that arm's AdaBN starts from: one cell for both.
+    no_adabn = recipe_for("colour_self_train_no_adabn", "a", "b", config)
+    assert not no_adabn.adabn and no_adabn.adapt == "self_train"
+    assert no_adabn.key() == recipe_for("colour_self_train", "a", "b", config).previous().key()
     assert target_train_faces("b", "stats:b") == "b/train" and target_train_faces("b", "") == "b/train"
     combined = recipe_for("combined", "a", "b", config)
     assert combined.train == (("a", "a/train|gray + a/train|sr:b|gray"),) and combined.needs_sr == ("b",)
     assert faceset_transform("a/train|sr:b|gray") == ("a/train|sr:b", "gray", "")
-    for arm in ("adabn", "tent", "self_train", "self_train_sa", "colour_self_train", "combined", "dann+adabn"):
+    for arm in ("adabn", "tent", "self_train", "self_train_sa", "colour_self_train", "colour_self_train_no_adabn",
+                "combined", "dann+adabn"):
         recipe = recipe_for(arm, "a", "b", config)
         while recipe is not None:
             assert all(not faces.startswith("b/") for _, faces in recipe.train), arm  # never a labelled target face
