@@ -259,11 +259,13 @@ def _columns(schema) -> list[tuple]:
 class SelfTrainStep(AttributeStep):
     """The attribute step on the labelled source batch plus the pseudo-labelled faces of an
     unlabelled target batch, whose labels come from the model being trained (its EMA copy when the
-    trainer keeps one) every `relabel_every` steps."""
+    trainer keeps one) every `relabel_every` steps. `label_faces`: the same target faces, face for
+    face, as the model labels them (say, in the colours it was trained in), when it is to learn
+    them as `target_faces` show them."""
 
     def __init__(self, *args, head: str, target_faces: FaceArray, source_val: FaceArray, relabel_every: int,
                  precision: float, strong_color: float = 0.4, strong_erase: float = 0.5, selection: str = "max_softmax",
-                 balance_classes: bool = False, **kwargs):
+                 balance_classes: bool = False, label_faces: FaceArray | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.target = _single_target(self, head)
         self.unlabelled = []  # the target batch joins the source head's slice once it has labels
@@ -274,6 +276,10 @@ class SelfTrainStep(AttributeStep):
         if _columns(target_faces.schema) != _columns(self.train_sets[head].schema):
             raise AdaptationError(f"the target's tasks {_columns(target_faces.schema)} differ from the source head's "
                                   f"{_columns(self.train_sets[head].schema)}")
+        self.label_faces = target_faces if label_faces is None else label_faces
+        if len(self.label_faces) != len(target_faces) or self.label_faces.mask.any():
+            raise AdaptationError(f"the faces to label ({len(self.label_faces)}) must be the {len(target_faces)} target "
+                                  "faces themselves, without labels")
         self.source_val = source_val
         self.relabel_every = relabel_every
         self.precision = precision
@@ -297,7 +303,7 @@ class SelfTrainStep(AttributeStep):
 
     def relabel(self, step: int) -> None:
         model = self.ctx.ema.get("model", self.model)
-        targets, mask, thresholds = pseudo_labels(model, self.head, self.target_faces, self.source_val, self.precision,
+        targets, mask, thresholds = pseudo_labels(model, self.head, self.label_faces, self.source_val, self.precision,
                                                   self.ctx.device, self.selection, self.balance_classes)
         self._use(targets, mask)
         self.rounds.append({"step": step, "thresholds": thresholds, "targets": targets.clone(), "mask": mask.clone()})

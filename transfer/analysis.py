@@ -29,7 +29,8 @@ __all__ = ["analyse", "LABEL_FREE_ARMS", "is_label_free", "sentences"]
 
 # Arms that never see a target label; the oracle (target_only) and joint do.
 LABEL_FREE_ARMS = ("sr_mix", "bicubic_mix", "augment_mix", "colour_match", "dann", "adabn", "tent", "self_train",
-                   "self_train_sa", "colour_self_train", "colour_self_train_no_adabn", "combined")
+                   "self_train_sa", "colour_self_train", "colour_self_train_no_adabn", "colour_teacher_self_train",
+                   "combined")
 
 
 def is_label_free(arm: str) -> bool:

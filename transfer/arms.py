@@ -56,6 +56,7 @@ class Recipe:
     adabn: bool = False  # end with the BatchNorm statistics re-estimated on target_faces
     target_faces: str = ""  # the only target faces an adapting recipe sees: its train split, no labels
     sa_softmax: bool = False  # train an SA-softmax head (self-training then keeps the target faces graded S or A)
+    label_faces: str = ""  # self-training: the same target faces as the model labels them, when not as it learns them
 
     def key(self) -> dict:
         """What the trained model depends on (not the arm's name nor the direction): two arms
@@ -64,7 +65,7 @@ class Recipe:
                "batch_size": self.batch_size, "test_colour": self.test_colour,
                "domain_adversarial": self.domain_adversarial}
         # Only when set, so that the recipes before adaptation keep their keys (and cached cells).
-        for name in ("steps", "adapt", "adapt_steps", "adabn", "target_faces", "sa_softmax"):
+        for name in ("steps", "adapt", "adapt_steps", "adabn", "target_faces", "sa_softmax", "label_faces"):
             if getattr(self, name):
                 key[name] = getattr(self, name)
         return key
@@ -79,7 +80,7 @@ class Recipe:
                 arm = f"{self.arm}-before-adabn"
             return replace(self, arm=arm, adabn=False, target_faces=self.target_faces if self.adapt else "")
         if self.adapt:
-            return replace(self, arm=f"{self.arm}-phase1", adapt="", adapt_steps=0, target_faces="",
+            return replace(self, arm=f"{self.arm}-phase1", adapt="", adapt_steps=0, target_faces="", label_faces="",
                            steps=self.steps - self.adapt_steps)
         return None
 
@@ -88,7 +89,8 @@ class Recipe:
         settings when it is adversarial. A cell is fingerprinted with these alone, so changing,
         say, the colour-match mode retrains only the colour-match cells."""
         used: dict = {}
-        for part in [p for _, faces in self.train for p in faceset_parts(faces)] + faceset_parts(self.target_faces or ""):
+        seen = [self.target_faces or "", self.label_faces or ""]
+        for part in [p for _, faces in self.train for p in faceset_parts(faces)] + [p for f in seen for p in faceset_parts(f)]:
             transform = faceset_transform(part)
             while transform is not None:  # every transform of a chain
                 used.update(options.used_by_transform(transform[1]))
@@ -195,6 +197,18 @@ def _colour_self_train_no_adabn(s: str, t: str, config: StudyConfig) -> Recipe:
                             _self_train_steps(config), t, config)
 
 
+def _colour_teacher_self_train(s: str, t: str, config: StudyConfig) -> Recipe:
+    """Colour-match, then self-training across colour spaces: the model labels the target's
+    train faces in the matched colours (where it was trained and is right most often) and learns
+    those labels on the same faces in the target's own colours, in which it is then tested. With
+    a grayscale source and a colour target, this is the one way for a label-free arm to learn
+    what colour says; where the matched colours are the target's own, it is
+    `colour_self_train_no_adabn` tested as the target's faces come."""
+    recipe = _with_adaptation(_colour_match(s, t, config), "colour_teacher_self_train", "self_train",
+                              _self_train_steps(config), t, config)
+    return replace(recipe, test_colour="", target_faces=target_train_faces(t, ""), label_faces=recipe.target_faces)
+
+
 def _combined(s: str, t: str, config: StudyConfig) -> Recipe:
     """Colour-match and SR-mix (half of each batch super-resolved, every face in the matched
     colours), then self-training, then AdaBN."""
@@ -220,6 +234,7 @@ ARMS: dict[str, Callable[[str, str, StudyConfig], Recipe]] = {
     "self_train_sa": _self_train_sa,
     "colour_self_train": _colour_self_train,
     "colour_self_train_no_adabn": _colour_self_train_no_adabn,
+    "colour_teacher_self_train": _colour_teacher_self_train,
     "combined": _combined,
 }
 assert tuple(ARMS) == ARM_NAMES

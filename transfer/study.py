@@ -298,6 +298,7 @@ def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool)
         from transfer.adaptation import SelfTrainStep, TentStep, unlabelled_view
 
         target = unlabelled_view(sets.get(recipe.target_faces))
+        labelled_as = unlabelled_view(sets.get(recipe.label_faces)) if recipe.label_faces else None
         unlabelled = {f"target:{recipe.target}": target}
         options = config.options.adapt
 
@@ -310,7 +311,7 @@ def _train_cell(cell: Cell, config: StudyConfig, sets: FaceSets, progress: bool)
                                      precision=options.precision, strong_color=options.strong_color,
                                      selection="sa_grade" if recipe.sa_softmax else "max_softmax",
                                      balance_classes=options.balance_classes and not recipe.sa_softmax,
-                                     strong_erase=options.strong_erase, **settings)
+                                     strong_erase=options.strong_erase, label_faces=labelled_as, **settings)
             steps.append(step)
             return step
     # What facegan 0.1 recorded for a cell, so that a cell it left unfinished resumes.

@@ -23,6 +23,7 @@ ARM_TITLES = {
     "adabn": "AdaBN", "tent": "TENT", "self_train": "self-training",
     "self_train_sa": "self-training on SA grades", "colour_self_train": "colour-match + self-training + AdaBN",
     "colour_self_train_no_adabn": "colour-match + self-training",
+    "colour_teacher_self_train": "colour-matched teacher, self-training in target colours",
     "combined": "colour-match + SR-mix + self-training + AdaBN",
 }
 

@@ -55,16 +55,22 @@ def test_adapting_recipes_keep_the_budget_and_see_only_the_target_train_faces():
     no_adabn = recipe_for("colour_self_train_no_adabn", "a", "b", config)
     assert not no_adabn.adabn and no_adabn.adapt == "self_train"
     assert no_adabn.key() == recipe_for("colour_self_train", "a", "b", config).previous().key()
+    # Across colour spaces: labelled in the matched colours, learnt and tested in the target's own.
+    teacher = recipe_for("colour_teacher_self_train", "a", "b", config)
+    assert (teacher.label_faces, teacher.target_faces, teacher.test_colour) == ("b/train|gray", "b/train", "")
+    assert teacher.train == (("a", "a/train|gray"),) and not teacher.previous().label_faces
+    assert recipe_for("colour_teacher_self_train+adabn", "a", "b", config).previous().key() == teacher.key()
     assert target_train_faces("b", "stats:b") == "b/train" and target_train_faces("b", "") == "b/train"
     combined = recipe_for("combined", "a", "b", config)
     assert combined.train == (("a", "a/train|gray + a/train|sr:b|gray"),) and combined.needs_sr == ("b",)
     assert faceset_transform("a/train|sr:b|gray") == ("a/train|sr:b", "gray", "")
     for arm in ("adabn", "tent", "self_train", "self_train_sa", "colour_self_train", "colour_self_train_no_adabn",
-                "combined", "dann+adabn"):
+                "colour_teacher_self_train", "combined", "dann+adabn"):
         recipe = recipe_for(arm, "a", "b", config)
         while recipe is not None:
             assert all(not faces.startswith("b/") for _, faces in recipe.train), arm  # never a labelled target face
             assert not recipe.target_faces or recipe.target_faces.startswith("b/train"), arm
+            assert not recipe.label_faces or recipe.label_faces.startswith("b/train"), arm
             recipe = recipe.previous()
     with pytest.raises(ValueError, match="unknown arm"):
         recipe_for("magic+adabn", "a", "b", config)
@@ -229,6 +235,26 @@ def test_self_training_refuses_labelled_target_faces_and_trains_on_kept_pseudo_l
     assert torch.equal(restored.pseudo_mask, step.rounds[-1]["mask"])  # a resumed run keeps its last labels
 
 
+def test_self_training_labels_the_label_faces_and_learns_the_target_faces(monkeypatch):
+    import transfer.adaptation as adaptation
+
+    source, target = _faces(32, 0), unlabelled_view(_faces(32, 1))
+    as_labelled = unlabelled_view(_faces(32, 2, brightness=60))  # "the same faces" in other colours
+    sure = torch.ones(32)
+    answers = {id(source): source.targets[:, 0].clone(), id(target): torch.zeros(32), id(as_labelled): torch.ones(32)}
+    monkeypatch.setattr(adaptation, "_task_predictions", lambda model, faces, *rest, **kw: {0: (answers[id(faces)], sure)})
+    model = _model(source)
+    step = SelfTrainStep(model, {"src": source, "target:t": target}, {}, head="src", target_faces=target,
+                         source_val=source, relabel_every=2, precision=0.5, label_faces=as_labelled, **_settings())
+    step.setup(_Context(model, step.optimizer))
+    rows = np.arange(16)
+    step.train_step({"src": _batch(source, rows), "target:t": _batch(target, rows)}, 0)
+    assert step.pseudo_targets[:, 0].tolist() == [1.0] * 32 and step.pseudo_mask.all()  # the labels of as_labelled
+    with pytest.raises(AdaptationError, match="target faces themselves"):
+        SelfTrainStep(model, {"src": source, "target:t": target}, {}, head="src", target_faces=target, source_val=source,
+                      relabel_every=2, precision=0.5, label_faces=unlabelled_view(_faces(16, 2)), **_settings())
+
+
 def test_sa_grades_select_the_pseudo_labels_and_tag_the_target_faces_as_training_faces():
     from attributes.config import SAConfig
     from attributes.inference import predict_cache
@@ -298,7 +324,7 @@ def _train_adapting_cells(out, poison: bool, monkeypatch):
     import transfer.facesets as facesets
 
     config = _adapting_config(out, ["source_only", "adabn", "tent", "self_train", "self_train_sa", "colour_self_train",
-                                    "colour_match+adabn"])
+                                    "colour_teacher_self_train", "colour_match+adabn"])
     original = facesets.FaceSets._base
 
     def base(self, domain, split):

@@ -54,7 +54,8 @@ def test_a_cell_fingerprint_changes_only_with_the_options_its_recipe_reads(tmp_p
 
     base = fingerprints(config.options)
     changes = {
-        "colour_match": (replace(config.options, colour_match="target_stats"), {"colour_match", "colour_self_train", "colour_self_train_no_adabn", "combined"}),
+        "colour_match": (replace(config.options, colour_match="target_stats"), {"colour_match", "colour_self_train", "colour_self_train_no_adabn",
+                                                                          "colour_teacher_self_train", "combined"}),
         "dann_weight": (replace(config.options, dann_weight=1.0), {"dann"}),
         "dann_hidden": (replace(config.options, dann_hidden=7), {"dann"}),
         "augment": (replace(config.options, augment=replace(config.options.augment, blur_prob=0.0)), {"augment_mix"}),
@@ -62,9 +63,11 @@ def test_a_cell_fingerprint_changes_only_with_the_options_its_recipe_reads(tmp_p
         "tent_lr": (replace(config.options, adapt=replace(config.options.adapt, tent_lr=0.1)), {"tent"}),
         "tent_steps": (replace(config.options, adapt=replace(config.options.adapt, tent_steps=10)), {"tent"}),
         "precision": (replace(config.options, adapt=replace(config.options.adapt, precision=0.9)),
-                      {"self_train", "colour_self_train", "colour_self_train_no_adabn", "combined"}),
+                      {"self_train", "colour_self_train", "colour_self_train_no_adabn", "colour_teacher_self_train",
+                       "combined"}),
         "self_train_fraction": (replace(config.options, adapt=replace(config.options.adapt, self_train_fraction=0.3)),
-                                {"self_train", "self_train_sa", "colour_self_train", "colour_self_train_no_adabn", "combined"}),
+                                {"self_train", "self_train_sa", "colour_self_train", "colour_self_train_no_adabn",
+                                 "colour_teacher_self_train", "combined"}),
         "sa_window_epochs": (replace(config.options, adapt=replace(config.options.adapt, sa_window_epochs=2)),
                              {"self_train_sa"}),
     }
@@ -201,7 +204,8 @@ def test_every_self_training_arm_reports_its_pseudo_labels(study):
     # self-training stage, not nothing.
     _, results = study
     records = results["pseudo_labels"]["studio->wild"]
-    assert set(records) == {"self_train", "self_train_sa", "colour_self_train", "colour_self_train_no_adabn", "combined"}
+    assert set(records) == {"self_train", "self_train_sa", "colour_self_train", "colour_self_train_no_adabn",
+                            "colour_teacher_self_train", "combined"}
     for arm, seeds in records.items():
         assert [s["seed"] for s in seeds] == [0], arm
         rounds = seeds[0]["rounds"]
@@ -259,7 +263,7 @@ def test_cli_dry_run_and_bad_config_errors(tmp_path, capsys):
 
     preset = "lfw-celeba-quick"
     assert main(["transfer", "run", preset, "--dry-run"]) == 0
-    assert "39 distinct recipe(s)" in capsys.readouterr().out
+    assert "43 distinct recipe(s)" in capsys.readouterr().out
     assert main(["transfer", "run", preset, "--dry-run", "--set", "arms=[source_only,magic]"]) == 2
     assert "unknown arm" in capsys.readouterr().err
     assert main(["transfer", "run", preset, "--dry-run", "--set", "directions=[lfw->nowhere]"]) == 2
