@@ -20,8 +20,8 @@ __all__ = [
 
 # Every arm, in report order; `transfer.arms` defines each recipe.
 ARM_NAMES = ("source_only", "target_only", "sr_mix", "bicubic_mix", "augment_mix", "colour_match", "dann", "joint",
-             "adabn", "tent", "self_train", "self_train_sa", "colour_self_train", "colour_self_train_no_adabn", "colour_teacher_self_train",
-             "combined")
+             "adabn", "tent", "self_train", "self_train_sa", "colour_self_train", "colour_self_train_no_adabn",
+             "colour_teacher_self_train", "combined")
 # Any arm named with this suffix ends with AdaBN: its model's BatchNorm statistics re-estimated on
 # the target's train faces ("colour_match+adabn").
 ADABN_SUFFIX = "+adabn"
