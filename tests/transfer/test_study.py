@@ -54,8 +54,9 @@ def test_a_cell_fingerprint_changes_only_with_the_options_its_recipe_reads(tmp_p
 
     base = fingerprints(config.options)
     changes = {
-        "colour_match": (replace(config.options, colour_match="target_stats"), {"colour_match", "colour_self_train", "colour_self_train_no_adabn",
-                                                                          "colour_teacher_self_train", "combined"}),
+        "colour_match": (replace(config.options, colour_match="target_stats"),
+                         {"colour_match", "colour_self_train", "colour_self_train_no_adabn", "colour_teacher_self_train",
+                          "combined"}),
         "dann_weight": (replace(config.options, dann_weight=1.0), {"dann"}),
         "dann_hidden": (replace(config.options, dann_hidden=7), {"dann"}),
         "augment": (replace(config.options, augment=replace(config.options.augment, blur_prob=0.0)), {"augment_mix"}),
