@@ -39,14 +39,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="NAME[=ROOT]",
                    help="""add a training dataset (repeatable): a data_prep name and its folder, e.g.
                        celeba=/data/celeba; 'synthetic' needs no folder""")
-    p.add_argument("--trunk", help="alexnet_bn, vgg_bn, resnet10, resnet18, resnet34 or resnet50 (model.trunk.name; width: model.trunk.width; ResNet widths and stem: model.trunk.resnet_width, model.trunk.resnet_stem_stride)")
+    p.add_argument("--trunk", help="alexnet_bn, vgg_bn, resnet10, resnet18, resnet34 or resnet50 (model.trunk.name; "
+                                   "width: model.trunk.width; ResNet widths and stem: model.trunk.resnet_width, "
+                                   "model.trunk.resnet_stem_stride)")
     p.add_argument("--init-from", metavar="CKPT",
                    help="""start the trunk from this checkpoint's trunk: a facegan run (an identity model trained
                        with --identity, say; EMA weights when present), a trunk state_dict, torchvision ResNet
                        weights, or the name of trunk weights that ship with facegan (vgg_bn-0.5-utkface-lfw: VGG-BN
                        0.5 trained on UTKFace and LFW-a) (model.trunk.checkpoint); the heads start fresh""")
-    p.add_argument("--input-size", type=int, choices=(64, 128, 224), help="face size in pixels (model.trunk.input_size)")
-    p.add_argument("--sa-softmax", action="store_true", help="SA-softmax heads: an 'unrecognizable' output per task (model.head.sa_softmax), "
+    p.add_argument("--input-size", type=_input_size, metavar="PX",
+                   help="face size in pixels, at least 32; each size aligns its own cache (model.trunk.input_size; "
+                        "the CelebA presets use 64 and 80)")
+    p.add_argument("--sa-softmax", action="store_true",
+                   help="SA-softmax heads: an 'unrecognizable' output per task (model.head.sa_softmax), "
                    "learned from the thesis's dynamic tags, or with --set sa.method=gamblers from the gamblers' loss "
                    "(Liu et al. 2019)")
     p.add_argument("--identity", action="store_true",
@@ -220,6 +225,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the weights file to write (.pt)")
     p.add_argument("--about", default="", help="how the model was trained, kept in the file (default: its checkpoint and step)")
     p.set_defaults(func=_run_trunk_weights)
+
+
+def _input_size(value: str) -> int:
+    size = int(value) if value.strip().isdigit() else 0
+    if size < 32:
+        raise argparse.ArgumentTypeError(f"a face size in pixels of at least 32, got {value!r}")
+    return size
 
 
 def _run_train(args: argparse.Namespace) -> int:

@@ -59,3 +59,23 @@ def test_every_command_keeps_to_facegan_threads(tmp_path, monkeypatch, capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_input_size_accepts_every_shipped_preset_size_and_refuses_tiny_faces(capsys):
+    # The judged CelebA preset trains at 80 px: --input-size must not refuse what a preset uses.
+    from engine.presets import preset_names, resolve_preset
+    import yaml
+
+    sizes = set()
+    for name in preset_names("attributes"):
+        trunk = ((yaml.safe_load(resolve_preset(name, "attributes").read_text()) or {}).get("model") or {}).get("trunk") or {}
+        sizes.add(int(trunk.get("input_size", 64)))
+    assert 80 in sizes
+    parser = build_parser()
+    for size in sorted(sizes):
+        args = parser.parse_args(["attributes", "train", "--input-size", str(size), "--dataset", "synthetic"])
+        assert args.input_size == size
+    for bad in ("16", "eighty"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["attributes", "train", "--input-size", bad, "--dataset", "synthetic"])
+        assert "at least 32" in capsys.readouterr().err
