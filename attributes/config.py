@@ -144,7 +144,8 @@ class AugmentConfig:
     mixup: float = 0.0  # mixup's Beta(alpha, alpha) parameter: train on blends of two faces of a dataset (0: off)
 
     def __post_init__(self) -> None:
-        for name, low, high in (("grayscale", 0.0, 1.0), ("erase", 0.0, 1.0), ("color", 0.0, 1.0), ("scale", 0.0, 0.5), ("rotate", 0.0, 180.0)):
+        ranges = (("grayscale", 0.0, 1.0), ("erase", 0.0, 1.0), ("color", 0.0, 1.0), ("scale", 0.0, 0.5), ("rotate", 0.0, 180.0))
+        for name, low, high in ranges:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ConfigError(f"augment.{name} must be in [{low}, {high}], got {value}")

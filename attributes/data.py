@@ -55,7 +55,8 @@ def split_views(cache, train_split: str):
     return cache.subset(split=train_split), cache.subset(split="val"), cache.subset(split="test")
 
 
-def prepare_datasets(datasets: dict[str, DatasetEntry], size: int, out_dir: str | Path, progress: bool = True) -> dict[str, DatasetSplits]:
+def prepare_datasets(datasets: dict[str, DatasetEntry], size: int, out_dir: str | Path,
+                     progress: bool = True) -> dict[str, DatasetSplits]:
     """Open, align and cache every dataset; split each into train/val/test views."""
     prepared = {}
     for name, entry in datasets.items():

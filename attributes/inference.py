@@ -30,8 +30,8 @@ if TYPE_CHECKING:  # attributes.config imports the step, which runs these predic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FastAttributeModel", "to_model_input", "raw_outputs", "predict_images", "predict_cache", "best_thresholds", "binary_validation",
-           "LoadedModel", "load_attribute_model", "single_network", "run_of", "ensemble_from"]
+__all__ = ["FastAttributeModel", "to_model_input", "raw_outputs", "predict_images", "predict_cache", "best_thresholds",
+           "binary_validation", "LoadedModel", "load_attribute_model", "single_network", "run_of", "ensemble_from"]
 
 
 # Faces per forward pass of the CPU fast path (FastAttributeModel): measured best of 16, 32 and

@@ -70,7 +70,8 @@ def train(config: AttributeRunConfig, progress: bool = True, work_dir: str | Pat
     if not config.datasets:
         config.datasets = {"synthetic": DatasetEntry()}
     if config.members > 1:
-        if not config.trainer.resume and any(path.exists() for path in Path(config.trainer.out_dir).glob("members/*/checkpoints/*.pt")):
+        member_checkpoints = Path(config.trainer.out_dir).glob("members/*/checkpoints/*.pt")
+        if not config.trainer.resume and any(path.exists() for path in member_checkpoints):
             raise ResumeError(f"{config.trainer.out_dir} holds an earlier ensemble's members; continue it with --resume, "
                               "or give another --out")
     else:

@@ -53,11 +53,12 @@ class TrunkError(FaceganError, ValueError):
 @dataclass
 class TrunkConfig:
     name: str = "alexnet_bn"  # alexnet_bn | vgg_bn | resnet10 | resnet18 | resnet34 | resnet50
-    input_size: int = 64  # 64, 128 or 224 (any size >= 32 works)
+    input_size: int = 64  # any size >= 32 px (AlexNet-BN picks its first conv by it; ResNets below 128 px use a 3x3 stem)
     # channel multiplier of AlexNet-BN (1.0 = the thesis's 96-256-384-384-256) and of VGG-BN
     # (1.0 = 32-32-64-64-128-128-256-256-256)
     width: float = 0.5
-    checkpoint: str = ""  # weights to start from: a file (torchvision ResNet, trunk state_dict, facegan checkpoint) or shipped weights by name
+    # weights to start from: a file (torchvision ResNet, trunk state_dict, facegan checkpoint) or shipped weights by name
+    checkpoint: str = ""
     channels: list[int] = field(default_factory=list)  # AlexNet-BN: explicit channels of its 5 convs (a pruned model); overrides width
     resnet_width: float = 1.0  # ResNet stage-width multiplier (1.0 = torchvision's 64-128-256-512)
     resnet_stem_stride: int = 1  # ResNet below 128 px: stride of the 3x3 stem (2 halves every map after it)
@@ -297,7 +298,8 @@ def _load_checkpoint(trunk: nn.Module, path: str) -> None:
     try:
         result = trunk.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
-        raise TrunkError(f"{file} does not fit this trunk: {str(exc).splitlines()[1].strip() if chr(10) in str(exc) else exc}") from None
+        lines = str(exc).splitlines()
+        raise TrunkError(f"{file} does not fit this trunk: {lines[1].strip() if len(lines) > 1 else exc}") from None
     if result.missing_keys:
         raise TrunkError(f"{file} does not fit this trunk: missing {result.missing_keys[:5]}")
 

@@ -100,7 +100,8 @@ def load_rgb(path: Path | str, min_side: int = MIN_SIDE, max_pixels: int = MAX_P
         raise ImageLoadError(path, "too_large", str(exc)) from exc
     except OSError as exc:
         text = str(exc)
-        reason = "truncated" if ("truncated" in text or "broken data stream" in text or "premature end" in text.lower()) else "unreadable"
+        truncated = "truncated" in text or "broken data stream" in text or "premature end" in text.lower()
+        reason = "truncated" if truncated else "unreadable"
         raise ImageLoadError(path, reason, text) from exc
     except (ValueError, SyntaxError, MemoryError, Image.UnidentifiedImageError) as exc:
         raise ImageLoadError(path, "unreadable", f"{type(exc).__name__}: {exc}") from exc

@@ -35,7 +35,9 @@ class SourceConfig:
     """Where faces come from and how they are normalised."""
 
     source: str = "synthetic"  # synthetic | folder | a data_prep dataset name (celeba, lfw, utkface, ...)
-    root: str = ""  # dataset root or image folder (default $FACEGAN_DATA/<source>); for synthetic, where to generate (default <out>/data/synthetic)
+    # dataset root or image folder (default $FACEGAN_DATA/<source>); for synthetic, where to generate
+    # (default <out>/data/synthetic)
+    root: str = ""
     align: bool = True  # False: images are already aligned; only centre-crop and resize
     template: str = "thesis"  # aligner template (see `facegan align --help`)
     cache_dir: str = ""  # where the aligned cache goes (default <out>/cache/<source>)

@@ -445,7 +445,8 @@ class Trainer:
             progress.close()
             self.logger.close()
             if self.dist.is_main and self.config.log_every:
-                plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", smooth=max(1, min(25, self.global_step // 20)))
+                plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png",
+                            smooth=max(1, min(25, self.global_step // 20)))
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
         return {
@@ -494,7 +495,8 @@ class Trainer:
         key = self.config.best_metric
         if key and key in metrics:
             value = float(metrics[key])
-            better = self.best_value is None or (value < self.best_value if self.config.best_mode == "min" else value > self.best_value)
+            lower_is_better = self.config.best_mode == "min"
+            better = self.best_value is None or (value < self.best_value if lower_is_better else value > self.best_value)
             if better:
                 self.best_value = value
                 self.save("best")

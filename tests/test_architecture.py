@@ -1,6 +1,6 @@
 """The house rules, checked: the import direction (import-linter contracts), CLI modules that only
-parse, no private names across modules, no citations of documents users do not have, and a
-built wheel that runs from any folder with the presets it ships."""
+parse, no private names across modules, no line wider than 135 characters, no citations of
+documents users do not have, and a built wheel that runs from any folder with the presets it ships."""
 from __future__ import annotations
 
 import ast
@@ -80,6 +80,15 @@ def test_no_private_name_is_imported_across_modules():
     offenders = [f"{path.relative_to(ROOT)}: from {module} import {name}"
                  for path in _sources() for module, names in _imports(path)
                  if module.split(".")[0] in PACKAGES for name in names if name.startswith("_") and not name.startswith("__")]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_package_line_runs_past_the_house_width():
+    # 135 characters: what a side-by-side diff shows without wrapping; longer lines hid options and
+    # conditions from readers of the package.
+    offenders = [f"{path.relative_to(ROOT)}:{number}: {len(line)} characters"
+                 for path in _sources() for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if len(line) > 135]
     assert not offenders, "\n".join(offenders)
 
 

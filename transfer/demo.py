@@ -148,7 +148,8 @@ def _section_data(config: DemoConfig, report: Report):
         part = dataset.subset(keep=lambda r, d=domain: r.meta.get("domain") == d)
         split = part.split_counts()
         rates = [np.mean([r.labels[t.name] for r in part.records if t.name in r.labels]) for t in part.schema.of_kind("binary")]
-        rows.append([domain, len(part), split.get("train", 0), split.get("val", 0), split.get("test", 0)] + [f"{v:.2f}" for v in rates])
+        counts = [split.get("train", 0), split.get("val", 0), split.get("test", 0)]
+        rows.append([domain, len(part), *counts] + [f"{v:.2f}" for v in rates])
     binary_names = [t.name for t in dataset.schema.of_kind("binary")]
     report.table(["domain", "images", "train", "val", "test"] + binary_names, rows, caption="counts and positive rates")
     return dataset

@@ -309,7 +309,8 @@ def write_study_report(config: StudyConfig, results: dict[str, Any], sets, out_d
     report.heading("Time")
     report.table(["stage", "seconds"],
                  [["align and cache", f"{timings['align_and_cache']:.0f}"]]
-                 + [[f"SR stage for {d}" + (" (given or cached)" if s == 0 else ""), f"{s:.0f}"] for d, s in timings["sr_stages"].items()]
+                 + [[f"SR stage for {d}" + (" (given or cached)" if s == 0 else ""), f"{s:.0f}"]
+                    for d, s in timings["sr_stages"].items()]
                  + [["cells (training + testing; cached cells cost 0)", f"{timings['cells']:.0f}"]],
                  caption="Wall time of this invocation")
     if timings.get("arm_seconds"):

@@ -275,7 +275,9 @@ class FaceAligner:
     def _from_detection(self, image: np.ndarray, detection: Detection) -> AlignResult:
         height, width = image.shape[:2]
         cfg = self.config
-        sides = np.sqrt(np.clip(detection.boxes[:, 2] - detection.boxes[:, 0], 0, None) * np.clip(detection.boxes[:, 3] - detection.boxes[:, 1], 0, None))
+        widths = np.clip(detection.boxes[:, 2] - detection.boxes[:, 0], 0, None)
+        heights = np.clip(detection.boxes[:, 3] - detection.boxes[:, 1], 0, None)
+        sides = np.sqrt(widths * heights)
         keep = (detection.scores >= cfg.min_score) & (sides >= cfg.min_face_size)
         note = f" ({detection.note})" if detection.note else ""
         if not keep.any():

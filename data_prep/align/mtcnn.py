@@ -25,13 +25,14 @@ of many different sizes fall back to batches of one, which costs only that gain.
 Retries. Datasets such as CelebA's aligned crops or UTKFace's chips are faces that fill the
 frame; MTCNN finds almost all of them as they are (even ArcFace-tight 112x112 crops), so no
 padding is applied by default. With the retries below, 99.7% of 1000 UTKFace chips and 99.6%
-of 1000 CelebA crops are aligned at min_score 0.9 (benchmarks/align_detection_rate.py). The misses are hard faces (strong profile, face paint, close-ups of
-babies) that P- or R-Net reject before O-Net, which would often score them well, sees them;
-and MTCNN is not stable under small changes (a painted face scored 0.74, 0.89 and 0.98 with
-0, 5 and 10% padding or mirroring). So an image whose best face scores below `retry_below`
-is detected again with relaxed stage thresholds `retry_thresholds`, as is, mirrored, and on
-a canvas edge-padded by `pad_retry` of its longer side (as is and mirrored); the attempt with
-the best O-Net score wins. Only the ~1% of images that fail pay for the four extra passes.
+of 1000 CelebA crops are aligned at min_score 0.9 (benchmarks/align_detection_rate.py). The
+misses are hard faces (strong profile, face paint, close-ups of babies) that P- or R-Net reject
+before O-Net, which would often score them well, sees them; and MTCNN is not stable under
+small changes (a painted face scored 0.74, 0.89 and 0.98 with 0, 5 and 10% padding or
+mirroring). So an image whose best face scores below `retry_below` is detected again with
+relaxed stage thresholds `retry_thresholds`, as is, mirrored, and on a canvas edge-padded by
+`pad_retry` of its longer side (as is and mirrored); the attempt with the best O-Net score wins.
+Only the ~1% of images that fail pay for the four extra passes.
 """
 from __future__ import annotations
 

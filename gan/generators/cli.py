@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("fake", type=Path, help="a GAN checkpoint (.pt) to sample from, or a folder of generated images")
     p.add_argument("--real", required=True, help="reference data: synthetic, folder, or a dataset name such as celeba")
     p.add_argument("--root", default="", help="dataset root or image folder of the reference")
-    p.add_argument("--split", default="test", help="reference split (default test: faces the generator never saw; 'all' for every image)")
+    p.add_argument("--split", default="test",
+                   help="reference split (default test: faces the generator never saw; 'all' for every image)")
     p.add_argument("--metrics", default="fd-face", help="comma-separated: fd-face, fid, kid (default fd-face)")
     p.add_argument("-n", "--num", type=int, default=1000, help="faces to generate, and the most real faces to use (default 1000)")
     p.add_argument("--image-size", type=int, help="reference face size when FAKE is a folder (default: the checkpoint's)")

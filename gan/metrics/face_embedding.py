@@ -160,7 +160,8 @@ class FaceEmbedder:
         if face_box is not None:
             box = tuple(float(v) for v in face_box)
             if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
-                raise ValueError(f"FaceEmbedder: face_box must be (left, top, right, bottom) with right > left and bottom > top, got {face_box}")
+                raise ValueError("FaceEmbedder: face_box must be (left, top, right, bottom) with right > left and "
+                                 f"bottom > top, got {face_box}")
             self.face_box, self.box_source = box, "face_box argument"
         else:
             self.face_box = landmark_box_from_template(template)

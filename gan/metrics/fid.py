@@ -185,7 +185,8 @@ def fid_kid_from_features(
             raise FeatureError("fid_kid_from_features: need real features or real statistics")
         real_statistics = feature_statistics(real, "real features")
     fd = frechet_distance(real_statistics, feature_statistics(fake, "fake features"))
-    result = {"fd": fd, "kid_mean": None, "kid_std": None, "num_real": real_statistics.num_samples, "num_fake": fake.shape[0], "kid": None}
+    result = {"fd": fd, "kid_mean": None, "kid_std": None, "num_real": real_statistics.num_samples,
+              "num_fake": fake.shape[0], "kid": None}
     if kid:
         if real is None:
             raise FeatureError("fid_kid_from_features: KID needs the real features, not only their statistics")

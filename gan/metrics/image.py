@@ -144,7 +144,8 @@ def ssim(a, b, crop_border: int = 0, y_channel: bool = False):
     """SSIM between image(s) a and b, averaged over channels (module docstring)."""
     x, y, single = _prepare_pair(a, b, crop_border, y_channel, "ssim")
     if min(x.shape[-2:]) < _SSIM_WINDOW:
-        raise ValueError(f"ssim: images must be at least {_SSIM_WINDOW}x{_SSIM_WINDOW} after cropping, got {x.shape[-2]}x{x.shape[-1]}")
+        raise ValueError(f"ssim: images must be at least {_SSIM_WINDOW}x{_SSIM_WINDOW} after cropping, "
+                         f"got {x.shape[-2]}x{x.shape[-1]}")
     kernel = _gaussian_window(x.device)
     c1 = (_K1 * _DATA_RANGE) ** 2
     c2 = (_K2 * _DATA_RANGE) ** 2

@@ -18,7 +18,8 @@ import torch
 from engine.errors import FaceganError
 
 __all__ = ["AppInputError", "ServedModels", "load_served_models", "read_upload", "FacesResult", "analyse_photo",
-           "SRResult", "super_resolve_photo", "task_names", "grid_of", "generate_grid", "slerp_strip", "DEMO_CHECKPOINTS", "SYNTHETIC_WARNING"]
+           "SRResult", "super_resolve_photo", "task_names", "grid_of", "generate_grid", "slerp_strip", "DEMO_CHECKPOINTS",
+           "SYNTHETIC_WARNING"]
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,8 @@ def grid_of(images: list[np.ndarray], columns: int) -> np.ndarray:
     canvas = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, 3), 255, np.uint8)
     for k, image in enumerate(images):
         r, c = divmod(k, columns)
-        canvas[pad + r * (height + pad):pad + r * (height + pad) + height, pad + c * (width + pad):pad + c * (width + pad) + width] = image
+        top, left = pad + r * (height + pad), pad + c * (width + pad)
+        canvas[top:top + height, left:left + width] = image
     return canvas
 
 
