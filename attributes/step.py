@@ -130,8 +130,9 @@ class AttributeStep:
             (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on BN, biases, log-variances
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+            # foreach: torch picks the batched implementation on GPUs only; on the CPU it is as exact and faster.
+            return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), foreach=True)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, foreach=True)
 
     def _build_sa_states(self) -> dict[str, Any]:
         """The thesis's dynamic tags of every SA group (none with the gamblers' loss, which keeps

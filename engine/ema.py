@@ -37,8 +37,9 @@ class ModelEMA(nn.Module):
         source = getattr(source, "module", source)  # unwrap DistributedDataParallel
         decay = self.decay_at(num_updates)
         ema_params = dict(self.module.named_parameters())
-        for name, param in source.named_parameters():
-            ema_params[name].lerp_(param.detach(), 1.0 - decay)
+        pairs = [(ema_params[name], param.detach()) for name, param in source.named_parameters()]
+        if pairs:  # one batched lerp over every tensor: the same arithmetic as a loop, a fraction of its calls
+            torch._foreach_lerp_([ema for ema, _ in pairs], [param for _, param in pairs], 1.0 - decay)
         ema_buffers = dict(self.module.named_buffers())
         for name, buffer in source.named_buffers():
             ema_buffers[name].copy_(buffer)

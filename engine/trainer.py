@@ -175,7 +175,7 @@ class StepContext:
         if self.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])) if params else torch.zeros(())
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
         scaler.step(optimizer)
         scaler.update()
         return float(norm)
