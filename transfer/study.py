@@ -16,7 +16,9 @@ What happens, in order:
    depends on; an interrupted cell resumes from its last checkpoint. An adapting recipe's cell
    starts from the trained model of the cell before it (its first phase, or the arm it adds
    AdaBN to), trained first if it is not cached.
-4. Statistics (`transfer.stats`) and the report (`transfer.study_report`).
+4. Statistics (`transfer.stats`), the domain-gap table (`transfer.domain_gap`; its dlib
+   embeddings are kept in `<study>/domain_gap/`, so a rerun does not embed the faces again) and
+   the report (`transfer.study_report`).
 
 Binary decisions use the threshold 0.5: choosing it on any domain's labels would leak that
 domain's label prior into the arms that are not allowed to see target labels.
@@ -523,7 +525,7 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
                   for s, t in directions}
         template = next(iter(config.domains.values())).template
         results["domain_gap"] = measure_domain_gap(directions, sets, models, template, config.domain_gap_faces,
-                                                   config.domain_gap_embedded_faces)
+                                                   config.domain_gap_embedded_faces, cache_dir=out_dir / "domain_gap")
         results["timings"]["domain_gap"] = time.perf_counter() - start
     write_study_report(config, results, sets, out_dir)
     return results

@@ -2,6 +2,7 @@
 built-in synthetic domains (studio -> wild)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -154,7 +155,8 @@ def _tiny_config(out):
         "optim": {"warmup_steps": 2},
         "sr": {"wild": {"config": "x4-16to64-cpu", "overrides": sr_overrides}},
         "options": {"adapt": {"tent_steps": 3, "relabel_every": 2, "precision": 0.6}},
-        "stats": {"n_boot": 200}, "strips": 3, "domain_gap_faces": 30, "out_dir": str(out),
+        "stats": {"n_boot": 200}, "strips": 3, "domain_gap_faces": 30, "domain_gap_embedded_faces": 24,
+        "out_dir": str(out),
     })
 
 
@@ -195,6 +197,8 @@ def test_study_writes_matrix_verdicts_and_report(study):
     assert '"loss/domain"' not in next((out / "cells").glob("source_only-*/metrics.jsonl")).read_text()
     gap = results["domain_gap"]["values"]["studio->wild"]
     assert len(gap) == 4 and all(np.isfinite(v["fd_trunk"]) and v["fd_trunk"] >= 0 for v in gap.values())
+    dlib_installed = importlib.util.find_spec("dlib") is not None  # the [metrics] extra: FD-face too
+    assert all((v["fd_face"] is not None and bool(np.isfinite(v["fd_face"]))) == dlib_installed for v in gap.values())
     assert "Domain gap" in html and "same-domain floor" in html
     saved = json.loads((out / "results.json").read_text())
     assert saved["tasks"]["Male"]["studio->wild"]["verdicts"].keys() == direction["verdicts"].keys()
@@ -249,14 +253,21 @@ def test_a_cell_checkpoint_opens_in_attributes_eval_and_predict(study, tmp_path,
     assert set(prediction["images"][0]["tasks"]) == {"Male"}
 
 
-def test_rerun_reads_every_cell_back_instead_of_training(study):
+def test_rerun_reads_every_cell_back_instead_of_training(study, monkeypatch):
     from transfer.study import run_study
 
     out, first = study
+    embedded_now = []
+    if first["domain_gap"]["values"]["studio->wild"]["studio train"]["fd_face"] is not None:  # dlib installed
+        from gan.metrics.face_embedding import FaceEmbedder
+
+        monkeypatch.setattr(FaceEmbedder, "embed", lambda self, images: embedded_now.append(len(images)))
     again = run_study(_tiny_config(out), progress=False)
     assert again["timings"]["cells_trained_now"] == 0
     assert again["timings"]["sr_stages"] == {"wild": 0.0}
     assert again["tasks"] == first["tasks"]
+    # dlib's embeddings (~0.08 s a face) are read back too: the domain-gap table costs nothing again
+    assert embedded_now == [] and again["domain_gap"]["values"] == first["domain_gap"]["values"]
 
 
 def test_cli_dry_run_and_bad_config_errors(tmp_path, capsys):
