@@ -8,6 +8,8 @@ Each row times, in the same run and on the same tensors, the loop one would writ
 - the EMA update (`engine.ema.ModelEMA.update`: one `_foreach_lerp_`),
 - the gradient norm the trainer logs when it does not clip (`torch.nn.utils.get_total_norm`).
 Both forms do the same arithmetic: the script checks that their results are bitwise equal.
+A second table times the Adam steps of the GAN and SR presets' networks the same way
+(`gan.generators.step`, `gan.sr.step`: `foreach=True` too).
 
     .venv/bin/python benchmarks/step_bookkeeping.py --threads 2
 """
@@ -95,6 +97,53 @@ def main() -> None:
         print(f"| {name} | {loop_ms:.2f} | {batched_ms:.2f} | {loop_ms / batched_ms:.2f}x | {'yes' if same else 'NO'} |")
     saved = sum(loop_ms - batched_ms for _, loop_ms, batched_ms, _ in rows)
     print(f"saved per step: {saved:.2f} ms")
+    print()
+    gan_rows(args.repeats)
+
+
+def adam_pair(name: str, networks: dict[str, torch.nn.Module], lr: float, betas: tuple[float, float], repeats: int):
+    """One row: the Adam steps of every network of a model family, per-tensor loop against foreach."""
+    loop_ms = batched_ms = 0.0
+    same, tensors = True, 0
+    for network in networks.values():
+        params = list(network.parameters())
+        tensors += len(params)
+        loop_net, batched_net = copy.deepcopy(network), copy.deepcopy(network)
+        for source in params:
+            source.grad = torch.randn_like(source)
+        for net in (loop_net, batched_net):
+            for p, source in zip(net.parameters(), params):
+                p.grad = source.grad.clone()
+        loop = torch.optim.Adam(loop_net.parameters(), lr=lr, betas=betas, foreach=False)
+        batched = torch.optim.Adam(batched_net.parameters(), lr=lr, betas=betas, foreach=True)
+        loop_ms += milliseconds(loop.step, repeats)
+        batched_ms += milliseconds(batched.step, repeats)
+        same &= all(torch.equal(a, b) for a, b in zip(loop_net.parameters(), batched_net.parameters()))
+    return name, tensors, loop_ms, batched_ms, same
+
+
+def gan_rows(repeats: int) -> None:
+    from engine.config import load_config
+    from engine.presets import resolve_preset
+    from gan.generators.config import GANRunConfig
+    from gan.generators.models import build_gan
+    from gan.sr.config import SRRunConfig
+    from gan.sr.models import build_sr_critic, build_sr_generator
+
+    rows = []
+    for preset in ("dcgan64-cpu", "began64-fast"):
+        gan = load_config(GANRunConfig, resolve_preset(preset, "gan.generators")).gan.resolved()
+        generator, discriminator = build_gan(gan)
+        rows.append(adam_pair(f"{preset}: generator + discriminator", {"g": generator, "d": discriminator}, 2e-4,
+                              (0.5, 0.999), repeats))
+    sr = load_config(SRRunConfig, resolve_preset("x4-16to64-cpu", "gan.sr")).sr
+    rows.append(adam_pair("x4-16to64-cpu: generator + critic (adversarial phase)",
+                          {"g": build_sr_generator(sr.model), "c": build_sr_critic(sr.model)}, 1e-4, (0.9, 0.999), repeats))
+    print("| Adam steps per training step | tensors | loop ms | batched ms | loop / batched | same result |")
+    print("|---|---|---|---|---|---|")
+    for name, tensors, loop_ms, batched_ms, same in rows:
+        print(f"| {name} | {tensors} | {loop_ms:.2f} | {batched_ms:.2f} | {loop_ms / batched_ms:.2f}x | "
+              f"{'yes' if same else 'NO'} |")
 
 
 if __name__ == "__main__":

@@ -63,8 +63,10 @@ class GANStep(SeededStep):
         ends = sample_latent(2 * cfg.interpolation_rows, dim, cfg.latent_distribution, generator=noise_rng)
         self.interpolation_ends = ends.view(cfg.interpolation_rows, 2, dim)
         lr_g, lr_d, betas = self._adam_settings()
-        self._optimizers = {"generator": Adam(self.generator.parameters(), lr=lr_g, betas=betas),
-                            "discriminator": Adam(self.discriminator.parameters(), lr=lr_d, betas=betas)}
+        # foreach: one batched kernel per update instead of a loop over tensors (torch picks it on
+        # GPUs only); the same numbers (benchmarks/step_bookkeeping.py)
+        self._optimizers = {"generator": Adam(self.generator.parameters(), lr=lr_g, betas=betas, foreach=True),
+                            "discriminator": Adam(self.discriminator.parameters(), lr=lr_d, betas=betas, foreach=True)}
         self.ctx: StepContext | None = None
         self._range_checked = False
 

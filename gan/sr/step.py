@@ -80,8 +80,9 @@ class SRStep(SeededStep):
                                  else get_gan_loss(loss.adversarial))
         o = cfg.optim
         self._optimizers: dict[str, Optimizer] = {
-            "generator": Adam(self.generator.parameters(), lr=o.lr, betas=o.betas),
-            "critic": Adam(self.critic.parameters(), lr=o.critic_lr, betas=o.critic_betas),
+            # foreach as in the attribute and GAN steps: batched kernels, the same numbers
+            "generator": Adam(self.generator.parameters(), lr=o.lr, betas=o.betas, foreach=True),
+            "critic": Adam(self.critic.parameters(), lr=o.critic_lr, betas=o.critic_betas, foreach=True),
         }
         self.lpips = lpips_model
         if loss.lpips_weight > 0 and self.lpips is None:
