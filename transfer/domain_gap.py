@@ -17,16 +17,13 @@ Two feature spaces:
 At most `max_faces` faces per set (`max_embedded` for the slower dlib embedding), evenly spaced,
 so that every set is compared at one size.
 
-The dlib embedding costs ~0.08 s per face on 2 cores, most of the table's time: with a
-`cache_dir`, each embedded batch is kept there under a hash of its pixels and of the embedder's
-protocol, so a study that runs again (to add an arm, or to redraw its report) and a face set
-that two directions share are embedded once.
+The dlib embedding costs ~0.085 s per face on 2 cores, most of the table's time: with a
+`cache_dir`, each embedded batch is kept there (`gan.metrics.feature_cache`), so a study that
+runs again (to add an arm, or to redraw its report) and a face set that two directions share are
+embedded once.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,6 @@ import numpy as np
 import torch
 
 from data_prep.face_array import FaceArray
-from engine.checkpoint import atomic_write_bytes
 from gan.metrics.frechet import frechet_distance_from_features
 
 __all__ = ["measure_domain_gap", "trunk_features"]
@@ -63,48 +59,18 @@ def trunk_features(model, faces: FaceArray, rows: np.ndarray, batch_size: int = 
 
 
 class _CachedEmbedder:
-    """An embedder's (N, 128) float64 embeddings, kept in `cache_dir` (when given) under a hash of
-    the faces' pixels and of everything the embedding depends on (its protocol, dlib's version)."""
+    """An embedder's (N, 128) float64 embeddings of faces at `rows`, kept in `cache_dir` when
+    given (`gan.metrics.feature_cache`)."""
 
     def __init__(self, embedder, cache_dir: Path | None):
-        from gan.metrics.face_embedding import EMBEDDING_DIM
-
-        self.embedder, self.cache_dir, self.dim = embedder, cache_dir, EMBEDDING_DIM
-        if cache_dir is not None:
-            try:
-                import dlib
-
-                dlib_version = dlib.__version__
-            except ImportError:  # an embedder of another kind
-                dlib_version = ""
-            depends = {"protocol": embedder.protocol(), "dlib": dlib_version}
-            self._salt = json.dumps(depends, sort_keys=True).encode()
+        self.embedder, self.cache_dir = embedder, cache_dir
+        self.depends = {"protocol": embedder.protocol()} if cache_dir is not None else {}
 
     def __call__(self, faces: FaceArray, rows: np.ndarray) -> np.ndarray:
+        from gan.metrics.feature_cache import cached_features
+
         images = faces.get_batch(rows)
-        if self.cache_dir is None:
-            return self.embedder.embed(images).astype(np.float64)
-        pixels = images.numpy()
-        key = hashlib.sha256(self._salt + str(pixels.shape).encode() + pixels.tobytes()).hexdigest()[:32]
-        path = self.cache_dir / f"{key}.npy"
-        if path.is_file():
-            try:
-                cached = np.load(path, allow_pickle=False)
-                if cached.shape == (len(pixels), self.dim) and cached.dtype == np.float64:
-                    return cached
-                log.warning("%s holds an array of shape %s, not (%d, %d): embedding again", path, cached.shape,
-                            len(pixels), self.dim)
-            except (OSError, ValueError) as exc:
-                log.warning("%s cannot be read (%s): embedding again", path, exc)
-        embedded = self.embedder.embed(images).astype(np.float64)
-        buffer = io.BytesIO()
-        np.save(buffer, embedded, allow_pickle=False)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, buffer.getvalue())
-        except OSError as exc:  # a full disk, say: the table is still right, the next run embeds again
-            log.warning("could not keep the embeddings in %s (%s)", path, exc)
-        return embedded
+        return cached_features([images], self.depends, lambda: self.embedder.embed(images), self.cache_dir)
 
 
 def measure_domain_gap(pairs: list[tuple[str, str]], sets, models: dict[tuple[str, str], Any], template: str,

@@ -61,15 +61,17 @@ def evaluate_generator(fake: str | Path, real: str, root: str = "", split: str =
     real_faces = [reference.get_batch(list(range(start, min(start + 100, count)))) for start in range(0, count, 100)]
     reference_what = f"{real} split={split}, {count} faces aligned with template {template} at {image_size} px"
 
+    features = cache_dir.parent / f"{cache_dir.name}-features"  # the reference's features: extracted once
     results = {}
     if "fd-face" in wanted:
         from gan.metrics.face_embedding import FaceEmbedder
 
         results["fd-face"] = compute_fid_kid(real_faces, fake_faces(), FaceEmbedder(template=template), kid=False,
-                                             seed=seed, reference=reference_what, device=device)
+                                             seed=seed, reference=reference_what, device=device,
+                                             real_cache_dir=features)
     if "fid" in wanted or "kid" in wanted:
         results["fid"] = compute_fid_kid(real_faces, fake_faces(), None, kid="kid" in wanted, seed=seed,
-                                         reference=reference_what, device=device)
+                                         reference=reference_what, device=device, real_cache_dir=features)
     summary = {"generated": fake_what, "results": results}
     if out:
         atomic_write_text(out, json.dumps(summary, indent=2, default=str))

@@ -4,6 +4,7 @@
 - `inception`: the standard FID Inception (torch-fidelity's TF port), from local weights only;
 - `face_embedding`: dlib face-identity embeddings: identity similarity (SR vs HR) and FD-face;
 - `fid`: `compute_fid_kid` over folders or batches with any feature extractor, protocol included;
+- `feature_cache`: a fixed image set's features kept on disk, so a reference is extracted once;
 - `image`: PSNR and SSIM on RGB or the Y channel, BasicSR conventions;
 - `batch`: the image-batch layout rule (numpy NHWC, torch NCHW) and `to_uint8`.
 

@@ -214,6 +214,7 @@ def compute_fid_kid(
     seed: int = DEFAULT_SEED,
     reference: str | None = None,
     device: str | torch.device = "cpu",
+    real_cache_dir: str | Path | None = None,
 ) -> dict:
     """FD (FID with the default extractor) and KID between two image sets, with the protocol.
 
@@ -222,6 +223,8 @@ def compute_fid_kid(
     max_samples: at most this many images from each set.
     kid_subset_size: None -> min(1000, num_real, num_fake).
     reference: a description of the real set, recorded as given (e.g. "CelebA test split").
+    real_cache_dir: keep the real set's features there (`gan.metrics.feature_cache`) when `real`
+        is in-memory batches, so that scoring more checkpoints against it extracts them once.
 
     Returns {"fd", "kid_mean", "kid_std", "num_real", "num_fake", "protocol"}, where protocol
     holds the extractor's protocol, the sources, the sample counts, the KID sampling and the
@@ -231,7 +234,14 @@ def compute_fid_kid(
         from gan.metrics.inception import InceptionFeatureExtractor
 
         extractor = InceptionFeatureExtractor(device=device)
-    real_features = extract_features(real, extractor, batch_size, max_samples, "real")
+    if real_cache_dir is not None and isinstance(real, (list, tuple)):
+        from gan.metrics.feature_cache import cached_features
+
+        depends = {"protocol": extractor_protocol(extractor), "batch_size": batch_size, "max_samples": max_samples}
+        real_features = cached_features(real, depends, lambda: extract_features(real, extractor, batch_size, max_samples, "real"),
+                                        real_cache_dir, max_rows=max_samples)
+    else:
+        real_features = extract_features(real, extractor, batch_size, max_samples, "real")
     fake_features = extract_features(fake, extractor, batch_size, max_samples, "fake")
     if real_features.shape[1] != fake_features.shape[1]:
         raise FeatureError(f"real and fake features differ in size ({real_features.shape[1]} vs {fake_features.shape[1]})")

@@ -18,8 +18,12 @@ def photos(tmp_path, astronaut_rgb):
     return folder
 
 
-def test_fd_face_of_identical_and_blurred_sets(tmp_path, photos):
+def test_fd_face_of_identical_and_blurred_sets(tmp_path, photos, monkeypatch):
     pytest.importorskip("dlib", reason="FD-face needs the [metrics] extra (dlib-bin)")
+    from gan.metrics.face_embedding import FaceEmbedder
+
+    embedded, embed = [], FaceEmbedder.embed
+    monkeypatch.setattr(FaceEmbedder, "__call__", lambda self, images: embedded.append(len(images)) or embed(self, images))
     cache = tmp_path / "cache"
     base = ["gan", "eval", "--real", "folder", "--root", str(photos), "--split", "all", "--image-size", "64",
             "--cache-dir", str(cache), "-n", "5"]
@@ -38,6 +42,8 @@ def test_fd_face_of_identical_and_blurred_sets(tmp_path, photos):
     fd_same = json.loads((tmp_path / "same.json").read_text())["results"]["fd-face"]["fd"]
     fd_blurred = json.loads((tmp_path / "blurred.json").read_text())["results"]["fd-face"]["fd"]
     assert abs(fd_same) < 1e-6 < fd_blurred
+    # The reference's 5 faces were embedded by the first eval only (5 + 5); later ones embed the 5 generated faces alone.
+    assert sum(embedded) == 10 + 5 + 5 and len(list((tmp_path / "cache-features").glob("*.npy"))) == 1
 
 
 def test_bad_metric_and_missing_inception_weights_are_clear(tmp_path, photos, monkeypatch, capsys):
