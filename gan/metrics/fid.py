@@ -237,7 +237,8 @@ def compute_fid_kid(
     if real_cache_dir is not None and isinstance(real, (list, tuple)):
         from gan.metrics.feature_cache import cached_features
 
-        depends = {"protocol": extractor_protocol(extractor), "batch_size": batch_size, "max_samples": max_samples}
+        depends = {"protocol": extractor_protocol(extractor), "batch_size": batch_size, "max_samples": max_samples,
+                   "device": torch.device(device).type}  # a GPU's kernels round otherwise
         real_features = cached_features(real, depends, lambda: extract_features(real, extractor, batch_size, max_samples, "real"),
                                         real_cache_dir, max_rows=max_samples)
     else:
