@@ -234,10 +234,11 @@ def compute_fid_kid(
         from gan.metrics.inception import InceptionFeatureExtractor
 
         extractor = InceptionFeatureExtractor(device=device)
+    protocol = extractor_protocol(extractor)  # once: it may hash the extractor's weights
     if real_cache_dir is not None and isinstance(real, (list, tuple)):
         from gan.metrics.feature_cache import cached_features
 
-        depends = {"protocol": extractor_protocol(extractor), "batch_size": batch_size, "max_samples": max_samples,
+        depends = {"protocol": dict(protocol), "batch_size": batch_size, "max_samples": max_samples,
                    "device": torch.device(device).type}  # a GPU's kernels round otherwise
         real_features = cached_features(real, depends, lambda: extract_features(real, extractor, batch_size, max_samples, "real"),
                                         real_cache_dir, max_rows=max_samples)
@@ -249,7 +250,6 @@ def compute_fid_kid(
     numbers = fid_kid_from_features(
         real_features, fake_features, kid=kid, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed
     )
-    protocol = extractor_protocol(extractor)
     protocol.setdefault("feature_dim", int(real_features.shape[1]))
     protocol.update(
         fd="Frechet distance, covariance square root by symmetric eigendecomposition (float64)",
