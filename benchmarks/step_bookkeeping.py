@@ -58,15 +58,9 @@ def main() -> None:
     print(f"CPU: {cpu_model_name()}; {args.threads} torch threads; {len(params)} tensors, "
           f"{sum(p.numel() for p in params) / 1e6:.1f} M weights")
 
-    rows = []
-    loop_model, batched_model = copy.deepcopy(model), copy.deepcopy(model)
-    for m in (loop_model, batched_model):
-        for p, source in zip(m.parameters(), params):
-            p.grad = source.grad.clone()
-    loop_adam = torch.optim.AdamW(loop_model.parameters(), lr=2e-3, weight_decay=5e-4, foreach=False)
-    batched_adam = torch.optim.AdamW(batched_model.parameters(), lr=2e-3, weight_decay=5e-4, foreach=True)
-    rows.append(("AdamW step", milliseconds(loop_adam.step, args.repeats), milliseconds(batched_adam.step, args.repeats),
-                 all(torch.equal(a, b) for a, b in zip(loop_model.parameters(), batched_model.parameters()))))
+    _, _, adam_loop_ms, adam_batched_ms, adam_same = optimizer_pair(
+        "AdamW", {"model": model}, torch.optim.AdamW, {"lr": 2e-3, "weight_decay": 5e-4}, args.repeats)
+    rows = [("AdamW step", adam_loop_ms, adam_batched_ms, adam_same)]
 
     loop_ema, batched_ema = ModelEMA(model, 0.998), ModelEMA(model, 0.998)
 
@@ -101,8 +95,9 @@ def main() -> None:
     gan_rows(args.repeats)
 
 
-def adam_pair(name: str, networks: dict[str, torch.nn.Module], lr: float, betas: tuple[float, float], repeats: int):
-    """One row: the Adam steps of every network of a model family, per-tensor loop against foreach."""
+def optimizer_pair(name: str, networks: dict[str, torch.nn.Module], optimizer: type, settings: dict, repeats: int):
+    """One row: the optimizer steps of every network of a model family (random gradients, the same
+    for both forms), per-tensor loop against foreach; (name, tensors, loop ms, batched ms, same)."""
     loop_ms = batched_ms = 0.0
     same, tensors = True, 0
     for network in networks.values():
@@ -114,8 +109,8 @@ def adam_pair(name: str, networks: dict[str, torch.nn.Module], lr: float, betas:
         for net in (loop_net, batched_net):
             for p, source in zip(net.parameters(), params):
                 p.grad = source.grad.clone()
-        loop = torch.optim.Adam(loop_net.parameters(), lr=lr, betas=betas, foreach=False)
-        batched = torch.optim.Adam(batched_net.parameters(), lr=lr, betas=betas, foreach=True)
+        loop = optimizer(loop_net.parameters(), **settings, foreach=False)
+        batched = optimizer(batched_net.parameters(), **settings, foreach=True)
         loop_ms += milliseconds(loop.step, repeats)
         batched_ms += milliseconds(batched.step, repeats)
         same &= all(torch.equal(a, b) for a, b in zip(loop_net.parameters(), batched_net.parameters()))
@@ -134,11 +129,12 @@ def gan_rows(repeats: int) -> None:
     for preset in ("dcgan64-cpu", "began64-fast"):
         gan = load_config(GANRunConfig, resolve_preset(preset, "gan.generators")).gan.resolved()
         generator, discriminator = build_gan(gan)
-        rows.append(adam_pair(f"{preset}: generator + discriminator", {"g": generator, "d": discriminator}, 2e-4,
-                              (0.5, 0.999), repeats))
+        rows.append(optimizer_pair(f"{preset}: generator + discriminator", {"g": generator, "d": discriminator},
+                                   torch.optim.Adam, {"lr": 2e-4, "betas": (0.5, 0.999)}, repeats))
     sr = load_config(SRRunConfig, resolve_preset("x4-16to64-cpu", "gan.sr")).sr
-    rows.append(adam_pair("x4-16to64-cpu: generator + critic (adversarial phase)",
-                          {"g": build_sr_generator(sr.model), "c": build_sr_critic(sr.model)}, 1e-4, (0.9, 0.999), repeats))
+    rows.append(optimizer_pair("x4-16to64-cpu: generator + critic (adversarial phase)",
+                               {"g": build_sr_generator(sr.model), "c": build_sr_critic(sr.model)}, torch.optim.Adam,
+                               {"lr": 1e-4, "betas": (0.9, 0.999)}, repeats))
     print("| Adam steps per training step | tensors | loop ms | batched ms | loop / batched | same result |")
     print("|---|---|---|---|---|---|")
     for name, tensors, loop_ms, batched_ms, same in rows:
